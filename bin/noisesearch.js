@@ -1,0 +1,21 @@
+#!/usr/bin/env node
+'use strict';
+const { existsSync } = require('node:fs');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+
+const root = path.resolve(__dirname, '..');
+const entry = path.join(root, 'dist', 'src', 'cli', 'main.js');
+if (!existsSync(entry)) {
+  const setup = spawnSync(process.execPath, [path.join(root, 'scripts', 'setup.mjs')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (setup.status !== 0) process.exit(setup.status ?? 1);
+}
+require(entry)
+  .main(process.argv.slice(2))
+  .then(
+    (code) => process.exit(code),
+    (error) => {
+      process.stderr.write(`${error && error.stack ? error.stack : error}\n`);
+      process.exit(1);
+    },
+  );

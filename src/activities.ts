@@ -1,0 +1,46 @@
+// Activities: the only place the orchestrator touches the network. Each call is one batch, evaluated end
+// to end on one server; the workflow sees plain outcomes or a classified Temporal failure.
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { Fleet } from './fleet/client';
+import { FleetError } from './fleet/errors';
+import type { BatchOutcome, BatchRequest, ModelInfo } from './search/types';
+
+const HEARTBEAT_EVERY_MS = 1_000;
+
+export function toActivityFailure(error: unknown): ApplicationFailure {
+  if (error instanceof FleetError) {
+    return ApplicationFailure.create({ type: error.code, message: error.message, nonRetryable: !error.retryable });
+  }
+  return ApplicationFailure.create({ type: 'UNKNOWN', message: String((error as Error)?.message ?? error) });
+}
+
+export interface ActivityDependencies {
+  fleet: Fleet;
+}
+
+export function createActivities({ fleet }: ActivityDependencies) {
+  return {
+    async describeModel(model: string): Promise<ModelInfo> {
+      try {
+        return await fleet.describe(model);
+      } catch (error) {
+        throw toActivityFailure(error);
+      }
+    },
+
+    async evaluateBatch(batch: BatchRequest): Promise<BatchOutcome> {
+      const context = Context.current();
+      const heartbeat = setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
+      try {
+        return await fleet.evaluate(batch, context.cancellationSignal);
+      } catch (error) {
+        throw toActivityFailure(error);
+      } finally {
+        clearInterval(heartbeat);
+      }
+    },
+  };
+}
+
+export type Activities = ReturnType<typeof createActivities>;

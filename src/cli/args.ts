@@ -1,0 +1,42 @@
+// Flag parsing that fails the way a user can act on: one line naming the flag and what would be right.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+export function parseFlags<T extends Options>(argv: string[], options: T, usage: string) {
+  try {
+    return parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  } catch (error) {
+    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, '');
+    throw new UsageError(`${message}; usage: ${usage}`);
+  }
+}
+
+export function wholeNumber(flag: string, value: string | undefined, options: { min?: number } = {}): number | undefined {
+  if (value === undefined) return undefined;
+  const min = options.min ?? 0;
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
+    throw new UsageError(`--${flag}: "${value}" is not a whole number of at least ${min}`);
+  }
+  return Number(value);
+}
+
+export function finiteNumber(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${flag}: "${value}" is not a finite number`);
+  return n;
+}
+
+export function oneOf<T extends string>(flag: string, value: string | undefined, allowed: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (!allowed.includes(value as T)) throw new UsageError(`--${flag}: "${value}" is not one of ${allowed.join(', ')}`);
+  return value as T;
+}

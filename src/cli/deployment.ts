@@ -1,0 +1,71 @@
+// Where a command's searches run: the embedded services (started or reused), or a Temporal cluster and
+// model servers the user names. Whatever a deployment starts, it stops on close.
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import { ensureEmbedded, stopEmbedded, type ServiceName } from '../embedded/services';
+import { Fleet, parseFleet } from '../fleet/client';
+import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { createSearchWorker } from '../temporal/worker';
+
+export interface DeploymentOptions {
+  /** Temporal is needed unless the search runs in-process. */
+  temporal: boolean;
+  temporalAddress?: string;
+  namespace?: string;
+  fleet?: string;
+  log: (line: string) => void;
+}
+
+export interface Deployment {
+  fleet: Fleet | null;
+  client: Client | null;
+  worker: Worker | null;
+  uiUrl?: string;
+  /** Runs `work` while the in-process worker (if any) polls, then stops the worker. */
+  run<T>(work: Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export async function openDeployment(options: DeploymentOptions): Promise<Deployment> {
+  const namespace = options.namespace ?? DEFAULT_NAMESPACE;
+  const embeddedTemporal = options.temporal && !options.temporalAddress;
+  const embeddedFleet = !options.fleet && (embeddedTemporal || !options.temporal);
+  let started: ServiceName[] = [];
+  let fleetAddresses = options.fleet ? parseFleet(options.fleet) : null;
+  let temporalAddress = options.temporalAddress;
+  let uiUrl: string | undefined;
+  if (embeddedTemporal || embeddedFleet) {
+    const embedded = await ensureEmbedded({ temporal: embeddedTemporal, log: options.log });
+    started = embedded.started;
+    if (embeddedFleet) fleetAddresses = embedded.fleet;
+    if (embeddedTemporal) temporalAddress = embedded.temporalAddress;
+    uiUrl = embedded.uiUrl;
+  }
+  const fleet = fleetAddresses ? new Fleet(fleetAddresses) : null;
+  let client: Client | null = null;
+  let worker: Worker | null = null;
+  let nativeConnection: NativeConnection | null = null;
+  if (options.temporal) {
+    const connection = await Connection.connect({ address: temporalAddress });
+    client = new Client({ connection, namespace });
+    if (fleet) {
+      nativeConnection = await NativeConnection.connect({ address: temporalAddress });
+      worker = await createSearchWorker({ connection: nativeConnection, fleet, namespace });
+    }
+  }
+  return {
+    fleet,
+    client,
+    worker,
+    uiUrl,
+    async run<T>(work: Promise<T>): Promise<T> {
+      return worker ? worker.runUntil(work) : work;
+    },
+    async close() {
+      fleet?.close();
+      await client?.connection.close();
+      await nativeConnection?.close();
+      if (started.length > 0) await stopEmbedded(started);
+    },
+  };
+}

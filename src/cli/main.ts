@@ -1,0 +1,148 @@
+import { NativeConnection } from '@temporalio/worker';
+import { serviceStatus, stopEmbedded, ensureEmbedded } from '../embedded/services';
+import { stateDir } from '../embedded/paths';
+import { Fleet, parseFleet } from '../fleet/client';
+import { FleetError } from '../fleet/errors';
+import { SpecError } from '../search/spec';
+import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
+import { createSearchWorker } from '../temporal/worker';
+import { parseFlags, UsageError } from './args';
+import { demoCommand, DEMO_HELP } from './demo';
+import { SEARCH_HELP, searchCommand } from './search';
+
+const HELP = `noisesearch: inference-time search over diffusion noises, durable on Temporal.
+
+Commands:
+  search    run one search and print its result (noisesearch search --help)
+  worker    run a worker for a Temporal cluster and a fleet of model servers
+  server    start | stop | status of the embedded Temporal dev server and model server
+  demo      random searches at a few budgets on a few classes, as a table
+
+Run "noisesearch <command> --help" for a command's flags.
+`;
+
+const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] --fleet host:port,...|FILE';
+const WORKER_HELP = `Runs a worker (search workflows and the activities that call model servers) until SIGINT or SIGTERM.
+
+Usage: ${WORKER_USAGE}
+
+  --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else 127.0.0.1:7233)
+  --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
+  --task-queue Q     task queue (default "${TASK_QUEUE}")
+  --fleet LIST|FILE  model servers: comma-separated host:port, or a file (JSON {"endpoints": [...]} or one a line)
+`;
+
+const SERVER_USAGE = 'noisesearch server start|stop|status';
+const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
+
+Usage: ${SERVER_USAGE}
+
+  start    start (or reuse) the Temporal dev server (persisted to a file) and the gmm model server
+  stop     stop them
+  status   say whether each is running and ready
+`;
+
+async function workerCommand(argv: string[]): Promise<number> {
+  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' } }, WORKER_USAGE);
+  if (values.help) {
+    process.stdout.write(WORKER_HELP);
+    return 0;
+  }
+  if (!values.fleet) throw new UsageError(`--fleet is required: the model servers this worker sends batches to; usage: ${WORKER_USAGE}`);
+  const fleet = new Fleet(parseFleet(values.fleet as string));
+  const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+  const connection = await NativeConnection.connect({ address });
+  const worker = await createSearchWorker({
+    connection,
+    fleet,
+    namespace: values.namespace as string | undefined,
+    taskQueue: values['task-queue'] as string | undefined,
+  });
+  const stop = () => worker.shutdown();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  process.stderr.write(`worker polling ${values['task-queue'] ?? TASK_QUEUE} on ${address} with fleet ${fleet.addresses.join(', ')}\n`);
+  try {
+    await worker.run();
+  } finally {
+    fleet.close();
+    await connection.close();
+  }
+  return 0;
+}
+
+async function serverCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, {}, SERVER_USAGE);
+  if (values.help) {
+    process.stdout.write(SERVER_HELP);
+    return 0;
+  }
+  const [action, ...extra] = positionals;
+  if (!['start', 'stop', 'status'].includes(action) || extra.length > 0) {
+    throw new UsageError(`server: "${positionals.join(' ')}" is not an action; usage: ${SERVER_USAGE}`);
+  }
+  if (action === 'start') {
+    const embedded = await ensureEmbedded({ temporal: true, log: (line) => process.stderr.write(`${line}\n`) });
+    process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
+  } else if (action === 'stop') {
+    const stopped = await stopEmbedded();
+    process.stdout.write(stopped.length > 0 ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+  } else {
+    const statuses = await serviceStatus();
+    if (statuses.length === 0) process.stdout.write('not running\n');
+    for (const s of statuses) {
+      const state = s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running';
+      process.stdout.write(`${s.name.padEnd(12)} ${state.padEnd(20)} ${s.address}  pid ${s.pid}${s.uiUrl ? `  UI ${s.uiUrl}` : ''}\n`);
+    }
+    return statuses.every((s) => s.ready) && statuses.length > 0 ? 0 : 3;
+  }
+  return 0;
+}
+
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
+  search: { run: searchCommand, help: SEARCH_HELP },
+  worker: { run: workerCommand, help: WORKER_HELP },
+  server: { run: serverCommand, help: SERVER_HELP },
+  demo: { run: demoCommand, help: DEMO_HELP },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(HELP);
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`noisesearch: "${name}" is not a command; use one of ${Object.keys(COMMANDS).join(', ')} (noisesearch --help)\n`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
+      return 2;
+    }
+    if (error instanceof SpecError) {
+      for (const problem of error.problems) process.stderr.write(`noisesearch ${name}: ${problem}\n`);
+      return 2;
+    }
+    if (error instanceof FleetError && !error.retryable) {
+      process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`noisesearch ${name}: ${(error as Error).stack ?? error}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (error) => {
+      process.stderr.write(`${error?.stack ?? error}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,137 @@
+// Starting and stopping the services a run needs as child processes: the Temporal dev server and the
+// Python model server. Tests use the same functions as the CLI.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { Connection } from '@temporalio/client';
+import { Fleet } from '../fleet/client';
+import { TEMPORAL_BIN, VENV_PYTHON } from './paths';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(what: string, ready: () => Promise<boolean>, child: ChildProcess | null, timeoutMs: number, log: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child && child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode} while starting; see ${log}`);
+    if (await ready()) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${what} did not become ready within ${timeoutMs / 1000} s; see ${log}`);
+}
+
+export interface StartedProcess {
+  pid: number;
+  address: string;
+  child: ChildProcess;
+}
+
+function spawnLogged(command: string, args: string[], logFile: string, detached: boolean): ChildProcess {
+  const out = openSync(logFile, 'a');
+  const child = spawn(command, args, { stdio: ['ignore', out, out], detached });
+  closeSync(out);
+  if (detached) child.unref();
+  return child;
+}
+
+export async function temporalReady(address: string): Promise<boolean> {
+  try {
+    const connection = await Connection.connect({ address, connectTimeout: 500 });
+    try {
+      await connection.workflowService.getSystemInfo({});
+      return true;
+    } finally {
+      await connection.close();
+    }
+  } catch {
+    return false;
+  }
+}
+
+export interface TemporalOptions {
+  dbFile: string;
+  logFile: string;
+  port?: number;
+  uiPort?: number;
+  detached?: boolean;
+}
+
+export async function startTemporal(options: TemporalOptions): Promise<StartedProcess & { uiPort: number }> {
+  const port = options.port ?? (await freePort());
+  const uiPort = options.uiPort ?? (await freePort());
+  const args = [
+    'server', 'start-dev',
+    '--ip', '127.0.0.1',
+    '--port', String(port),
+    '--ui-port', String(uiPort),
+    '--db-filename', options.dbFile,
+    '--log-level', 'warn',
+  ];
+  const child = spawnLogged(TEMPORAL_BIN, args, options.logFile, options.detached ?? false);
+  const address = `127.0.0.1:${port}`;
+  await waitFor('Temporal dev server', () => temporalReady(address), child, 60_000, options.logFile);
+  return { pid: child.pid!, address, uiPort, child };
+}
+
+export async function modelServerReady(address: string, model: string): Promise<boolean> {
+  const fleet = new Fleet([address], { probeDeadlineMs: 500 });
+  try {
+    return await fleet.describe(model).then(() => true, () => false);
+  } finally {
+    fleet.close();
+  }
+}
+
+export interface ModelServerOptions {
+  logFile: string;
+  port?: number;
+  model?: string;
+  extraArgs?: string[];
+  detached?: boolean;
+}
+
+export async function startModelServer(options: ModelServerOptions): Promise<StartedProcess> {
+  const port = options.port ?? (await freePort());
+  const model = options.model ?? 'gmm';
+  const args = ['-m', 'noisesearch_server', '--host', '127.0.0.1', '--port', String(port), '--model', model, ...(options.extraArgs ?? [])];
+  const child = spawnLogged(VENV_PYTHON, args, options.logFile, options.detached ?? false);
+  const address = `127.0.0.1:${port}`;
+  await waitFor('model server', () => modelServerReady(address, model), child, 60_000, options.logFile);
+  return { pid: child.pid!, address, child };
+}
+
+/** Whether `pid` is still the process we started, not a later one that reused its number. */
+export function runs(pid: number, commandFragment: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(commandFragment);
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM, then SIGKILL if the process has not gone within `graceMs`. */
+export async function stopProcess(pid: number, graceMs = 10_000): Promise<void> {
+  if (!isAlive(pid)) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (isAlive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+}

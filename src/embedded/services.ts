@@ -1,0 +1,126 @@
+// The embedded deployment: a Temporal dev server persisted to a file and one model server with the
+// Gaussian-mixture model, both recorded in the state folder so later commands reuse them.
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { stateDir } from './paths';
+import { modelServerReady, runs, startModelServer, startTemporal, stopProcess, temporalReady } from './processes';
+
+export type ServiceName = 'temporal' | 'modelServer';
+
+interface ServiceRecord {
+  pid: number;
+  address: string;
+  uiPort?: number;
+}
+
+type ServicesRecord = Partial<Record<ServiceName, ServiceRecord>>;
+
+export const EMBEDDED_MODEL = 'gmm';
+
+const COMMAND_OF: Record<ServiceName, string> = { temporal: 'start-dev', modelServer: 'noisesearch_server' };
+
+async function stopRecorded(name: ServiceName, record: ServiceRecord): Promise<void> {
+  if (runs(record.pid, COMMAND_OF[name])) await stopProcess(record.pid);
+}
+
+function recordFile(): string {
+  return path.join(stateDir(), 'services.json');
+}
+
+function readRecord(): ServicesRecord {
+  return existsSync(recordFile()) ? JSON.parse(readFileSync(recordFile(), 'utf8')) : {};
+}
+
+function writeRecord(record: ServicesRecord): void {
+  mkdirSync(stateDir(), { recursive: true });
+  writeFileSync(recordFile(), JSON.stringify(record, null, 2));
+}
+
+export interface ServiceStatus {
+  name: ServiceName;
+  pid: number;
+  address: string;
+  alive: boolean;
+  ready: boolean;
+  uiUrl?: string;
+}
+
+async function isReady(name: ServiceName, record: ServiceRecord): Promise<boolean> {
+  if (!runs(record.pid, COMMAND_OF[name])) return false;
+  return name === 'temporal' ? temporalReady(record.address) : modelServerReady(record.address, EMBEDDED_MODEL);
+}
+
+export async function serviceStatus(): Promise<ServiceStatus[]> {
+  const record = readRecord();
+  const names = Object.keys(record) as ServiceName[];
+  return Promise.all(
+    names.map(async (name) => {
+      const r = record[name]!;
+      return {
+        name,
+        pid: r.pid,
+        address: r.address,
+        alive: runs(r.pid, COMMAND_OF[name]),
+        ready: await isReady(name, r),
+        uiUrl: r.uiPort ? `http://127.0.0.1:${r.uiPort}` : undefined,
+      };
+    }),
+  );
+}
+
+export interface Embedded {
+  temporalAddress?: string;
+  uiUrl?: string;
+  fleet: string[];
+  /** What this call started (and so what its caller should stop). */
+  started: ServiceName[];
+}
+
+async function ensure(name: ServiceName, record: ServicesRecord, log: (line: string) => void): Promise<boolean> {
+  const existing = record[name];
+  if (existing && (await isReady(name, existing))) return false;
+  if (existing) await stopRecorded(name, existing);
+  const dir = stateDir();
+  mkdirSync(dir, { recursive: true });
+  if (name === 'temporal') {
+    log('starting Temporal dev server');
+    const t = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log'), detached: true });
+    record.temporal = { pid: t.pid, address: t.address, uiPort: t.uiPort };
+  } else {
+    log('starting model server (gmm)');
+    const m = await startModelServer({ logFile: path.join(dir, 'model-server.log'), model: EMBEDDED_MODEL, detached: true });
+    record.modelServer = { pid: m.pid, address: m.address };
+  }
+  writeRecord(record);
+  return true;
+}
+
+/** Starts (or reuses) the embedded services. */
+export async function ensureEmbedded(options: { temporal: boolean; log?: (line: string) => void }): Promise<Embedded> {
+  const log = options.log ?? (() => {});
+  const record = readRecord();
+  const started: ServiceName[] = [];
+  const wanted: ServiceName[] = options.temporal ? ['temporal', 'modelServer'] : ['modelServer'];
+  await Promise.all(wanted.map(async (name) => (await ensure(name, record, log)) && started.push(name)));
+  return {
+    temporalAddress: record.temporal?.address,
+    uiUrl: record.temporal?.uiPort ? `http://127.0.0.1:${record.temporal.uiPort}` : undefined,
+    fleet: [record.modelServer!.address],
+    started,
+  };
+}
+
+export async function stopEmbedded(names: ServiceName[] = ['temporal', 'modelServer']): Promise<ServiceName[]> {
+  const record = readRecord();
+  const stopped: ServiceName[] = [];
+  for (const name of names) {
+    const r = record[name];
+    if (!r) continue;
+    await stopRecorded(name, r);
+    delete record[name];
+    stopped.push(name);
+  }
+  if (Object.keys(record).length === 0) rmSync(recordFile(), { force: true });
+  else writeRecord(record);
+  return stopped;
+}

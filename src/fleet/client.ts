@@ -1,0 +1,223 @@
+// The fleet client: the only code that talks to model servers. Endpoints are described on connect,
+// re-checked when they fail, and a batch goes to the least-loaded SERVING endpoint that hosts its model,
+// through a per-endpoint concurrency limit sized from what the server says it accepts.
+import { readFileSync, existsSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import pLimit from 'p-limit';
+import type { BatchOutcome, BatchRequest, CandidateOutcome, ModelInfo } from '../search/types';
+import { classifyGrpcError, FleetError } from './errors';
+import { services } from './proto';
+
+export interface FleetOptions {
+  /** Deadline of one Evaluate call. */
+  callDeadlineMs?: number;
+  /** Deadline of health checks and Describe calls. */
+  probeDeadlineMs?: number;
+  /** How soon an endpoint that failed is probed again. */
+  recheckMs?: number;
+}
+
+interface Endpoint {
+  address: string;
+  denoiser: grpc.Client;
+  health: grpc.Client;
+  model: ModelInfo | null;
+  serverId: string;
+  serving: boolean;
+  checkedAt: number;
+  outstanding: number;
+  limit: pLimit.Limit;
+  limitSize: number;
+}
+
+const RETRY_UNAVAILABLE = JSON.stringify({
+  methodConfig: [
+    {
+      name: [{ service: 'noisesearch.v1.Denoiser' }, { service: 'noisesearch.v1.Verifier' }],
+      retryPolicy: {
+        maxAttempts: 3,
+        initialBackoff: '0.1s',
+        maxBackoff: '1s',
+        backoffMultiplier: 2,
+        retryableStatusCodes: ['UNAVAILABLE'],
+      },
+    },
+  ],
+});
+
+/** `--fleet` takes a file (JSON `{"endpoints": [...]}` or one address a line) or comma-separated addresses. */
+export function parseFleet(value: string): string[] {
+  const text = existsSync(value) ? readFileSync(value, 'utf8') : value;
+  const trimmed = text.trim();
+  const addresses = trimmed.startsWith('{')
+    ? (JSON.parse(trimmed).endpoints as string[])
+    : trimmed.split(/[\s,]+/).filter((line) => line && !line.startsWith('#'));
+  for (const address of addresses) {
+    if (!/^[\w.\-[\]:]+:\d+$/.test(address)) {
+      throw new FleetError('INVALID_ARGUMENT', `fleet: "${address}" is not a host:port gRPC address`, false);
+    }
+  }
+  if (addresses.length === 0) throw new FleetError('INVALID_ARGUMENT', 'fleet: no endpoints given; use host:port[,host:port...]', false);
+  return addresses;
+}
+
+function unary<Req, Res>(client: grpc.Client, method: string, request: Req, deadlineMs: number, signal?: AbortSignal): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const call = (client as any)[method](request, { deadline: Date.now() + deadlineMs }, (error: grpc.ServiceError | null, response: Res) =>
+      error ? reject(error) : resolve(response),
+    );
+    signal?.addEventListener('abort', () => call.cancel(), { once: true });
+  });
+}
+
+export function toModelInfo(d: any): ModelInfo {
+  return {
+    model: d.model,
+    latentShape: d.latentShape,
+    sigmaMin: d.sigmaMin,
+    sigmaMax: d.sigmaMax,
+    solvers: d.solvers.map((s: { name: string }) => s.name),
+    maxBatch: d.maxBatch,
+    maxConcurrency: d.maxConcurrency,
+    verifiers: d.verifiers.map((v: any) => ({ name: v.name, kind: v.kind, needsCondition: v.needsCondition, xpredSigma: v.xpredSigma })),
+    defaultSolver: d.defaultSolver,
+    defaultSteps: d.defaultSteps,
+    numClasses: d.numClasses,
+    defaultGuidanceScale: d.defaultGuidanceScale,
+  };
+}
+
+function toRequest(batch: BatchRequest): object {
+  return {
+    model: batch.model,
+    verifiers: batch.verifiers,
+    candidates: batch.candidates.map((c) => ({
+      id: c.id,
+      condition: batch.condition,
+      scoreXpred: c.scoreXpred,
+      lineage: {
+        noise: c.lineage.noise,
+        ops: c.lineage.ops.map((op) => ('solve' in op ? { solve: { ...op.solve, schedule: 'karras' } } : { renoise: op.renoise })),
+      },
+    })),
+  };
+}
+
+function toOutcome(r: any): CandidateOutcome {
+  const outcome: CandidateOutcome = { id: r.id, scores: { ...r.scores }, nfeLogical: r.nfeLogical, nfeExecuted: r.nfeExecuted };
+  if (r.error && r.error.code) outcome.error = { code: r.error.code, message: r.error.message };
+  return outcome;
+}
+
+export class Fleet {
+  private readonly endpoints: Endpoint[];
+  private readonly callDeadlineMs: number;
+  private readonly probeDeadlineMs: number;
+  private readonly recheckMs: number;
+
+  constructor(addresses: string[], options: FleetOptions = {}) {
+    this.callDeadlineMs = options.callDeadlineMs ?? 60_000;
+    this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
+    this.recheckMs = options.recheckMs ?? 500;
+    const { Denoiser, Health } = services();
+    const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': 64 << 20 };
+    this.endpoints = addresses.map((address) => ({
+      address,
+      denoiser: new Denoiser(address, grpc.credentials.createInsecure(), channelOptions),
+      health: new Health(address, grpc.credentials.createInsecure()),
+      model: null,
+      serverId: '',
+      serving: false,
+      checkedAt: 0,
+      outstanding: 0,
+      limit: pLimit(1),
+      limitSize: 1,
+    }));
+  }
+
+  get addresses(): string[] {
+    return this.endpoints.map((e) => e.address);
+  }
+
+  private async probe(endpoint: Endpoint): Promise<void> {
+    endpoint.checkedAt = Date.now();
+    try {
+      const health = await unary<object, { status: string }>(endpoint.health, 'Check', { service: '' }, this.probeDeadlineMs);
+      if (health.status !== 'SERVING') {
+        endpoint.serving = false;
+        return;
+      }
+      const description: any = await unary(endpoint.denoiser, 'Describe', {}, this.probeDeadlineMs);
+      endpoint.model = toModelInfo(description);
+      endpoint.serverId = description.serverId;
+      const size = Math.max(1, endpoint.model.maxConcurrency);
+      if (size !== endpoint.limitSize) {
+        endpoint.limit = pLimit(size);
+        endpoint.limitSize = size;
+      }
+      endpoint.serving = true;
+    } catch {
+      endpoint.serving = false;
+    }
+  }
+
+  /** Probes endpoints that are not known to be serving and have not been probed lately. */
+  async refresh(force = false): Promise<void> {
+    const now = Date.now();
+    await Promise.all(
+      this.endpoints.filter((e) => force || (!e.serving && now - e.checkedAt >= this.recheckMs)).map((e) => this.probe(e)),
+    );
+  }
+
+  private hosting(model: string): Endpoint[] {
+    return this.endpoints.filter((e) => e.serving && e.model?.model === model);
+  }
+
+  private async route(model: string): Promise<Endpoint[]> {
+    await this.refresh();
+    const hosts = this.hosting(model);
+    if (hosts.length > 0) return hosts;
+    const allServing = this.endpoints.every((e) => e.serving);
+    if (allServing) {
+      const hosted = [...new Set(this.endpoints.map((e) => e.model?.model))].join(', ');
+      throw new FleetError('NOT_FOUND', `model "${model}" is not hosted by the fleet (${this.addresses.join(', ')} host ${hosted})`, false);
+    }
+    throw new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${this.addresses.join(', ')})`, true);
+  }
+
+  /** The model as the fleet serves it; max batch is the smallest any host accepts, so a batch fits anywhere. */
+  async describe(model: string): Promise<ModelInfo> {
+    const hosts = await this.route(model);
+    return { ...hosts[0].model!, maxBatch: Math.min(...hosts.map((h) => h.model!.maxBatch)) };
+  }
+
+  /** Evaluates a batch end to end on one server; throws FleetError (classified) on failure. */
+  async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
+    const hosts = await this.route(batch.model);
+    const endpoint = hosts.reduce((least, e) => (e.outstanding < least.outstanding ? e : least));
+    endpoint.outstanding++;
+    try {
+      const response: any = await endpoint.limit(() =>
+        unary(endpoint.denoiser, 'Evaluate', toRequest(batch), this.callDeadlineMs, signal),
+      );
+      return {
+        outcomes: response.results.map(toOutcome),
+        verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),
+        serverId: response.serverId,
+      };
+    } catch (error) {
+      const failure = classifyGrpcError(error, endpoint.address);
+      if (failure.retryable) endpoint.serving = false;
+      throw failure;
+    } finally {
+      endpoint.outstanding--;
+    }
+  }
+
+  close(): void {
+    for (const e of this.endpoints) {
+      e.denoiser.close();
+      e.health.close();
+    }
+  }
+}

@@ -1,0 +1,29 @@
+// Seeds for noises, perturbations and renoising are derived, never drawn: the same spec seed gives the
+// same candidates in any driver, batch size or retry. SplitMix64 mixes (base, ...path) into one value,
+// truncated to 53 bits so it survives JSON and proto-loader's `longs: Number`.
+
+const MASK64 = (1n << 64n) - 1n;
+
+function splitMix64(state: bigint): bigint {
+  let z = (state + 0x9e3779b97f4a7c15n) & MASK64;
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+  return z ^ (z >> 31n);
+}
+
+export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+
+export function deriveSeed(base: number, ...path: number[]): number {
+  let state = splitMix64(BigInt(base));
+  for (const part of path) state = splitMix64(state ^ BigInt(part));
+  return Number(state >> 11n);
+}
+
+/** Streams keep the seeds of different uses apart even when their indices coincide. */
+export const SeedStream = {
+  randomNoise: 1,
+  zeroOrderPivot: 2,
+  zeroOrderNeighbour: 3,
+  pathsNoise: 4,
+  pathsRenoise: 5,
+} as const;

@@ -1,0 +1,36 @@
+import { DefaultLogger, NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
+import { createActivities } from '../activities';
+import type { Fleet } from '../fleet/client';
+import { workflowSource } from './bundle';
+import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
+
+let runtimeInstalled = false;
+
+/** Keeps the SDK core quiet unless asked: the CLI's stdout is for results. */
+export function installQuietRuntime(): void {
+  if (runtimeInstalled) return;
+  runtimeInstalled = true;
+  const level = (process.env.NOISESEARCH_LOG_LEVEL ?? 'WARN').toUpperCase() as 'WARN';
+  Runtime.install({
+    logger: new DefaultLogger(level),
+    telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) } },
+  });
+}
+
+export interface WorkerOptions {
+  connection: NativeConnection;
+  fleet: Fleet;
+  namespace?: string;
+  taskQueue?: string;
+}
+
+export async function createSearchWorker({ connection, fleet, namespace, taskQueue }: WorkerOptions): Promise<Worker> {
+  installQuietRuntime();
+  return Worker.create({
+    connection,
+    namespace: namespace ?? DEFAULT_NAMESPACE,
+    taskQueue: taskQueue ?? TASK_QUEUE,
+    ...workflowSource(),
+    activities: createActivities({ fleet }),
+  });
+}

@@ -1,0 +1,1 @@
+export { searchWorkflow, progressQuery } from './search';
