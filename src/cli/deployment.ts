@@ -5,7 +5,7 @@ import { NativeConnection, type Worker } from '@temporalio/worker';
 import { ensureEmbedded, stopEmbedded, type ServiceName } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
-import { createSearchWorker } from '../temporal/worker';
+import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 
 export interface DeploymentOptions {
   /** Temporal is needed unless the search runs in-process. */
@@ -27,6 +27,7 @@ export interface Deployment {
 }
 
 export async function openDeployment(options: DeploymentOptions): Promise<Deployment> {
+  installQuietRuntime();
   const namespace = options.namespace ?? DEFAULT_NAMESPACE;
   const embeddedTemporal = options.temporal && !options.temporalAddress;
   const embeddedFleet = !options.fleet && (embeddedTemporal || !options.temporal);

@@ -5,7 +5,7 @@ import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
 import { SpecError } from '../search/spec';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
-import { createSearchWorker } from '../temporal/worker';
+import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { parseFlags, UsageError } from './args';
 import { demoCommand, DEMO_HELP } from './demo';
 import { SEARCH_HELP, searchCommand } from './search';
@@ -51,6 +51,7 @@ async function workerCommand(argv: string[]): Promise<number> {
   if (!values.fleet) throw new UsageError(`--fleet is required: the model servers this worker sends batches to; usage: ${WORKER_USAGE}`);
   const fleet = new Fleet(parseFleet(values.fleet as string));
   const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+  installQuietRuntime();
   const connection = await NativeConnection.connect({ address });
   const worker = await createSearchWorker({
     connection,

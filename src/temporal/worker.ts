@@ -6,11 +6,11 @@ import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
 
 let runtimeInstalled = false;
 
-/** Keeps the SDK core quiet unless asked: the CLI's stdout is for results. */
-export function installQuietRuntime(): void {
+/** Keeps the SDK core quiet unless asked: the CLI's stdout is for results. Call before any connection. */
+export function installQuietRuntime(defaultLevel: 'WARN' | 'ERROR' = 'WARN'): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
-  const level = (process.env.NOISESEARCH_LOG_LEVEL ?? 'WARN').toUpperCase() as 'WARN';
+  const level = (process.env.NOISESEARCH_LOG_LEVEL ?? defaultLevel).toUpperCase() as 'WARN';
   Runtime.install({
     logger: new DefaultLogger(level),
     telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) } },
@@ -25,7 +25,6 @@ export interface WorkerOptions {
 }
 
 export async function createSearchWorker({ connection, fleet, namespace, taskQueue }: WorkerOptions): Promise<Worker> {
-  installQuietRuntime();
   return Worker.create({
     connection,
     namespace: namespace ?? DEFAULT_NAMESPACE,

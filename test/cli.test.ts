@@ -1,0 +1,102 @@
+// The CLI as a user runs it: a real process, the embedded services in a throw-away state folder.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { PROJECT_ROOT } from '../src/embedded/paths';
+import { tempDir } from './helpers';
+
+const BIN = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], home: string): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, NOISESEARCH_HOME: home, TEMPORAL_ADDRESS: '' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+describe('noisesearch CLI', () => {
+  const home = tempDir('cli');
+  after(async () => {
+    await cli(['server', 'stop'], home);
+  });
+
+  it('prints help for every command', async () => {
+    for (const args of [['--help'], ['search', '--help'], ['worker', '--help'], ['server', '--help'], ['demo', '--help']]) {
+      const run = await cli(args, home);
+      assert.equal(run.code, 0, args.join(' '));
+      assert.match(run.stdout, /[Uu]sage|Commands/);
+    }
+  });
+
+  it('refuses bad input with one line on stderr, exit code 2, and nothing started', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['search', '--class', '3', '--bogus'], /Unknown option '--bogus'.*usage: noisesearch search/],
+      [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
+      [['search', '--class', '3', '--model', 'sdxl'], /model.*"sdxl".*gmm/],
+      [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
+      [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\); use --budget 38 or more/],
+      [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],
+      [['frobnicate'], /"frobnicate" is not a command/],
+      [['server', 'restart'], /"restart" is not an action/],
+      [['worker'], /--fleet is required/],
+    ];
+    for (const [args, pattern] of cases) {
+      const run = await cli(args, home);
+      assert.equal(run.code, 2, `${args.join(' ')}: ${run.stderr}`);
+      assert.match(run.stderr, pattern);
+      assert.equal(run.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${run.stderr}`);
+      assert.equal(run.stdout, '');
+    }
+    assert.ok(!existsSync(path.join(home, 'services.json')), 'nothing was started');
+  });
+
+  it('runs a search through Temporal and in-process, prints JSON, and gives the same result', async () => {
+    const args = ['search', '--class', '3', '--budget', '400', '--seed', '7', '--json'];
+    const temporal = await cli(args, home);
+    assert.equal(temporal.code, 0, temporal.stderr);
+    const viaTemporal = JSON.parse(temporal.stdout);
+    for (const key of ['workflowId', 'algorithm', 'verifiers', 'candidates', 'verifierSeconds']) assert.ok(key in viaTemporal, key);
+    assert.equal(viaTemporal.budget.nfe, 400);
+    assert.equal(viaTemporal.nfe.total, viaTemporal.nfe.search + viaTemporal.nfe.final);
+    assert.ok(viaTemporal.nfe.executed >= 0);
+    assert.equal(typeof viaTemporal.best.score, 'number');
+    assert.equal(typeof viaTemporal.best.noise.seed, 'number');
+    assert.ok(!existsSync(path.join(home, 'services.json')), 'what the search started was stopped');
+
+    const local = await cli([...args, '--local'], home);
+    assert.equal(local.code, 0, local.stderr);
+    const inProcess = JSON.parse(local.stdout);
+    assert.deepEqual(inProcess.best, viaTemporal.best);
+    assert.equal(inProcess.driver, 'local');
+  });
+
+  it('starts, reports and stops the embedded services, and searches reuse them', async () => {
+    const start = await cli(['server', 'start'], home);
+    assert.equal(start.code, 0, start.stderr);
+    assert.match(start.stdout, /Temporal 127\.0\.0\.1:\d+ \(UI http:\/\/127\.0\.0\.1:\d+\)/);
+    const status = await cli(['server', 'status'], home);
+    assert.equal(status.code, 0, status.stdout);
+    assert.match(status.stdout, /temporal\s+ready/);
+    assert.match(status.stdout, /modelServer\s+ready/);
+    const search = await cli(['search', '--class', '1', '--budget', '100'], home);
+    assert.equal(search.code, 0, search.stderr);
+    assert.match(search.stdout, /best score/);
+    assert.doesNotMatch(search.stderr, /starting/, 'reused the running services');
+    assert.ok(existsSync(path.join(home, 'services.json')), 'left running what it did not start');
+    const stop = await cli(['server', 'stop'], home);
+    assert.match(stop.stdout, /stopped temporal, modelServer/);
+    assert.equal((await cli(['server', 'status'], home)).code, 3);
+  });
+});

@@ -1,0 +1,28 @@
+// Real services for tests: each suite starts what it needs on free ports and stops it afterwards.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { startModelServer, stopProcess, type StartedProcess } from '../src/embedded/processes';
+
+export function tempDir(prefix: string): string {
+  return mkdtempSync(path.join(tmpdir(), `noisesearch-${prefix}-`));
+}
+
+export async function withModelServer(extraArgs: string[] = [], port?: number): Promise<StartedProcess & { logFile: string }> {
+  const logFile = path.join(tempDir('model-server'), 'server.log');
+  return { ...(await startModelServer({ logFile, extraArgs, port })), logFile };
+}
+
+export async function stopServer(server: StartedProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (!server) return;
+  if (signal === 'SIGKILL') {
+    server.child.kill('SIGKILL');
+    await new Promise((resolve) => (server.child.exitCode !== null || server.child.signalCode !== null ? resolve(null) : server.child.once('exit', resolve)));
+    return;
+  }
+  await stopProcess(server.pid);
+}
+
+export function uniqueId(prefix: string): string {
+  return `${prefix}-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+}

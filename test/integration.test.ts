@@ -1,0 +1,126 @@
+// End to end with real parts at every joint: a Temporal dev server, the Python model server over gRPC,
+// and a worker running the bundled workflow code.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { WorkflowFailedError } from '@temporalio/client';
+import { TEMPORAL_BIN } from '../src/embedded/paths';
+import { Fleet } from '../src/fleet/client';
+import { runLocalSearch } from '../src/local';
+import type { SearchResult } from '../src/search/run';
+import type { SearchSpec } from '../src/search/spec';
+import { startSearch } from '../src/temporal/client';
+import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
+import { progressQuery } from '../workflows/search';
+import { stopServer, uniqueId, withModelServer } from './helpers';
+
+function spec(overrides: Partial<SearchSpec> = {}): SearchSpec {
+  return { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random' }, verifiers: ['gmm-classifier'], budgetNfe: 2000, seed: 7, ...overrides };
+}
+
+function causes(error: Error | undefined): string {
+  const messages: string[] = [];
+  for (let e: Error | undefined = error; e; e = e.cause as Error | undefined) messages.push(e.message);
+  return messages.join(' <- ');
+}
+
+function sameOutcome(a: SearchResult, b: SearchResult): void {
+  assert.deepEqual(a.best, b.best);
+  assert.deepEqual({ ...a.nfe, executed: 0 }, { ...b.nfe, executed: 0 });
+  assert.equal(a.candidates, b.candidates);
+}
+
+describe('search through Temporal, gRPC and the model server', () => {
+  let env: TestWorkflowEnvironment;
+  let server: Awaited<ReturnType<typeof withModelServer>>;
+  let fleet: Fleet;
+  let worker: Worker;
+  let running: Promise<void>;
+  const taskQueue = uniqueId('it');
+
+  before(async () => {
+    installQuietRuntime('ERROR');
+    [env, server] = await Promise.all([
+      TestWorkflowEnvironment.createLocal({ server: { executable: { type: 'existing-path', path: TEMPORAL_BIN } } }),
+      withModelServer(),
+    ]);
+    fleet = new Fleet([server.address], { callDeadlineMs: 10_000 });
+    worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
+    running = worker.run();
+  });
+
+  after(async () => {
+    worker?.shutdown();
+    await running;
+    fleet?.close();
+    await stopServer(server);
+    await env?.teardown();
+  });
+
+  it('completes a search and agrees with the in-process driver; a repeat gives the identical result', async () => {
+    const handle = await startSearch(env.client, spec(), { taskQueue, workflowId: uniqueId('search') });
+    const viaTemporal = await handle.result();
+    assert.equal(viaTemporal.candidates, 104);
+    assert.equal(viaTemporal.nfe.total, 104 * 19 + 19);
+    assert.ok(viaTemporal.nfe.total <= 2000);
+    assert.ok(viaTemporal.verifierSeconds > 0);
+    assert.equal(viaTemporal.best.score, viaTemporal.best.searchScore, 'final generation with the search sampler reproduces the score');
+
+    const inProcess = await runLocalSearch(spec(), fleet);
+    sameOutcome(viaTemporal, inProcess);
+
+    const again = await (await startSearch(env.client, spec(), { taskQueue, workflowId: uniqueId('search') })).result();
+    sameOutcome(viaTemporal, again);
+    assert.ok(again.nfe.executed < again.nfe.total, 'the server cache served the repeat');
+  });
+
+  it('answers a progress query in the middle of a search', async () => {
+    const long = spec({ budgetNfe: 12_000, algorithm: { name: 'random', roundSize: 8 }, seed: 11 });
+    const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('progress') });
+    let progress = await handle.query(progressQuery);
+    while (!progress || progress.round < 3) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      progress = await handle.query(progressQuery);
+    }
+    assert.equal(progress.budget, 12_000);
+    assert.ok(progress.nfeSpent > 0 && progress.nfeSpent < 12_000, `spent ${progress.nfeSpent}`);
+    assert.ok(progress.best && Number.isFinite(progress.best.score));
+    const result = await handle.result();
+    assert.ok(result.rounds > progress.round);
+  });
+
+  it('finishes a search when the model server is killed in the middle and started again', async () => {
+    const long = spec({ budgetNfe: 12_000, algorithm: { name: 'random', roundSize: 8 }, seed: 23 });
+    const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('restart') });
+    let progress = await handle.query(progressQuery);
+    while (!progress || progress.round < 3) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      progress = await handle.query(progressQuery);
+    }
+    const port = Number(server.address.split(':')[1]);
+    await stopServer(server, 'SIGKILL');
+    const stalled = await handle.query(progressQuery);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    assert.equal((await handle.query(progressQuery))!.phase, stalled!.phase);
+    server = await withModelServer([], port);
+    const result = await handle.result();
+    sameOutcome(result, await runLocalSearch(long, fleet));
+  });
+
+  it('fails fast, without retries, when the model is not hosted', async () => {
+    const handle = await startSearch(env.client, spec({ model: 'flux' }), { taskQueue, workflowId: uniqueId('bad-model') });
+    await assert.rejects(handle.result(), (error: WorkflowFailedError) => {
+      assert.match(causes(error), /model "flux" is not hosted by the fleet/);
+      return true;
+    });
+  });
+
+  it('fails with every problem of a bad spec, without retries', async () => {
+    const handle = await startSearch(env.client, spec({ budgetNfe: 20 }), { taskQueue, workflowId: uniqueId('bad-spec') });
+    await assert.rejects(handle.result(), (error: WorkflowFailedError) => {
+      assert.match(causes(error), /budget: 20 NFEs cannot pay for one candidate/);
+      return true;
+    });
+  });
+});
