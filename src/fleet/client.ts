@@ -28,6 +28,8 @@ interface Endpoint {
   outstanding: number;
   limit: pLimit.Limit;
   limitSize: number;
+  /** A probe in flight: concurrent callers wait for it rather than seeing the endpoint as down. */
+  probing: Promise<void> | null;
 }
 
 const RETRY_UNAVAILABLE = JSON.stringify({
@@ -132,6 +134,7 @@ export class Fleet {
       outstanding: 0,
       limit: pLimit(1),
       limitSize: 1,
+      probing: null,
     }));
   }
 
@@ -165,7 +168,12 @@ export class Fleet {
   async refresh(force = false): Promise<void> {
     const now = Date.now();
     await Promise.all(
-      this.endpoints.filter((e) => force || (!e.serving && now - e.checkedAt >= this.recheckMs)).map((e) => this.probe(e)),
+      this.endpoints.map((e) => {
+        if (!e.probing && (force || (!e.serving && now - e.checkedAt >= this.recheckMs))) {
+          e.probing = this.probe(e).finally(() => (e.probing = null));
+        }
+        return e.probing;
+      }),
     );
   }
 

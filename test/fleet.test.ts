@@ -1,0 +1,113 @@
+// The fleet client against real model servers: routing, endpoints that are down, error classification.
+import assert from 'node:assert/strict';
+import { status } from '@grpc/grpc-js';
+import { after, before, describe, it } from 'node:test';
+import { freePort } from '../src/embedded/processes';
+import { Fleet, parseFleet } from '../src/fleet/client';
+import { classifyGrpcError, FleetError } from '../src/fleet/errors';
+import type { BatchRequest } from '../src/search/types';
+import { stopServer, withModelServer } from './helpers';
+
+function batch(size: number, overrides: Partial<BatchRequest> = {}): BatchRequest {
+  return {
+    model: 'gmm',
+    condition: { classLabel: 2 },
+    verifiers: ['gmm-classifier'],
+    candidates: Array.from({ length: size }, (_, i) => ({
+      id: `c${i}`,
+      lineage: { noise: { seed: 100 + i, perturbations: [] }, ops: [{ solve: { sigmaFrom: 80, sigmaTo: 0, solver: 'heun' as const, steps: 10 } }] },
+      scoreXpred: false,
+    })),
+    ...overrides,
+  };
+}
+
+describe('error classification', () => {
+  it('makes caller errors non-retryable and transient ones retryable', () => {
+    const error = (code: status) => Object.assign(new Error('x'), { code, details: 'why', metadata: null });
+    for (const code of [status.INVALID_ARGUMENT, status.NOT_FOUND, status.FAILED_PRECONDITION, status.UNIMPLEMENTED]) {
+      assert.equal(classifyGrpcError(error(code), 'h:1').retryable, false, status[code]);
+    }
+    for (const code of [status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.RESOURCE_EXHAUSTED]) {
+      assert.equal(classifyGrpcError(error(code), 'h:1').retryable, true, status[code]);
+    }
+    assert.equal(classifyGrpcError(error(status.NOT_FOUND), 'h:1').message, 'h:1: NOT_FOUND: why');
+  });
+
+  it('reads a fleet from a list and refuses a malformed address', () => {
+    assert.deepEqual(parseFleet('a:1, b:2'), ['a:1', 'b:2']);
+    assert.throws(() => parseFleet('no-port'), /"no-port" is not a host:port gRPC address/);
+  });
+});
+
+describe('fleet client', () => {
+  let a: Awaited<ReturnType<typeof withModelServer>>;
+  let b: Awaited<ReturnType<typeof withModelServer>>;
+  let deadAddress: string;
+
+  before(async () => {
+    [a, b] = await Promise.all([withModelServer(['--max-batch', '16']), withModelServer(['--max-batch', '32'])]);
+    deadAddress = `127.0.0.1:${await freePort()}`;
+  });
+  after(async () => {
+    await Promise.all([stopServer(a), stopServer(b)]);
+  });
+
+  it('skips an endpoint that is down and describes the model with the smallest max batch', async () => {
+    const fleet = new Fleet([deadAddress, a.address, b.address], { probeDeadlineMs: 500 });
+    try {
+      const model = await fleet.describe('gmm');
+      assert.equal(model.maxBatch, 16);
+      assert.deepEqual(model.verifiers.map((v) => v.name).sort(), ['gmm-classifier', 'gmm-oracle', 'gmm-selfsup']);
+      const outcome = await fleet.evaluate(batch(4));
+      assert.equal(outcome.outcomes.length, 4);
+      for (const o of outcome.outcomes) {
+        assert.equal(o.nfeLogical, 19);
+        assert.ok(Number.isFinite(o.scores['gmm-classifier']));
+      }
+    } finally {
+      fleet.close();
+    }
+  });
+
+  it('spreads concurrent batches over the endpoints (least outstanding)', async () => {
+    const fleet = new Fleet([a.address, b.address]);
+    try {
+      const outcomes = await Promise.all(Array.from({ length: 8 }, (_, i) => fleet.evaluate(batch(8, { condition: { classLabel: i % 10 } }))));
+      assert.equal(new Set(outcomes.map((o) => o.serverId)).size, 2);
+    } finally {
+      fleet.close();
+    }
+  });
+
+  it('fails a bad candidate alone and a bad request as non-retryable', async () => {
+    const fleet = new Fleet([a.address]);
+    try {
+      const request = batch(3);
+      request.candidates[1].lineage.ops = [{ solve: { sigmaFrom: 80, sigmaTo: 0, solver: 'heun', steps: 0 } }];
+      const outcome = await fleet.evaluate(request);
+      assert.equal(outcome.outcomes[1].error?.code, 'INVALID_ARGUMENT');
+      assert.match(outcome.outcomes[1].error!.message, /candidates\[1\]\.lineage\.ops\[0\]\.solve\.steps/);
+      assert.ok(!outcome.outcomes[0].error && !outcome.outcomes[2].error);
+
+      await assert.rejects(fleet.evaluate(batch(2, { verifiers: ['clip'] })), (error: FleetError) => {
+        assert.equal(error.code, 'INVALID_ARGUMENT');
+        assert.equal(error.retryable, false);
+        assert.match(error.message, /verifiers\[0\].*clip/);
+        return true;
+      });
+      await assert.rejects(fleet.evaluate(batch(2, { model: 'sdxl' })), (error: FleetError) => error.code === 'NOT_FOUND' && !error.retryable);
+    } finally {
+      fleet.close();
+    }
+  });
+
+  it('reports a fleet with nothing serving as retryable', async () => {
+    const fleet = new Fleet([deadAddress], { probeDeadlineMs: 300 });
+    try {
+      await assert.rejects(fleet.evaluate(batch(1)), (error: FleetError) => error.code === 'UNAVAILABLE' && error.retryable);
+    } finally {
+      fleet.close();
+    }
+  });
+});
