@@ -2,7 +2,8 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { startModelServer, stopProcess, type StartedProcess } from '../src/embedded/processes';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { startModelServer, startTemporal, stopProcess, type StartedProcess } from '../src/embedded/processes';
 
 export function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), `noisesearch-${prefix}-`));
@@ -25,4 +26,18 @@ export async function stopServer(server: StartedProcess | undefined, signal: Nod
 
 export function uniqueId(prefix: string): string {
   return `${prefix}-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+}
+
+/** A Temporal dev server of our own (logs to a file), reached through the SDK's test environment. */
+export async function withTemporal(): Promise<{ env: TestWorkflowEnvironment; stop: () => Promise<void> }> {
+  const dir = tempDir('temporal');
+  const server = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') });
+  const env = await TestWorkflowEnvironment.createFromExistingServer({ address: server.address });
+  return {
+    env,
+    async stop() {
+      await env.teardown();
+      await stopProcess(server.pid);
+    },
+  };
 }

@@ -2,10 +2,9 @@
 // and a worker running the bundled workflow code.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { WorkflowFailedError } from '@temporalio/client';
-import { TEMPORAL_BIN } from '../src/embedded/paths';
 import { Fleet } from '../src/fleet/client';
 import { runLocalSearch } from '../src/local';
 import type { SearchResult } from '../src/search/run';
@@ -13,7 +12,7 @@ import type { SearchSpec } from '../src/search/spec';
 import { startSearch } from '../src/temporal/client';
 import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
 import { progressQuery } from '../workflows/search';
-import { stopServer, uniqueId, withModelServer } from './helpers';
+import { stopServer, uniqueId, withModelServer, withTemporal } from './helpers';
 
 function spec(overrides: Partial<SearchSpec> = {}): SearchSpec {
   return { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random' }, verifiers: ['gmm-classifier'], budgetNfe: 2000, seed: 7, ...overrides };
@@ -33,6 +32,7 @@ function sameOutcome(a: SearchResult, b: SearchResult): void {
 
 describe('search through Temporal, gRPC and the model server', () => {
   let env: TestWorkflowEnvironment;
+  let temporal: Awaited<ReturnType<typeof withTemporal>>;
   let server: Awaited<ReturnType<typeof withModelServer>>;
   let fleet: Fleet;
   let worker: Worker;
@@ -41,10 +41,8 @@ describe('search through Temporal, gRPC and the model server', () => {
 
   before(async () => {
     installQuietRuntime('ERROR');
-    [env, server] = await Promise.all([
-      TestWorkflowEnvironment.createLocal({ server: { executable: { type: 'existing-path', path: TEMPORAL_BIN } } }),
-      withModelServer(),
-    ]);
+    [temporal, server] = await Promise.all([withTemporal(), withModelServer()]);
+    env = temporal.env;
     fleet = new Fleet([server.address], { callDeadlineMs: 10_000 });
     worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
     running = worker.run();
@@ -55,7 +53,7 @@ describe('search through Temporal, gRPC and the model server', () => {
     await running;
     fleet?.close();
     await stopServer(server);
-    await env?.teardown();
+    await temporal?.stop();
   });
 
   it('completes a search and agrees with the in-process driver; a repeat gives the identical result', async () => {

@@ -1,0 +1,74 @@
+// What durability costs: the wall time of one 2,000-NFE random search through Temporal against the
+// in-process driver, on the same model server, alternated and measured side by side. Each run uses its
+// own seed so neither driver gets the other's cache hits. Run with `npm run bench`.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { startModelServer, startTemporal, stopProcess } from '../embedded/processes';
+import { Fleet } from '../fleet/client';
+import { runLocalSearch } from '../local';
+import type { SearchSpec } from '../search/spec';
+import { startSearch } from '../temporal/client';
+import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
+
+const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);
+
+function spec(seed: number): SearchSpec {
+  return { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random' }, verifiers: ['gmm-classifier'], budgetNfe: 2000, seed };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+async function timed(work: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint();
+  await work();
+  return Number(process.hrtime.bigint() - start) / 1e6;
+}
+
+async function main(): Promise<void> {
+  installQuietRuntime('ERROR');
+  const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-bench-'));
+  const [temporal, server] = await Promise.all([
+    startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') }),
+    startModelServer({ logFile: path.join(dir, 'server.log') }),
+  ]);
+  const env = await TestWorkflowEnvironment.createFromExistingServer({ address: temporal.address });
+  const fleet = new Fleet([server.address]);
+  const taskQueue = `bench-${process.pid}`;
+  const worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
+  const running = worker.run();
+  try {
+    await runLocalSearch(spec(1), fleet);
+    await (await startSearch(env.client, spec(2), { taskQueue, workflowId: `bench-warmup-${process.pid}` })).result();
+    const local: number[] = [];
+    const temporal: number[] = [];
+    for (let i = 0; i < REPEATS; i++) {
+      local.push(await timed(() => runLocalSearch(spec(1000 + 2 * i), fleet)));
+      temporal.push(
+        await timed(async () => (await startSearch(env.client, spec(1001 + 2 * i), { taskQueue, workflowId: `bench-${process.pid}-${i}` })).result()),
+      );
+    }
+    const fmt = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+    console.log(`2,000-NFE random search (104 candidates + final), median of ${REPEATS}, alternated:`);
+    console.log(`  in-process driver: ${median(local).toFixed(1)} ms   [${fmt(local)}]`);
+    console.log(`  Temporal driver:   ${median(temporal).toFixed(1)} ms   [${fmt(temporal)}]`);
+    console.log(`  ratio Temporal / in-process: ${(median(temporal) / median(local)).toFixed(2)}`);
+  } finally {
+    worker.shutdown();
+    await running;
+    fleet.close();
+    await stopProcess(server.pid);
+    await env.teardown();
+    await stopProcess(temporal.pid);
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
