@@ -44,7 +44,7 @@ describe('noisesearch CLI', () => {
     const cases: Array<[string[], RegExp]> = [
       [['search', '--class', '3', '--bogus'], /Unknown option '--bogus'.*usage: noisesearch search/],
       [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
-      [['search', '--class', '3', '--model', 'sdxl'], /model.*"sdxl".*gmm/],
+      [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want one of gmm/],
       [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
       [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\); use --budget 38 or more/],
       [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],

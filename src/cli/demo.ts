@@ -22,12 +22,17 @@ function demoSpec(classLabel: number, budgetNfe: number): SearchSpec {
   return { model: 'gmm', condition: { classLabel }, algorithm: { name: 'random' }, verifiers: [VERIFIER], budgetNfe, seed: 7 };
 }
 
+/** Log-posteriors crowd toward 0 as search improves; keep their differences visible. */
+function formatScore(score: number): string {
+  return Math.abs(score) >= 1e-3 || score === 0 ? score.toFixed(4) : score.toExponential(2);
+}
+
 function table(rows: SearchResult[]): string {
   const header = ['class', 'budget (NFEs)', 'best score', 'NFEs search / final / total', 'candidates', 'verifier s'];
   const body = rows.map((r) => [
     String(r.condition.classLabel),
     String(r.budget.nfe),
-    r.best.score.toFixed(4),
+    formatScore(r.best.score),
     `${r.nfe.search} / ${r.nfe.final} / ${r.nfe.total}`,
     String(r.candidates),
     r.verifierSeconds.toFixed(4),

@@ -9,7 +9,7 @@ export class UnknownModelError extends Error {}
 
 export function describeEmbeddedModel(model: string): ModelInfo {
   const run = spawnSync(VENV_PYTHON, ['-m', 'noisesearch_server', '--describe', '--model', model], { encoding: 'utf8' });
-  if (run.status === 2) throw new UnknownModelError(run.stderr.trim().split('\n').pop() ?? `model: "${model}" is unknown`);
+  if (run.status === 2) throw new UnknownModelError(run.stderr.trim().replace(/^noisesearch-server: /, ''));
   if (run.status !== 0) throw new Error(`could not describe model ${model}: ${run.stderr.trim() || run.error?.message}`);
   return toModelInfo(JSON.parse(run.stdout));
 }

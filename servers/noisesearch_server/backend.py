@@ -1,0 +1,164 @@
+"""What a backend is, in plain data: the servicers decode into these types and encode out of them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .lineage import Candidate, Condition
+
+
+# The label of a row without a class condition, in the label arrays passed to models and verifiers.
+UNCONDITIONAL = -1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    latent_shape: tuple[int, ...]
+    sigma_min: float
+    sigma_max: float
+    rho: float
+    num_classes: int
+    default_solver: str
+    default_steps: int
+    default_guidance_scale: float
+    # Two models with the same identity produce the same trajectories: it keys the trajectory cache.
+    identity: str
+
+
+@dataclass(frozen=True)
+class VerifierSpec:
+    name: str
+    kind: str
+    needs_condition: bool
+    xpred_sigma: float
+    description: str
+
+
+class Verifier(Protocol):
+    spec: VerifierSpec
+
+    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
+        """One score per row; labels are UNCONDITIONAL for rows without a class; xpreds only for self-supervised."""
+        ...
+
+
+class DiffusionModel(Protocol):
+    spec: ModelSpec
+
+    def denoise(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """D(x, sigma) per row: each row's result must not depend on the other rows."""
+        ...
+
+
+class RequestError(Exception):
+    """The whole call is bad; `code` is a gRPC status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CandidateError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Description:
+    model: ModelSpec
+    solvers: tuple[str, ...]
+    verifiers: tuple[VerifierSpec, ...]
+    max_batch: int
+    max_concurrency: int
+    server_id: str
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    model: str
+    candidates: tuple[Candidate, ...]
+    verifiers: tuple[str, ...]
+    return_samples: bool = False
+
+
+@dataclass
+class CandidateResult:
+    id: str
+    scores: dict[str, float] = field(default_factory=dict)
+    nfe_logical: int = 0
+    nfe_executed: int = 0
+    error: CandidateError | None = None
+    sample: np.ndarray | None = None
+    final_sigma: float = 0.0
+    resumed_from_cache: bool = False
+    # This candidate's share of each verifier's batched call, so merged requests split their cost fairly.
+    verifier_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifierTiming:
+    verifier: str
+    calls: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluateResponse:
+    results: tuple[CandidateResult, ...]
+    verifier_timings: tuple[VerifierTiming, ...]
+    cache_hits: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    values: np.ndarray
+    shape: tuple[int, ...]
+    condition: Condition | None
+    xpred: np.ndarray
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    verifiers: tuple[str, ...]
+    samples: tuple[Sample, ...]
+
+
+@dataclass(frozen=True)
+class ScoreResponse:
+    scores: tuple[dict[str, float], ...]
+    verifier_timings: tuple[VerifierTiming, ...]
+
+
+class Backend(ABC):
+    """Loaded once; then `evaluate` answers a batch of requests with one response (or error) each."""
+
+    @abstractmethod
+    def describe(self) -> Description: ...
+
+    @abstractmethod
+    def check_request(self, request: EvaluateRequest) -> None:
+        """Raise RequestError when the call as a whole is bad; candidate problems are not checked here."""
+
+    @abstractmethod
+    def evaluate(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]: ...
+
+    @abstractmethod
+    def score(self, request: ScoreRequest) -> ScoreResponse: ...
+
+
+def summarize_timings(results: list[CandidateResult]) -> tuple[VerifierTiming, ...]:
+    """`calls` counts scored samples, so the number does not depend on how requests were merged."""
+    calls: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for result in results:
+        for name, spent in result.verifier_seconds.items():
+            calls[name] = calls.get(name, 0) + 1
+            seconds[name] = seconds.get(name, 0.0) + spent
+    return tuple(VerifierTiming(name, calls[name], seconds[name]) for name in calls)

@@ -1,0 +1,89 @@
+"""Dynamic batching: concurrent Evaluate calls arriving within a short window share one engine run."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from .backend import Backend, EvaluateRequest, EvaluateResponse, RequestError
+
+
+@dataclass
+class _Waiting:
+    request: EvaluateRequest
+    reply: asyncio.Future
+
+
+class Batcher:
+    def __init__(self, backend: Backend, max_batch: int, window_seconds: float, executor: Executor) -> None:
+        self.backend = backend
+        self.max_batch = max_batch
+        self.window_seconds = window_seconds
+        # One worker thread: the engine and its cache are not thread-safe, and the event loop must stay free.
+        self.executor = executor
+        self.engine_runs = 0
+        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self._held_over: _Waiting | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="noisesearch-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, request: EvaluateRequest) -> EvaluateResponse | RequestError:
+        """The caller must have checked the request: it has 1 to max_batch candidates."""
+        reply = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Waiting(request, reply))
+        return await reply
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            try:
+                responses = await loop.run_in_executor(
+                    self.executor, self.backend.evaluate, [waiting.request for waiting in batch]
+                )
+            except Exception as failure:
+                for waiting in batch:
+                    if not waiting.reply.done():
+                        waiting.reply.set_exception(failure)
+                continue
+            finally:
+                self.engine_runs += 1
+            for waiting, response in zip(batch, responses):
+                if not waiting.reply.done():
+                    waiting.reply.set_result(response)
+
+    async def _gather(self) -> list[_Waiting]:
+        first = self._held_over or await self._queue.get()
+        self._held_over = None
+        batch, total = [first], len(first.request.candidates)
+        deadline = asyncio.get_running_loop().time() + self.window_seconds
+        while total < self.max_batch:
+            waiting = await self._next_before(deadline)
+            if waiting is None:
+                break
+            size = len(waiting.request.candidates)
+            if total + size > self.max_batch:
+                self._held_over = waiting
+                break
+            batch.append(waiting)
+            total += size
+        return batch
+
+    async def _next_before(self, deadline: float) -> _Waiting | None:
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except TimeoutError:
+            return None

@@ -1,0 +1,146 @@
+"""Protobuf messages <-> the backend's plain dataclasses; nothing here computes or validates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import Description, EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse, Sample, VerifierSpec
+from .lineage import Candidate, Condition, Lineage, NoiseRecipe, Op, Perturbation, Renoise, Solve
+from .proto import load
+
+pb, _ = load()
+
+
+def decode_condition(message) -> Condition:
+    kind = message.WhichOneof("kind")
+    return Condition(
+        class_label=message.class_label if kind == "class_label" else None,
+        prompt=message.prompt if kind == "prompt" else None,
+        guidance_scale=message.guidance_scale,
+    )
+
+
+def decode_op(message) -> Op | None:
+    kind = message.WhichOneof("op")
+    if kind == "solve":
+        s = message.solve
+        return Solve(s.sigma_from, s.sigma_to, s.solver, s.steps, s.schedule)
+    if kind == "renoise":
+        r = message.renoise
+        return Renoise(r.sigma_from, r.sigma_to, r.seed)
+    return None
+
+
+def decode_lineage(message) -> Lineage:
+    noise = None
+    if message.HasField("noise"):
+        noise = NoiseRecipe(
+            seed=message.noise.seed,
+            perturbations=tuple(Perturbation(p.seed, p.cosine) for p in message.noise.perturbations),
+        )
+    return Lineage(noise=noise, ops=tuple(decode_op(op) for op in message.ops))
+
+
+def decode_candidate(message) -> Candidate:
+    return Candidate(
+        id=message.id,
+        lineage=decode_lineage(message.lineage),
+        condition=decode_condition(message.condition),
+        score_xpred=message.score_xpred,
+    )
+
+
+def decode_evaluate_request(message) -> EvaluateRequest:
+    return EvaluateRequest(
+        model=message.model,
+        candidates=tuple(decode_candidate(c) for c in message.candidates),
+        verifiers=tuple(message.verifiers),
+        return_samples=message.return_samples,
+    )
+
+
+def decode_score_request(message) -> ScoreRequest:
+    return ScoreRequest(
+        verifiers=tuple(message.verifiers),
+        samples=tuple(
+            Sample(
+                values=np.array(s.values, dtype=np.float32),
+                shape=tuple(s.shape),
+                condition=decode_condition(s.condition) if s.HasField("condition") else None,
+                xpred=np.array(s.xpred, dtype=np.float32),
+            )
+            for s in message.samples
+        ),
+    )
+
+
+def encode_verifier_info(spec: VerifierSpec):
+    return pb.VerifierInfo(
+        name=spec.name,
+        kind=spec.kind,
+        needs_condition=spec.needs_condition,
+        xpred_sigma=spec.xpred_sigma,
+        description=spec.description,
+    )
+
+
+def encode_description(description: Description):
+    model = description.model
+    return pb.ModelDescription(
+        model=model.name,
+        latent_shape=list(model.latent_shape),
+        sigma_min=model.sigma_min,
+        sigma_max=model.sigma_max,
+        solvers=[pb.SolverInfo(name=name) for name in description.solvers],
+        max_batch=description.max_batch,
+        max_concurrency=description.max_concurrency,
+        verifiers=[encode_verifier_info(v) for v in description.verifiers],
+        default_solver=model.default_solver,
+        default_steps=model.default_steps,
+        num_classes=model.num_classes,
+        default_guidance_scale=model.default_guidance_scale,
+        server_id=description.server_id,
+    )
+
+
+def encode_verifier_description(description: Description):
+    return pb.VerifierDescription(
+        verifiers=[encode_verifier_info(v) for v in description.verifiers],
+        sample_shape=list(description.model.latent_shape),
+    )
+
+
+def _encode_timings(timings) -> list:
+    return [pb.VerifierTiming(verifier=t.verifier, calls=t.calls, seconds=t.seconds) for t in timings]
+
+
+def encode_evaluate_response(response: EvaluateResponse, server_seconds: float, server_id: str):
+    results = []
+    for result in response.results:
+        message = pb.CandidateResult(
+            id=result.id,
+            scores=result.scores,
+            nfe_logical=result.nfe_logical,
+            nfe_executed=result.nfe_executed,
+            final_sigma=result.final_sigma,
+        )
+        if result.error is not None:
+            message.error.code = result.error.code
+            message.error.message = result.error.message
+        if result.sample is not None:
+            message.sample.extend(result.sample.astype(np.float32).tolist())
+        results.append(message)
+    return pb.EvaluateResponse(
+        results=results,
+        verifier_timings=_encode_timings(response.verifier_timings),
+        server_seconds=server_seconds,
+        server_id=server_id,
+        cache_hits=response.cache_hits,
+    )
+
+
+def encode_score_response(response: ScoreResponse):
+    return pb.ScoreResponse(
+        results=[pb.SampleScores(scores=scores) for scores in response.scores],
+        verifier_timings=_encode_timings(response.verifier_timings),
+    )

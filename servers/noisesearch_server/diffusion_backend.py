@@ -1,0 +1,205 @@
+"""A Backend over any DiffusionModel and its co-located verifiers: request checks, batching, scoring."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import numpy as np
+
+from .backend import (
+    UNCONDITIONAL,
+    Backend,
+    CandidateResult,
+    Description,
+    DiffusionModel,
+    EvaluateRequest,
+    EvaluateResponse,
+    RequestError,
+    ScoreRequest,
+    ScoreResponse,
+    Verifier,
+    VerifierTiming,
+    summarize_timings,
+)
+from .engine import SOLVERS, Engine, TrajectoryCache
+from .lineage import Job
+from .validation import validate_candidate
+
+
+class ConfigError(ValueError):
+    """Start-up configuration that cannot work; the message says how to fix it."""
+
+
+class DiffusionBackend(Backend):
+    def __init__(
+        self,
+        model: DiffusionModel,
+        verifiers: list[Verifier],
+        *,
+        max_batch: int,
+        max_concurrency: int,
+        cache_entries: int,
+    ) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if cache_entries < 0:
+            raise ConfigError(f"cache_entries must be >= 0, got {cache_entries}")
+        names = [v.spec.name for v in verifiers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"verifier names must be unique, got {names}")
+        probe_sigmas = {v.spec.xpred_sigma for v in verifiers if v.spec.kind == "self-supervised"}
+        if len(probe_sigmas) > 1:
+            raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
+        self.model = model
+        self.verifiers = {v.spec.name: v for v in verifiers}
+        self.max_batch = max_batch
+        self.max_concurrency = max_concurrency
+        self.server_id = str(uuid.uuid4())
+        self.cache = TrajectoryCache(cache_entries)
+        self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None)
+
+    def describe(self) -> Description:
+        return Description(
+            model=self.model.spec,
+            solvers=SOLVERS,
+            verifiers=tuple(v.spec for v in self.verifiers.values()),
+            max_batch=self.max_batch,
+            max_concurrency=self.max_concurrency,
+            server_id=self.server_id,
+        )
+
+    def _hosted(self) -> str:
+        return ", ".join(self.verifiers)
+
+    def _check_verifiers(self, names: tuple[str, ...]) -> None:
+        for i, name in enumerate(names):
+            if name not in self.verifiers:
+                raise RequestError(
+                    "INVALID_ARGUMENT", f"verifiers[{i}]: unknown verifier {name!r}; this server hosts {self._hosted()}"
+                )
+
+    def check_request(self, request: EvaluateRequest) -> None:
+        model = self.model.spec.name
+        if request.model and request.model != model:
+            raise RequestError("NOT_FOUND", f"model: unknown model {request.model!r}; this server hosts {model!r}")
+        if not request.candidates:
+            raise RequestError("INVALID_ARGUMENT", f"candidates: empty; send 1 to {self.max_batch} candidates")
+        if len(request.candidates) > self.max_batch:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"candidates: got {len(request.candidates)}, more than max_batch {self.max_batch}; split the request",
+            )
+        self._check_verifiers(request.verifiers)
+
+    def evaluate(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]:
+        """Runs the valid candidates of all requests as one engine batch."""
+        request_results: list[list[CandidateResult | None] | RequestError] = []
+        jobs: list[Job] = []
+        slots: list[tuple[int, int]] = []
+        for r, request in enumerate(requests):
+            try:
+                self.check_request(request)
+            except RequestError as error:
+                request_results.append(error)
+                continue
+            verifier_specs = tuple(self.verifiers[name].spec for name in dict.fromkeys(request.verifiers))
+            results: list[CandidateResult | None] = []
+            for i, candidate in enumerate(request.candidates):
+                outcome = validate_candidate(
+                    candidate, i, self.model.spec, SOLVERS, verifier_specs, request.return_samples
+                )
+                if isinstance(outcome, Job):
+                    jobs.append(outcome)
+                    slots.append((r, i))
+                    results.append(None)
+                else:
+                    results.append(CandidateResult(id=candidate.id, error=outcome))
+            request_results.append(results)
+
+        for (r, i), result in zip(slots, self.engine.run(jobs)):
+            request_results[r][i] = result
+
+        responses: list[EvaluateResponse | RequestError] = []
+        for outcome in request_results:
+            if isinstance(outcome, RequestError):
+                responses.append(outcome)
+                continue
+            results = [result for result in outcome if result is not None]
+            responses.append(
+                EvaluateResponse(
+                    results=tuple(results),
+                    verifier_timings=summarize_timings(results),
+                    cache_hits=sum(result.resumed_from_cache for result in results),
+                )
+            )
+        return responses
+
+    def score(self, request: ScoreRequest) -> ScoreResponse:
+        self._check_verifiers(request.verifiers)
+        spec = self.model.spec
+        names = list(dict.fromkeys(request.verifiers))
+        size = math.prod(spec.latent_shape)
+        needs_condition = [n for n in names if self.verifiers[n].spec.needs_condition]
+        needs_xpred = [n for n in names if self.verifiers[n].spec.kind == "self-supervised"]
+        labels = []
+        for i, sample in enumerate(request.samples):
+            path = f"samples[{i}]"
+            if sample.shape != spec.latent_shape:
+                raise RequestError(
+                    "INVALID_ARGUMENT", f"{path}.shape: got {list(sample.shape)}, want {list(spec.latent_shape)}"
+                )
+            _check_values(f"{path}.values", sample.values, size)
+            if needs_xpred:
+                _check_values(f"{path}.xpred", sample.xpred, size, f" (verifier {needs_xpred[0]!r} needs it)")
+            label = UNCONDITIONAL
+            condition = sample.condition
+            if condition is not None and condition.prompt is not None:
+                raise RequestError("INVALID_ARGUMENT", f"{path}.condition.prompt: this model takes class labels, not prompts")
+            if condition is not None and condition.class_label is not None:
+                label = condition.class_label
+                if not 0 <= label < spec.num_classes:
+                    raise RequestError(
+                        "INVALID_ARGUMENT",
+                        f"{path}.condition.class_label: got {label}; want a class in [0, {spec.num_classes})",
+                    )
+            elif needs_condition:
+                raise RequestError(
+                    "INVALID_ARGUMENT",
+                    f"{path}.condition: verifier {needs_condition[0]!r} needs a condition; set condition.class_label",
+                )
+            labels.append(label)
+
+        scores: list[dict[str, float]] = [{} for _ in request.samples]
+        timings = []
+        if request.samples:
+            values = np.stack([s.values.astype(np.float64).reshape(size) for s in request.samples])
+            label_array = np.array(labels)
+            for name in names:
+                verifier = self.verifiers[name]
+                xpreds = (
+                    np.stack([s.xpred.astype(np.float64) for s in request.samples])
+                    if verifier.spec.kind == "self-supervised"
+                    else None
+                )
+                started = time.perf_counter()
+                result = verifier.score(values, label_array, xpreds)
+                timings.append(VerifierTiming(name, len(request.samples), time.perf_counter() - started))
+                for i, score in enumerate(result):
+                    if not np.isfinite(score):
+                        raise RequestError(
+                            "INTERNAL", f"samples[{i}]: verifier {name!r} gave a non-finite score ({score})"
+                        )
+                    scores[i][name] = float(score)
+        return ScoreResponse(scores=tuple(scores), verifier_timings=tuple(timings))
+
+
+def _check_values(path: str, values: np.ndarray, size: int, why: str = "") -> None:
+    if len(values) != size:
+        raise RequestError("INVALID_ARGUMENT", f"{path}: got {len(values)} values, want {size}{why}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise RequestError("INVALID_ARGUMENT", f"{path}[{bad[0]}]: got {values[bad[0]]}; want finite values")

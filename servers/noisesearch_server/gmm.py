@@ -1,0 +1,224 @@
+"""An exact diffusion model: a class-conditional Gaussian mixture with a closed-form denoiser.
+
+Every per-row reduction below is an elementwise product summed over a contiguous last axis (or a Python
+loop over the tiny rank), never a BLAS call: BLAS picks kernels by batch size, and a candidate's result
+must not depend on the batch it was evaluated in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .backend import ModelSpec, VerifierSpec
+
+
+@dataclass(frozen=True)
+class GmmConfig:
+    dim: int = 16
+    num_classes: int = 10
+    components_per_class: int = 3
+    rank: int = 2
+    seed: int = 0
+    # Class centres and component shapes close relative to the isotropic spread keep classes overlapping
+    # (mean true-class posterior about 0.5), so a classifier verifier has something to choose between.
+    class_spread: float = 0.2
+    component_spread: float = 0.15
+    isotropic_std: float = 0.5
+    factor_scale: float = 0.4
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    default_solver: str = "heun"
+    default_steps: int = 10
+    default_guidance_scale: float = 1.0
+    feature_count: int = 32
+    selfsup_sigma: float = 0.4
+
+    def problems(self) -> list[str]:
+        checks = [
+            (self.dim >= 1, f"dim must be >= 1, got {self.dim}"),
+            (self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
+            (self.components_per_class >= 1, f"components_per_class must be >= 1, got {self.components_per_class}"),
+            (0 <= self.rank <= self.dim, f"rank must be in [0, dim={self.dim}], got {self.rank}"),
+            (self.isotropic_std > 0, f"isotropic_std must be > 0, got {self.isotropic_std}"),
+            (0 < self.sigma_min < self.sigma_max, f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"),
+            (self.rho > 0, f"rho must be > 0, got {self.rho}"),
+            (self.default_solver in ("euler", "heun"), f"default_solver must be euler or heun, got {self.default_solver!r}"),
+            (self.default_steps >= 1, f"default_steps must be >= 1, got {self.default_steps}"),
+            (self.default_guidance_scale >= 0, f"default_guidance_scale must be >= 0, got {self.default_guidance_scale}"),
+            (self.sigma_min <= self.selfsup_sigma <= self.sigma_max, f"selfsup_sigma must be in [sigma_min, sigma_max], got {self.selfsup_sigma}"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+def logsumexp(values: np.ndarray) -> np.ndarray:
+    """Over the last axis, which must be contiguous (see the module note)."""
+    peak = values.max(axis=-1, keepdims=True)
+    safe_peak = np.where(np.isfinite(peak), peak, 0.0)
+    return np.log(np.exp(values - safe_peak).sum(axis=-1)) + safe_peak[..., 0]
+
+
+def row_sum(values: np.ndarray, axis: int) -> np.ndarray:
+    """Sum over `axis` after moving it last and contiguous, so the summation order is fixed per row."""
+    return np.ascontiguousarray(np.moveaxis(values, axis, -1)).sum(axis=-1)
+
+
+class GaussianMixture:
+    """Component k: N(mu_k, s^2 I + U_k U_k^T); equal weights within a class, equal class priors."""
+
+    def __init__(self, config: GmmConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng(config.seed)
+        components = config.num_classes * config.components_per_class
+        centres = rng.standard_normal((config.num_classes, config.dim)) * config.class_spread
+        self.means = np.repeat(centres, config.components_per_class, axis=0) + (
+            rng.standard_normal((components, config.dim)) * config.component_spread
+        )
+        # factors[k, j] is the j-th column of U_k, stored as a contiguous row.
+        self.factors = rng.standard_normal((components, config.rank, config.dim)) * (
+            config.factor_scale / math.sqrt(max(config.rank, 1))
+        )
+        self.component_class = np.repeat(np.arange(config.num_classes), config.components_per_class)
+        self.factor_gram = np.einsum("kid,kjd->kij", self.factors, self.factors)
+        features = np.random.default_rng([config.seed, 1])
+        self.feature_weights = features.standard_normal((config.feature_count, config.dim)) / math.sqrt(config.dim)
+        self.feature_bias = features.standard_normal(config.feature_count) * 0.5
+        self.spec = ModelSpec(
+            name="gmm",
+            latent_shape=(config.dim,),
+            sigma_min=config.sigma_min,
+            sigma_max=config.sigma_max,
+            rho=config.rho,
+            num_classes=config.num_classes,
+            default_solver=config.default_solver,
+            default_steps=config.default_steps,
+            default_guidance_scale=config.default_guidance_scale,
+            identity="gmm:" + repr(sorted(asdict(config).items())),
+        )
+
+    def component_terms(self, x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, K), and E[x0 | x_sigma, k] as (B, K, D).
+
+        Woodbury: (a I + U U^T)^-1 = (I - U (a I_r + U^T U)^-1 U^T) / a with a = s^2 + sigma^2, and the
+        matrix determinant lemma: det(a I + U U^T) = a^(D - r) det(a I_r + U^T U).
+        """
+        config = self.config
+        a = config.isotropic_std**2 + sigma * sigma
+        small = a * np.eye(config.rank) + self.factor_gram
+        small_inverse = np.linalg.inv(small)
+        log_det = (config.dim - config.rank) * math.log(a) + np.linalg.slogdet(small)[1]
+
+        diff = x[:, None, :] - self.means[None]
+        projections = [(diff * self.factors[None, :, j, :]).sum(axis=-1) for j in range(config.rank)]
+        coefficients = [
+            sum(small_inverse[None, :, j, i] * projections[i] for i in range(config.rank))
+            for j in range(config.rank)
+        ]
+        quadratic = ((diff * diff).sum(axis=-1) - sum(p * c for p, c in zip(projections, coefficients))) / a
+        log_density = -0.5 * (quadratic + log_det[None] + config.dim * math.log(2 * math.pi))
+
+        low_rank = sum(coefficients[j][..., None] * self.factors[None, :, j, :] for j in range(config.rank))
+        whitened = (diff - low_rank) / a
+        # mu_k + Sigma_k (Sigma_k + sigma^2 I)^-1 (x - mu_k) = x - sigma^2 (Sigma_k + sigma^2 I)^-1 (x - mu_k)
+        posterior_means = x[:, None, :] - (sigma * sigma) * whitened
+        return log_density, posterior_means
+
+    def denoise(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """E[x0 | x_sigma] per row, guided: D_uncond + w (D_cond - D_uncond); negative labels are unconditional."""
+        log_density, posterior_means = self.component_terms(x, sigma)
+        unconditional = labels < 0
+        in_class = unconditional[:, None] | (self.component_class[None, :] == labels[:, None])
+        conditional_mean = _mix(np.where(in_class, log_density, -np.inf), posterior_means)
+        if np.all(unconditional | (guidance == 1.0)):
+            return conditional_mean
+        unconditional_mean = _mix(log_density, posterior_means)
+        guided = unconditional_mean + guidance[:, None] * (conditional_mean - unconditional_mean)
+        plain = (unconditional | (guidance == 1.0))[:, None]
+        return np.where(plain, conditional_mean, guided)
+
+    def class_log_densities(self, x: np.ndarray) -> np.ndarray:
+        """log p(x | c) under the data distribution, as (B, C)."""
+        log_density, _ = self.component_terms(x, 0.0)
+        per_class = log_density.reshape(len(x), self.config.num_classes, self.config.components_per_class)
+        return logsumexp(per_class) - math.log(self.config.components_per_class)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh((x[:, None, :] * self.feature_weights[None]).sum(axis=-1) + self.feature_bias)
+
+    def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Exact draws x0 ~ p(x | c) for the tests and the benchmark."""
+        config = self.config
+        within = rng.integers(0, config.components_per_class, size=len(labels))
+        components = labels * config.components_per_class + within
+        isotropic = rng.standard_normal((len(labels), config.dim)) * config.isotropic_std
+        latent = rng.standard_normal((len(labels), config.rank))
+        low_rank = sum(latent[:, j, None] * self.factors[components, j, :] for j in range(config.rank))
+        return self.means[components] + isotropic + low_rank
+
+
+def _mix(logits: np.ndarray, posterior_means: np.ndarray) -> np.ndarray:
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights = weights / weights.sum(axis=-1, keepdims=True)
+    return row_sum(weights[:, :, None] * posterior_means, axis=1)
+
+
+class OracleVerifier:
+    def __init__(self, model: GaussianMixture) -> None:
+        self.model = model
+        self.spec = VerifierSpec(
+            name="gmm-oracle",
+            kind="oracle",
+            needs_condition=True,
+            xpred_sigma=0.0,
+            description="log p(x | c): the true class log-density of the sample under the data distribution",
+        )
+
+    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
+        return self.model.class_log_densities(samples)[np.arange(len(samples)), labels]
+
+
+class ClassifierVerifier:
+    def __init__(self, model: GaussianMixture) -> None:
+        self.model = model
+        self.spec = VerifierSpec(
+            name="gmm-classifier",
+            kind="supervised",
+            needs_condition=True,
+            xpred_sigma=0.0,
+            description="log p(c | x): the Bayes classifier's log posterior of the class, equal priors",
+        )
+
+    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
+        class_log_densities = self.model.class_log_densities(samples)
+        chosen = class_log_densities[np.arange(len(samples)), labels]
+        return chosen - logsumexp(class_log_densities)
+
+
+class SelfSupervisedVerifier:
+    def __init__(self, model: GaussianMixture) -> None:
+        self.model = model
+        self.spec = VerifierSpec(
+            name="gmm-selfsup",
+            kind="self-supervised",
+            needs_condition=False,
+            xpred_sigma=model.config.selfsup_sigma,
+            description=(
+                f"cosine similarity, in a fixed random tanh feature space, between the x-prediction at "
+                f"sigma <= {model.config.selfsup_sigma} and the sample"
+            ),
+        )
+
+    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
+        assert xpreds is not None
+        sample_features = self.model.features(samples)
+        xpred_features = self.model.features(xpreds)
+        dot = (sample_features * xpred_features).sum(axis=-1)
+        norms = np.sqrt((sample_features**2).sum(axis=-1) * (xpred_features**2).sum(axis=-1))
+        return dot / norms
+
+
+def gmm_verifiers(model: GaussianMixture) -> list[OracleVerifier | ClassifierVerifier | SelfSupervisedVerifier]:
+    return [OracleVerifier(model), ClassifierVerifier(model), SelfSupervisedVerifier(model)]

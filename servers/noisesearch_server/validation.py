@@ -1,0 +1,135 @@
+"""Candidate-level validation: each message names the field path and says what would be right."""
+
+from __future__ import annotations
+
+import math
+
+from .backend import CandidateError, ModelSpec, VerifierSpec
+from .lineage import Candidate, Job, Op, Renoise, Solve
+
+SIGMA_RELATIVE_TOLERANCE = 1e-9
+MAX_STEPS = 10_000
+SCHEDULES = ("", "karras")
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+
+
+def _same_sigma(a: float, b: float) -> bool:
+    return abs(a - b) <= SIGMA_RELATIVE_TOLERANCE * max(abs(a), abs(b))
+
+
+def _check_sigma(path: str, sigma: float, spec: ModelSpec) -> None:
+    if not math.isfinite(sigma) or sigma < 0 or (sigma > spec.sigma_max and not _same_sigma(sigma, spec.sigma_max)):
+        raise _Invalid(path, f"got {sigma!r}; want a sigma in [0, {spec.sigma_max!r}]")
+    if 0 < sigma < spec.sigma_min:
+        raise _Invalid(path, f"got {sigma!r}; want 0 or a sigma >= sigma_min {spec.sigma_min!r}")
+
+
+def _check_op(path: str, op: Op | None, spec: ModelSpec, solvers: tuple[str, ...]) -> Op:
+    if op is None:
+        raise _Invalid(path, "empty op; set solve or renoise")
+    kind = "solve" if isinstance(op, Solve) else "renoise"
+    _check_sigma(f"{path}.{kind}.sigma_from", op.sigma_from, spec)
+    _check_sigma(f"{path}.{kind}.sigma_to", op.sigma_to, spec)
+    if isinstance(op, Renoise):
+        if op.sigma_to <= op.sigma_from:
+            raise _Invalid(
+                f"{path}.renoise.sigma_to",
+                f"got {op.sigma_to!r} <= sigma_from {op.sigma_from!r}; renoising adds noise, want sigma_to > sigma_from",
+            )
+        return op
+    if op.sigma_to >= op.sigma_from:
+        raise _Invalid(
+            f"{path}.solve.sigma_to",
+            f"got {op.sigma_to!r} >= sigma_from {op.sigma_from!r}; a solve removes noise, want sigma_to < sigma_from",
+        )
+    if op.solver not in solvers:
+        raise _Invalid(f"{path}.solve.solver", f"unknown solver {op.solver!r}; want one of {', '.join(solvers)}")
+    if not 1 <= op.steps <= MAX_STEPS:
+        raise _Invalid(f"{path}.solve.steps", f"got {op.steps}; want 1 to {MAX_STEPS} steps")
+    if op.schedule not in SCHEDULES:
+        raise _Invalid(f"{path}.solve.schedule", f"unknown schedule {op.schedule!r}; want \"karras\" (or empty)")
+    return Solve(op.sigma_from, op.sigma_to, op.solver, op.steps, "karras")
+
+
+def _check_ops(path: str, ops: tuple[Op | None, ...], spec: ModelSpec, solvers: tuple[str, ...]) -> tuple[Op, ...]:
+    checked: list[Op] = []
+    expected_from, expected_what = spec.sigma_max, "the model's sigma_max"
+    for j, op in enumerate(ops):
+        op_path = f"{path}[{j}]"
+        valid = _check_op(op_path, op, spec, solvers)
+        if not _same_sigma(valid.sigma_from, expected_from):
+            kind = "solve" if isinstance(valid, Solve) else "renoise"
+            raise _Invalid(
+                f"{op_path}.{kind}.sigma_from",
+                f"got {valid.sigma_from!r}; want {expected_from!r} ({expected_what}): ops must chain",
+            )
+        checked.append(valid)
+        expected_from, expected_what = valid.sigma_to, f"ops[{j}]'s sigma_to"
+    return tuple(checked)
+
+
+def _check_condition(
+    path: str, candidate: Candidate, spec: ModelSpec, verifiers: tuple[VerifierSpec, ...]
+) -> tuple[int | None, float]:
+    condition = candidate.condition
+    if condition.prompt is not None:
+        want = (
+            f"it is class-conditional: set condition.class_label in [0, {spec.num_classes}) instead"
+            if spec.num_classes
+            else "leave the condition unset"
+        )
+        raise _Invalid(f"{path}.prompt", f"this model takes no text prompt; {want}")
+    if condition.class_label is not None and not 0 <= condition.class_label < spec.num_classes:
+        want = f"want a class in [0, {spec.num_classes})" if spec.num_classes else "this model has no classes"
+        raise _Invalid(f"{path}.class_label", f"got {condition.class_label}; {want}")
+    guidance = condition.guidance_scale
+    if not math.isfinite(guidance) or guidance < 0:
+        raise _Invalid(
+            f"{path}.guidance_scale",
+            f"got {guidance!r}; want a finite scale >= 0 (0 means the default {spec.default_guidance_scale!r})",
+        )
+    if condition.class_label is None:
+        for verifier in verifiers:
+            if verifier.needs_condition:
+                raise _Invalid(path, f"verifier {verifier.name!r} needs a condition; set condition.class_label")
+    return condition.class_label, guidance or spec.default_guidance_scale
+
+
+def validate_candidate(
+    candidate: Candidate,
+    index: int,
+    spec: ModelSpec,
+    solvers: tuple[str, ...],
+    verifiers: tuple[VerifierSpec, ...],
+    return_sample: bool,
+) -> Job | CandidateError:
+    path = f"candidates[{index}]"
+    try:
+        noise = candidate.lineage.noise
+        if noise is None:
+            raise _Invalid(f"{path}.lineage.noise", "missing; set a noise recipe {seed, perturbations}")
+        for j, perturbation in enumerate(noise.perturbations):
+            if not (math.isfinite(perturbation.cosine) and -1 <= perturbation.cosine <= 1):
+                raise _Invalid(
+                    f"{path}.lineage.noise.perturbations[{j}].cosine",
+                    f"got {perturbation.cosine!r}; want a cosine in [-1, 1]",
+                )
+        ops = _check_ops(f"{path}.lineage.ops", candidate.lineage.ops, spec, solvers)
+        class_label, guidance = _check_condition(f"{path}.condition", candidate, spec, verifiers)
+    except _Invalid as invalid:
+        return CandidateError("INVALID_ARGUMENT", str(invalid))
+    return Job(
+        index=index,
+        candidate_id=candidate.id,
+        noise=noise,
+        ops=ops,
+        class_label=class_label,
+        guidance=guidance,
+        score_xpred=candidate.score_xpred,
+        verifiers=tuple(v.name for v in verifiers),
+        return_sample=return_sample,
+    )
