@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { candidateNfe, solveNfe } from '../src/search/nfe';
 import { createRun, finishRound, startRound, type RunState } from '../src/search/run';
 import { deriveSeed } from '../src/search/seeds';
-import { bestOf, isBetter } from '../src/search/selection';
+import { averagedRanks, bestOf, rankPool, topK } from '../src/search/selection';
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import type { BatchOutcome, BatchRequest, ModelInfo } from '../src/search/types';
 
@@ -92,13 +92,26 @@ describe('NFE accounting', () => {
 });
 
 describe('selection', () => {
-  const scored = (order: number, score: number) => ({ order, score, scores: {}, candidate: { id: String(order), lineage: { noise: { seed: order, perturbations: [] }, ops: [] }, scoreXpred: false } });
+  const scored = (order: number, score: number, more: Record<string, number> = {}) => ({
+    order,
+    scores: { v: score, ...more },
+    candidate: { id: String(order), lineage: { noise: { seed: order, perturbations: [] }, ops: [] }, scoreXpred: false },
+  });
 
   it('prefers the higher score and breaks ties toward the earlier proposal', () => {
-    assert.ok(isBetter(scored(5, 2), scored(1, 1)));
-    assert.ok(isBetter(scored(1, 1), scored(5, 1)));
-    assert.ok(!isBetter(scored(5, 1), scored(1, 1)));
-    assert.equal(bestOf([scored(3, 1), scored(2, 1), scored(4, 0.5)])!.order, 2);
+    assert.equal(bestOf([scored(1, 1), scored(5, 2)], ['v'])!.order, 5);
+    assert.equal(bestOf([scored(5, 1), scored(1, 1)], ['v'])!.order, 1);
+    assert.equal(bestOf([scored(3, 1), scored(2, 1), scored(4, 0.5)], ['v'])!.order, 2);
+    assert.deepEqual(topK([scored(3, 1), scored(2, 1), scored(4, 0.5), scored(1, 3)], ['v'], 3).map((r) => r.order), [1, 2, 3]);
+  });
+
+  it('ranks an ensemble by the mean of per-verifier ranks, ties averaged', () => {
+    assert.deepEqual(averagedRanks([3, 1, 3, 2]), [3.5, 1, 3.5, 2]);
+    // 0: best for v, worst for w; 1: second for v, best for w; 2: worst for v, second for w.
+    const pool = [scored(0, 10, { w: 0 }), scored(1, 5, { w: 6 }), scored(2, 0, { w: 5 })];
+    const ranked = rankPool(pool, ['v', 'w']);
+    assert.deepEqual(ranked.map((r) => r.value), [2, 2.5, 1.5]);
+    assert.equal(bestOf(pool, ['v', 'w'])!.order, 1);
   });
 
   it('picks the true maximum of a random search and reports its noise', () => {
@@ -144,7 +157,7 @@ describe('selection', () => {
 describe('spec validation', () => {
   it('refuses a budget too small for one candidate and says what would do', () => {
     assert.throws(() => createRun(spec({ budgetNfe: 37 }), MODEL), (error: SpecError) => {
-      assert.match(error.problems[0], /budget: 37 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\); use --budget 38 or more/);
+      assert.match(error.problems[0], /budget: 37 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\) \(38 NFEs\); use --budget 38 or more/);
       return true;
     });
   });
@@ -163,7 +176,7 @@ describe('spec validation', () => {
   });
 
   it('refuses an unknown algorithm and an N the budget cannot pay for', () => {
-    assert.throws(() => createRun(spec({ algorithm: { name: 'annealing' } as never }), MODEL), /algorithm: "annealing" is unknown; use one of random/);
+    assert.throws(() => createRun(spec({ algorithm: { name: 'annealing' } as never }), MODEL), /algorithm: "annealing" is unknown; use one of random, zero-order, paths, fk/);
     assert.throws(() => createRun(spec({ algorithm: { name: 'random', n: 50 } }), MODEL), /n: 50 noises cost 969 NFEs.*--n to 9/);
   });
 });

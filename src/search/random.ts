@@ -1,17 +1,18 @@
 // Random search (Ma et al. 2025, Sec. 3.2): best-of-N over i.i.d. initial noises, each solved to
-// sigma = 0 and scored by the verifier. N is given, or as many as the budget pays for after the final
-// generation.
-import type { Evaluated, Scored, SearchAlgorithm } from './algorithm';
+// sigma = 0 and scored by the verifiers. N is given, or as many as the budget pays for after the final
+// generation. Cost: N * generation + final.
+import type { SearchAlgorithm } from './algorithm';
 import { deriveSeed, SeedStream } from './seeds';
-import { bestOf, toScored } from './selection';
-import { fullSolve, type RandomSearchParams, type SearchPlan } from './spec';
+import { bestOf, scoredOf } from './selection';
+import { budgetProblems, fullSolve, type RandomSearchParams, type SearchPlan } from './spec';
 import type { Candidate } from './types';
 
 export interface RandomSearchState {
   n: number;
   next: number;
   roundSize: number;
-  best: Scored | null;
+  /** Every scored candidate (an ensemble ranks within all of them); the noise is rebuilt from `order`. */
+  scored: Array<{ order: number; scores: Record<string, number> }>;
 }
 
 const DEFAULT_ROUND_SIZE = 32;
@@ -32,11 +33,13 @@ export function randomCandidate(plan: SearchPlan, index: number): Candidate {
 }
 
 export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState> = {
+  finalGeneration: true,
+
   validate(params, plan) {
-    const problems: string[] = [];
+    const problems = budgetProblems(plan, plan.generationNfe + plan.finalNfe, `one candidate (${plan.generationNfe} NFEs) plus the final generation (${plan.finalNfe} NFEs)`);
     if (params.n !== undefined) {
       if (!Number.isInteger(params.n) || params.n < 1) problems.push(`n: ${params.n} must be a whole number of at least 1`);
-      else if (params.n > affordable(plan)) {
+      else if (problems.length === 0 && params.n > affordable(plan)) {
         const needed = plan.finalNfe + params.n * plan.generationNfe;
         problems.push(`n: ${params.n} noises cost ${needed} NFEs with the final generation; raise --budget to ${needed} or lower --n to ${affordable(plan)}`);
       }
@@ -48,21 +51,27 @@ export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState
   },
 
   init(params, plan) {
-    return { n: params.n ?? affordable(plan), next: 0, roundSize: params.roundSize ?? DEFAULT_ROUND_SIZE, best: null };
+    return { n: params.n ?? affordable(plan), next: 0, roundSize: params.roundSize ?? DEFAULT_ROUND_SIZE, scored: [] };
   },
 
   propose(state, plan, nfeAvailable) {
     const count = Math.min(state.roundSize, state.n - state.next, Math.floor(nfeAvailable / plan.generationNfe));
-    return Array.from({ length: Math.max(0, count) }, (_, i) => randomCandidate(plan, state.next + i));
+    if (count <= 0) return null;
+    return { candidates: Array.from({ length: count }, (_, i) => randomCandidate(plan, state.next + i)), verify: true };
   },
 
-  observe(state, plan, evaluated: Evaluated[]) {
+  observe(state, _plan, evaluated) {
     return {
       ...state,
       next: state.next + evaluated.length,
-      best: bestOf(evaluated.map((e) => toScored(e, plan.spec.verifiers)), state.best),
+      scored: [...state.scored, ...scoredOf(evaluated).map(({ order, scores }) => ({ order, scores }))],
     };
   },
 
-  best: (state) => state.best,
+  best(state, plan) {
+    return bestOf(
+      state.scored.map(({ order, scores }) => ({ order, scores, candidate: randomCandidate(plan, order) })),
+      plan.spec.verifiers,
+    );
+  },
 };

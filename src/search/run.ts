@@ -2,17 +2,24 @@
 // workflow and the in-process loop) do only this: `startRound`, evaluate its batches anywhere, then
 // `finishRound` with the outcomes. Everything that decides the result lives here, so both drivers give
 // the same result for the same spec and seed whatever the batch size, worker count or retries.
-import type { Evaluated, Scored, SearchAlgorithm } from './algorithm';
-import { candidateNfe } from './nfe';
+import type { Evaluated, SearchAlgorithm } from './algorithm';
+import { fkSteering } from './fk';
+import { candidateNfe, lastSigma } from './nfe';
+import { pathSearch } from './paths';
 import { randomSearch } from './random';
-import { fullSolve, planSearch, SpecError, type SearchPlan, type SearchSpec } from './spec';
+import type { Ranked } from './selection';
+import { fullSolve, planSearch, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
+import { zeroOrderSearch } from './zero-order';
 import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, ModelInfo, NoiseRecipe } from './types';
 
-const ALGORITHMS: Record<string, SearchAlgorithm<any, any>> = {
+const ALGORITHMS: Record<AlgorithmName, SearchAlgorithm<any, any>> = {
   random: randomSearch,
+  'zero-order': zeroOrderSearch,
+  paths: pathSearch,
+  fk: fkSteering,
 };
 
-export const ALGORITHM_NAMES = Object.keys(ALGORITHMS);
+export const ALGORITHM_NAMES = Object.keys(ALGORITHMS) as AlgorithmName[];
 
 export interface VerifierCost {
   calls: number;
@@ -28,8 +35,11 @@ export interface SearchResult {
   budget: { nfe: number };
   nfe: { search: number; final: number; total: number; executed: number };
   best: {
+    /** The verifier's score of the final sample; with an ensemble, the winner's mean rank in its pool. */
     score: number;
+    /** Every verifier's score of the final sample. */
     scores: Record<string, number>;
+    /** The winner's value when it was selected: its score, or its mean rank. */
     searchScore: number;
     noise: NoiseRecipe;
     candidateId: string;
@@ -37,6 +47,7 @@ export interface SearchResult {
   candidates: number;
   failedCandidates: number;
   rounds: number;
+  stopped: boolean;
   verifierSeconds: number;
   verifierCosts: Record<string, VerifierCost>;
 }
@@ -47,7 +58,8 @@ export interface SearchProgress {
   nfeSpent: number;
   budget: number;
   candidates: number;
-  best: { score: number; candidateId: string; noise: NoiseRecipe } | null;
+  best: { score: number; scores: Record<string, number>; candidateId: string; noise: NoiseRecipe } | null;
+  stopRequested: boolean;
 }
 
 export interface RunState {
@@ -57,6 +69,8 @@ export interface RunState {
   round: number;
   proposed: number;
   inFlight: Candidate[];
+  inFlightVerified: boolean;
+  stopRequested: boolean;
   nfeSearch: number;
   nfeFinal: number;
   nfeExecuted: number;
@@ -89,8 +103,8 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
   if (!algorithm) {
     throw new SpecError([`algorithm: "${spec.algorithm?.name}" is unknown; use one of ${ALGORITHM_NAMES.join(', ')}`]);
   }
-  const plan = planSearch(spec, model);
-  const problems = algorithm.validate(spec.algorithm, plan);
+  const { plan, problems } = planSearch(spec, model, algorithm.finalGeneration);
+  problems.push(...algorithm.validate(spec.algorithm, plan));
   if (problems.length > 0) throw new SpecError(problems);
   return {
     plan,
@@ -99,6 +113,8 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
     round: 0,
     proposed: 0,
     inFlight: [],
+    inFlightVerified: true,
+    stopRequested: false,
     nfeSearch: 0,
     nfeFinal: 0,
     nfeExecuted: 0,
@@ -110,29 +126,65 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
   };
 }
 
-function toBatches(plan: SearchPlan, candidates: Candidate[]): BatchRequest[] {
+function toBatches(plan: SearchPlan, candidates: Candidate[], verify: boolean): BatchRequest[] {
   const batches: BatchRequest[] = [];
   for (let i = 0; i < candidates.length; i += plan.maxBatch) {
     batches.push({
       model: plan.spec.model,
       condition: plan.spec.condition,
-      verifiers: plan.spec.verifiers,
+      verifiers: verify ? plan.spec.verifiers : [],
       candidates: candidates.slice(i, i + plan.maxBatch),
     });
   }
   return batches;
 }
 
-function finalCandidate(plan: SearchPlan, best: Scored): Candidate {
+/**
+ * The final generation: the winning noise solved again with the final sampler, or, for a winner that is
+ * a state above sigma = 0 (a path search stopped early), one Euler step to sigma = 0; null when the
+ * winner already is a finished sample.
+ */
+function finalCandidate(plan: SearchPlan, best: Ranked): Candidate | null {
+  const { lineage } = best.candidate;
+  if (algorithmOf(plan).finalGeneration) {
+    return { id: 'final', lineage: { noise: lineage.noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.finalSampler) }] }, scoreXpred: false };
+  }
+  const sigma = lastSigma(lineage, plan.sigmaMax);
+  if (sigma === 0) return null;
   return {
     id: 'final',
-    lineage: { noise: best.candidate.lineage.noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.finalSampler) }] },
+    lineage: { noise: lineage.noise, ops: [...lineage.ops, { solve: { sigmaFrom: sigma, sigmaTo: 0, solver: 'euler', steps: 1 } }] },
     scoreXpred: false,
+    paidOps: lineage.ops.length,
   };
 }
 
-function bestSoFar(run: RunState): Scored | null {
-  return algorithmOf(run.plan).best(run.algorithmState);
+function bestSoFar(run: RunState): Ranked | null {
+  return algorithmOf(run.plan).best(run.algorithmState, run.plan);
+}
+
+/** Ends the search after the round in flight, with the best so far. */
+export function requestStop(run: RunState): RunState {
+  return { ...run, stopRequested: true };
+}
+
+export function nfeSpent(run: RunState): number {
+  return run.nfeSearch + run.nfeFinal;
+}
+
+/** Why a new budget cannot be taken, or null when it can. */
+export function budgetRefusal(run: RunState, budgetNfe: number): string | null {
+  if (!Number.isInteger(budgetNfe) || budgetNfe < 1) return `budget: ${budgetNfe} must be a whole number of NFEs`;
+  if (run.phase === 'done') return 'budget: the search is already done';
+  const floor = run.nfeSearch + run.inFlight.reduce((sum, c) => sum + candidateNfe(c, run.plan.sigmaMax), 0) + run.plan.finalNfe;
+  if (budgetNfe < floor) return `budget: ${budgetNfe} NFEs is below what is spent or committed (${floor} NFEs, the final generation included)`;
+  return null;
+}
+
+export function setBudget(run: RunState, budgetNfe: number): RunState {
+  const refusal = budgetRefusal(run, budgetNfe);
+  if (refusal) throw new SpecError([refusal]);
+  return { ...run, plan: { ...run.plan, spec: { ...run.plan.spec, budgetNfe } } };
 }
 
 function noWinner(run: RunState): SearchFailure {
@@ -144,21 +196,25 @@ function noWinner(run: RunState): SearchFailure {
 export function startRound(run: RunState): Round {
   if (run.phase === 'done') return { run, batches: [] };
   const { plan } = run;
-  let proposals: Candidate[] = [];
-  let phase = run.phase;
-  if (phase === 'search') {
+  if (run.phase === 'search') {
     const nfeAvailable = plan.spec.budgetNfe - plan.finalNfe - run.nfeSearch;
-    proposals = algorithmOf(plan).propose(run.algorithmState, plan, nfeAvailable);
-    const cost = proposals.reduce((sum, c) => sum + candidateNfe(c, plan.sigmaMax), 0);
-    if (cost > nfeAvailable) throw new SearchFailure(`algorithm proposed ${cost} NFEs with only ${nfeAvailable} left`);
-    if (proposals.length === 0) phase = 'final';
+    const proposal = run.stopRequested ? null : algorithmOf(plan).propose(run.algorithmState, plan, nfeAvailable);
+    if (proposal && proposal.candidates.length > 0) {
+      const cost = proposal.candidates.reduce((sum, c) => sum + candidateNfe(c, plan.sigmaMax), 0);
+      if (cost > nfeAvailable) {
+        return startRound({ ...run, stopRequested: true });
+      }
+      return {
+        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify },
+        batches: toBatches(plan, proposal.candidates, proposal.verify),
+      };
+    }
   }
-  if (phase === 'final') {
-    const best = bestSoFar(run);
-    if (!best) throw noWinner(run);
-    proposals = [finalCandidate(plan, best)];
-  }
-  return { run: { ...run, phase, round: run.round + 1, inFlight: proposals }, batches: toBatches(plan, proposals) };
+  const best = bestSoFar(run);
+  if (!best) throw noWinner(run);
+  const final = finalCandidate(plan, best);
+  if (!final) return { run: finish(run, best, best.scores), batches: [] };
+  return { run: { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true }, batches: toBatches(plan, [final], true) };
 }
 
 function addVerifierCosts(costs: Record<string, VerifierCost>, batches: BatchOutcome[]): Record<string, VerifierCost> {
@@ -184,9 +240,10 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   const evaluated: Evaluated[] = run.inFlight.map((candidate, i) => {
     const outcome = byId.get(candidate.id);
     if (!outcome) throw new SearchFailure(`no outcome came back for candidate ${candidate.id}`);
-    return { candidate, order: run.proposed + i, outcome: withScoreChecked(outcome, run.plan.spec.verifiers) };
+    const checked = run.inFlightVerified ? withScoreChecked(outcome, run.plan.spec.verifiers) : outcome;
+    return { candidate, order: run.proposed + i, outcome: checked };
   });
-  const nfeLogical = evaluated.reduce((sum, e) => sum + e.outcome.nfeLogical, 0);
+  const nfeLogical = evaluated.reduce((sum, e) => sum + (e.outcome.error ? 0 : candidateNfe(e.candidate, run.plan.sigmaMax)), 0);
   const nfeExecuted = run.nfeExecuted + evaluated.reduce((sum, e) => sum + e.outcome.nfeExecuted, 0);
   const verifierCosts = addVerifierCosts(run.verifierCosts, batches);
   const failures = evaluated.filter((e) => e.outcome.error);
@@ -194,8 +251,7 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   if (run.phase === 'final') {
     const outcome = evaluated[0].outcome;
     if (outcome.error) throw new SearchFailure(`the final generation failed: ${outcome.error.code}: ${outcome.error.message}`);
-    const done = { ...run, nfeFinal: nfeLogical, nfeExecuted, verifierCosts, inFlight: [] };
-    return { ...done, phase: 'done', result: buildResult(done, outcome.scores) };
+    return finish({ ...run, nfeFinal: nfeLogical, nfeExecuted, verifierCosts }, bestSoFar(run)!, outcome.scores);
   }
   return {
     ...run,
@@ -211,9 +267,14 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   };
 }
 
-function buildResult(run: RunState, finalScores: Record<string, number>): SearchResult {
+function finish(run: RunState, best: Ranked, finalScores: Record<string, number>): RunState {
+  const done = { ...run, inFlight: [] };
+  return { ...done, phase: 'done', result: buildResult(done, best, finalScores) };
+}
+
+function buildResult(run: RunState, best: Ranked, finalScores: Record<string, number>): SearchResult {
   const { spec } = run.plan;
-  const best = bestSoFar(run)!;
+  const ensemble = spec.verifiers.length > 1;
   const verifierSeconds = Object.values(run.verifierCosts).reduce((sum, c) => sum + c.seconds, 0);
   return {
     algorithm: spec.algorithm.name,
@@ -224,15 +285,16 @@ function buildResult(run: RunState, finalScores: Record<string, number>): Search
     budget: { nfe: spec.budgetNfe },
     nfe: { search: run.nfeSearch, final: run.nfeFinal, total: run.nfeSearch + run.nfeFinal, executed: run.nfeExecuted },
     best: {
-      score: finalScores[spec.verifiers[0]],
+      score: ensemble ? best.value : finalScores[spec.verifiers[0]],
       scores: finalScores,
-      searchScore: best.score,
+      searchScore: best.value,
       noise: best.candidate.lineage.noise,
       candidateId: best.candidate.id,
     },
     candidates: run.candidates,
     failedCandidates: run.failedCandidates,
     rounds: run.round,
+    stopped: run.stopRequested,
     verifierSeconds,
     verifierCosts: run.verifierCosts,
   };
@@ -243,9 +305,10 @@ export function progressOf(run: RunState): SearchProgress {
   return {
     phase: run.phase,
     round: run.round,
-    nfeSpent: run.nfeSearch + run.nfeFinal,
+    nfeSpent: nfeSpent(run),
     budget: run.plan.spec.budgetNfe,
     candidates: run.candidates,
-    best: best && { score: best.score, candidateId: best.candidate.id, noise: best.candidate.lineage.noise },
+    best: best && { score: best.value, scores: best.scores, candidateId: best.candidate.id, noise: best.candidate.lineage.noise },
+    stopRequested: run.stopRequested,
   };
 }

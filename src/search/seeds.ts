@@ -26,4 +26,7 @@ export const SeedStream = {
   zeroOrderNeighbour: 3,
   pathsNoise: 4,
   pathsRenoise: 5,
+  fkNoise: 6,
+  fkStep: 7,
+  fkResample: 8,
 } as const;

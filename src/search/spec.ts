@@ -17,7 +17,46 @@ export interface RandomSearchParams {
   roundSize?: number;
 }
 
-export type AlgorithmSpec = RandomSearchParams;
+export interface ZeroOrderParams {
+  name: 'zero-order';
+  /** Neighbours per iteration (the paper's N). */
+  n?: number;
+  /** Cosine similarity of a neighbour to the pivot, in (0, 1): the step size (the paper's lambda). */
+  t?: number;
+  /** Start again from a fresh pivot when no neighbour beats the pivot. */
+  restart?: boolean;
+}
+
+export interface PathsParams {
+  name: 'paths';
+  /** Paths kept each round (the paper's N). */
+  n?: number;
+  /** Forward-noise perturbations per kept path (the paper's M). */
+  m?: number;
+  sigmaStart?: number;
+  deltaF?: number;
+  deltaB?: number;
+  /** Solver steps of each backward solve from sigma + delta_f to sigma + delta_f - delta_b. */
+  backwardSteps?: number;
+}
+
+export type FkPotential = 'max' | 'difference' | 'sum';
+export type FkResampling = 'multinomial' | 'adaptive';
+
+export interface FkParams {
+  name: 'fk';
+  /** Particles (Singhal et al.'s k). */
+  k?: number;
+  /** Potential sharpness lambda. */
+  lambda?: number;
+  potential?: FkPotential;
+  resampling?: FkResampling;
+  /** Sampler steps between resampling points. */
+  resampleEvery?: number;
+}
+
+export type AlgorithmSpec = RandomSearchParams | ZeroOrderParams | PathsParams | FkParams;
+export type AlgorithmName = AlgorithmSpec['name'];
 
 export interface SearchSpec {
   model: string;
@@ -32,11 +71,13 @@ export interface SearchSpec {
 
 export interface SearchPlan {
   spec: SearchSpec;
+  sigmaMin: number;
   sigmaMax: number;
   searchSampler: SamplerSpec;
   finalSampler: SamplerSpec;
   /** Cost of one full generation with the search sampler. */
   generationNfe: number;
+  /** Cost of the final generation; 0 for algorithms whose winner already is a finished sample. */
   finalNfe: number;
   maxBatch: number;
 }
@@ -87,14 +128,24 @@ function checkCondition(spec: SearchSpec, model: ModelInfo, problems: string[]):
 function checkVerifiers(spec: SearchSpec, model: ModelInfo, problems: string[]): void {
   const hosted = model.verifiers.map((v) => v.name);
   if (spec.verifiers.length === 0) problems.push(`verifier: none given; use one of ${hosted.join(', ')}`);
-  if (spec.verifiers.length > 1) problems.push(`verifier: ${spec.verifiers.join(',')} is an ensemble; give exactly one verifier`);
+  const duplicates = spec.verifiers.filter((v, i) => spec.verifiers.indexOf(v) !== i);
+  if (duplicates.length > 0) problems.push(`verifier: ${duplicates.join(',')} is listed twice; name each verifier of an ensemble once`);
   for (const name of spec.verifiers) {
     if (!hosted.includes(name)) problems.push(`verifier: "${name}" is not hosted with model ${model.model}; use one of ${hosted.join(', ')}`);
   }
 }
 
-/** Resolves a spec against a model description; throws SpecError listing every problem. */
-export function planSearch(spec: SearchSpec, model: ModelInfo): SearchPlan {
+/** A budget problem, or none: every algorithm refuses a budget below what its smallest search costs. */
+export function budgetProblems(plan: SearchPlan, needed: number, what: string): string[] {
+  if (plan.spec.budgetNfe >= needed) return [];
+  return [`budget: ${plan.spec.budgetNfe} NFEs cannot pay for ${what} (${needed} NFEs); use --budget ${needed} or more`];
+}
+
+/**
+ * Resolves a spec against a model description. Returns the plan and the problems found (the algorithm
+ * adds its own before anything is refused).
+ */
+export function planSearch(spec: SearchSpec, model: ModelInfo, finalGeneration: boolean): { plan: SearchPlan; problems: string[] } {
   const problems: string[] = [];
   if (spec.model !== model.model) problems.push(`model: "${spec.model}" is not the model described (${model.model})`);
   checkVerifiers(spec, model, problems);
@@ -106,23 +157,16 @@ export function planSearch(spec: SearchSpec, model: ModelInfo): SearchPlan {
   const finalSampler = resolveSampler(spec.finalSampler, model, 'finalSampler', problems);
   const plan: SearchPlan = {
     spec,
+    sigmaMin: model.sigmaMin,
     sigmaMax: model.sigmaMax,
     searchSampler,
     finalSampler,
     generationNfe: solveNfe(fullSolve(model.sigmaMax, searchSampler)),
-    finalNfe: solveNfe(fullSolve(model.sigmaMax, finalSampler)),
+    finalNfe: finalGeneration ? solveNfe(fullSolve(model.sigmaMax, finalSampler)) : 0,
     maxBatch: model.maxBatch,
   };
   if (!Number.isInteger(spec.budgetNfe) || spec.budgetNfe < 1) {
     problems.push(`budget: ${spec.budgetNfe} must be a whole number of NFEs`);
-  } else if (problems.length === 0) {
-    const smallest = plan.finalNfe + plan.generationNfe;
-    if (spec.budgetNfe < smallest) {
-      problems.push(
-        `budget: ${spec.budgetNfe} NFEs cannot pay for one candidate (${plan.generationNfe} NFEs) plus the final generation (${plan.finalNfe} NFEs); use --budget ${smallest} or more`,
-      );
-    }
   }
-  if (problems.length > 0) throw new SpecError(problems);
-  return plan;
+  return { plan, problems };
 }

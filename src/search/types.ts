@@ -46,6 +46,8 @@ export interface Candidate {
   lineage: Lineage;
   /** Score the clean x-prediction of the last state (one extra NFE) rather than the state. */
   scoreXpred: boolean;
+  /** Leading ops already paid for by an earlier evaluation of a parent state. */
+  paidOps?: number;
 }
 
 export interface VerifierInfo {

@@ -1,0 +1,133 @@
+// Search over paths, Paths-N (Ma et al. 2025, Sec. 3.2): run N noises down to sigma_start; then, for each
+// kept state, draw M forward-noise perturbations sigma -> sigma + delta_f, solve back to
+// sigma + delta_f - delta_b (delta_b > delta_f, so each round ends lower and the walk ends), take one
+// extra denoising step for a clean x-prediction for the verifiers, keep the top N of the N * M; repeat
+// until sigma = 0, then best-of-N. States are lineages that servers cache, so a kept path is never paid
+// for twice. A target below the model's sigma_min is taken to 0.
+// Cost: N * solve(sigma_max -> sigma_start) + sum over rounds of N * M * (backward solve + x-prediction).
+import type { Scored, SearchAlgorithm } from './algorithm';
+import { solveNfe } from './nfe';
+import { deriveSeed, SeedStream } from './seeds';
+import { scoredOf, topK } from './selection';
+import { budgetProblems, type PathsParams, type SearchPlan } from './spec';
+import type { Candidate, SolveOp } from './types';
+
+export const PATHS_DEFAULTS = { n: 4, m: 8, sigmaStart: 0.11, deltaF: 0.78, deltaB: 0.81, backwardSteps: 1 } as const;
+
+type Resolved = Required<Omit<PathsParams, 'name'>>;
+
+export interface PathsState {
+  params: Resolved;
+  round: number;
+  /** The sigma the kept states are at. */
+  sigma: number;
+  /** Null until the N initial states exist; then the kept paths, best first. */
+  kept: Scored[] | null;
+  done: boolean;
+}
+
+function resolve(params: PathsParams): Resolved {
+  return {
+    n: params.n ?? PATHS_DEFAULTS.n,
+    m: params.m ?? PATHS_DEFAULTS.m,
+    sigmaStart: params.sigmaStart ?? PATHS_DEFAULTS.sigmaStart,
+    deltaF: params.deltaF ?? PATHS_DEFAULTS.deltaF,
+    deltaB: params.deltaB ?? PATHS_DEFAULTS.deltaB,
+    backwardSteps: params.backwardSteps ?? PATHS_DEFAULTS.backwardSteps,
+  };
+}
+
+function targetSigma(plan: SearchPlan, p: Resolved, sigma: number): number {
+  const target = sigma + p.deltaF - p.deltaB;
+  return target < plan.sigmaMin ? 0 : target;
+}
+
+function initialSolve(plan: SearchPlan, p: Resolved): SolveOp {
+  return { sigmaFrom: plan.sigmaMax, sigmaTo: p.sigmaStart, solver: plan.searchSampler.solver, steps: plan.searchSampler.steps };
+}
+
+function backwardSolve(plan: SearchPlan, p: Resolved, sigma: number): SolveOp {
+  return { sigmaFrom: sigma + p.deltaF, sigmaTo: targetSigma(plan, p, sigma), solver: plan.searchSampler.solver, steps: p.backwardSteps };
+}
+
+/** Logical NFEs of the whole search, as the paper counts them. */
+export function pathsCost(plan: SearchPlan, p: Resolved): number {
+  let cost = p.n * solveNfe(initialSolve(plan, p));
+  for (let sigma = p.sigmaStart; sigma > 0; sigma = targetSigma(plan, p, sigma)) {
+    const to = targetSigma(plan, p, sigma);
+    cost += p.n * p.m * (solveNfe(backwardSolve(plan, p, sigma)) + (to > 0 ? 1 : 0));
+  }
+  return cost;
+}
+
+export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
+  finalGeneration: false,
+
+  validate(params, plan) {
+    const p = resolve(params);
+    const problems: string[] = [];
+    for (const key of ['n', 'm', 'backwardSteps'] as const) {
+      if (!Number.isInteger(p[key]) || p[key] < 1) problems.push(`${key}: ${p[key]} must be a whole number of at least 1`);
+    }
+    if (!(p.sigmaStart > plan.sigmaMin && p.sigmaStart < plan.sigmaMax)) {
+      problems.push(`sigmaStart: ${p.sigmaStart} must lie inside the model's sigma range (${plan.sigmaMin}, ${plan.sigmaMax})`);
+    }
+    if (!(p.deltaF > 0)) problems.push(`deltaF: ${p.deltaF} must be above 0`);
+    if (!(p.deltaB > p.deltaF)) problems.push(`deltaB: ${p.deltaB} must be above deltaF (${p.deltaF}), or the walk never reaches sigma = 0`);
+    else if (p.sigmaStart + p.deltaF > plan.sigmaMax) problems.push(`deltaF: sigmaStart + deltaF = ${p.sigmaStart + p.deltaF} exceeds the model's sigma_max ${plan.sigmaMax}`);
+    if (problems.length === 0) problems.push(...budgetProblems(plan, pathsCost(plan, p), `Paths-${p.n} with M = ${p.m}`));
+    return problems;
+  },
+
+  init(params) {
+    const p = resolve(params);
+    return { params: p, round: 0, sigma: p.sigmaStart, kept: null, done: false };
+  },
+
+  propose(state, plan) {
+    const p = state.params;
+    if (state.done) return null;
+    if (!state.kept) {
+      const candidates = Array.from({ length: p.n }, (_, i) => ({
+        id: `paths-init-${i}`,
+        lineage: { noise: { seed: deriveSeed(plan.spec.seed, SeedStream.pathsNoise, i), perturbations: [] }, ops: [{ solve: initialSolve(plan, p) }] },
+        scoreXpred: false,
+      }));
+      return { candidates, verify: false };
+    }
+    const to = targetSigma(plan, p, state.sigma);
+    const candidates = state.kept.flatMap((path, b) =>
+      Array.from({ length: p.m }, (_, j): Candidate => ({
+        id: `paths-${state.round}-${b}-${j}`,
+        lineage: {
+          noise: path.candidate.lineage.noise,
+          ops: [
+            ...path.candidate.lineage.ops,
+            { renoise: { sigmaFrom: state.sigma, sigmaTo: state.sigma + p.deltaF, seed: deriveSeed(plan.spec.seed, SeedStream.pathsRenoise, state.round, b, j) } },
+            { solve: backwardSolve(plan, p, state.sigma) },
+          ],
+        },
+        scoreXpred: to > 0,
+        paidOps: path.candidate.lineage.ops.length,
+      })),
+    );
+    return { candidates, verify: true };
+  },
+
+  observe(state, plan, evaluated) {
+    const p = state.params;
+    if (!state.kept) {
+      // Unverified initial states carry no scores; they only need to exist (and be cached).
+      const kept = evaluated.filter((e) => !e.outcome.error).map((e) => ({ candidate: e.candidate, order: e.order, scores: {} }));
+      return { ...state, kept, done: kept.length === 0 };
+    }
+    const kept = topK(scoredOf(evaluated), plan.spec.verifiers, p.n);
+    const sigma = targetSigma(plan, p, state.sigma);
+    return { ...state, round: state.round + 1, sigma, kept, done: sigma === 0 || kept.length === 0 };
+  },
+
+  best(state, plan) {
+    if (!state.kept || state.round === 0) return null;
+    return topK(state.kept, plan.spec.verifiers, 1)[0] ?? null;
+  },
+};
