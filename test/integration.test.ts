@@ -11,7 +11,8 @@ import type { SearchResult } from '../src/search/run';
 import type { SearchSpec } from '../src/search/spec';
 import { startSearch } from '../src/temporal/client';
 import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
-import { progressQuery } from '../workflows/search';
+import { progressQuery, setBudgetUpdate, stopSignal } from '../workflows/search';
+import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 import { stopServer, uniqueId, withModelServer, withTemporal } from './helpers';
 
 function spec(overrides: Partial<SearchSpec> = {}): SearchSpec {
@@ -104,6 +105,64 @@ describe('search through Temporal, gRPC and the model server', () => {
     server = await withModelServer([], port);
     const result = await handle.result();
     sameOutcome(result, await runLocalSearch(long, fleet));
+  });
+
+  it('gives every algorithm the same result through Temporal, in-process, with another max batch and across continue-as-new', async () => {
+    const small = await withModelServer(['--max-batch', '5']);
+    const smallFleet = new Fleet([small.address]);
+    try {
+      const specs: SearchSpec[] = [
+        spec({ algorithm: { name: 'zero-order', n: 4, t: 0.9, restart: true }, budgetNfe: 400, verifiers: ['gmm-classifier', 'gmm-oracle'] }),
+        spec({ algorithm: { name: 'paths', n: 2, m: 3 }, budgetNfe: 400 }),
+        spec({ algorithm: { name: 'fk', k: 4, resampling: 'multinomial' }, budgetNfe: 400, verifiers: ['gmm-oracle'] }),
+      ];
+      for (const s of specs) {
+        const viaTemporal = await (await startSearch(env.client, s, { taskQueue, workflowId: uniqueId(s.algorithm.name) })).result();
+        const continued = await (
+          await startSearch(env.client, s, { taskQueue, workflowId: uniqueId(`${s.algorithm.name}-can`), continueAsNewEveryRounds: 1 })
+        ).result();
+        sameOutcome(viaTemporal, continued);
+        sameOutcome(viaTemporal, await runLocalSearch(s, fleet));
+        sameOutcome(viaTemporal, await runLocalSearch(s, smallFleet));
+        assert.ok(viaTemporal.nfe.total <= s.budgetNfe);
+        assert.deepEqual(Object.keys(viaTemporal.best.scores).sort(), [...s.verifiers].sort());
+      }
+    } finally {
+      smallFleet.close();
+      await stopServer(small);
+    }
+  });
+
+  it('stops on a signal with the best so far, and takes a budget update unless it is below what is spent', async () => {
+    const long = spec({ budgetNfe: 40_000, algorithm: { name: 'random', roundSize: 8 }, seed: 31 });
+    const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('control') });
+    let progress = await handle.query(progressQuery);
+    while (!progress || progress.round < 3) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      progress = await handle.query(progressQuery);
+    }
+    await assert.rejects(handle.executeUpdate(setBudgetUpdate, { args: [19] }), (error: Error) => {
+      assert.match(causes(error), /budget: 19 NFEs is below what is spent or committed/);
+      return true;
+    });
+    const raised = await handle.executeUpdate(setBudgetUpdate, { args: [50_000] });
+    assert.equal(raised.budget, 50_000);
+    await handle.signal(stopSignal);
+    const result = await handle.result();
+    assert.equal(result.stopped, true);
+    assert.equal(result.budget.nfe, 50_000);
+    assert.ok(result.nfe.total < 10_000, `stopped early, spent ${result.nfe.total}`);
+    assert.equal(result.nfe.final, 19);
+  });
+
+  it('keeps search attributes current, so searches can be filtered', async () => {
+    const s = spec({ algorithm: { name: 'paths', n: 2, m: 2 }, seed: 41 });
+    const handle = await startSearch(env.client, s, { taskQueue, workflowId: uniqueId('indexed') });
+    const result = await handle.result();
+    const description = await handle.describe();
+    assert.equal(description.typedSearchAttributes.get(SEARCH_ATTRIBUTES.algorithm), 'paths');
+    assert.equal(description.typedSearchAttributes.get(SEARCH_ATTRIBUTES.nfeSpent), result.nfe.total);
+    assert.equal(description.typedSearchAttributes.get(SEARCH_ATTRIBUTES.bestScore), result.best.searchScore);
   });
 
   it('fails fast, without retries, when the model is not hosted', async () => {

@@ -1,1 +1,1 @@
-export { searchWorkflow, progressQuery } from './search';
+export { progressQuery, searchWorkflow, setBudgetUpdate, stopSignal } from './search';

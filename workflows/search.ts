@@ -1,10 +1,37 @@
 // The durable driver: the generic search state machine, one activity per batch. No tensors, network,
-// clock or randomness here; everything that decides the result is in src/search.
-import { ApplicationFailure, defineQuery, proxyActivities, setHandler } from '@temporalio/workflow';
+// clock or randomness here; everything that decides the result is in src/search, so a stop, a budget
+// change or a continue-as-new never changes what a round computes.
+import {
+  allHandlersFinished,
+  ApplicationFailure,
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineSignal,
+  defineUpdate,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { Activities } from '../src/activities';
 import { FLEET_RETRY } from '../src/retry';
-import { createRun, finishRound, progressOf, SearchFailure, startRound, type RunState, type SearchProgress, type SearchResult } from '../src/search/run';
+import {
+  budgetRefusal,
+  createRun,
+  finishRound,
+  nfeSpent,
+  progressOf,
+  requestStop,
+  SearchFailure,
+  setBudget,
+  startRound,
+  type RunState,
+  type SearchProgress,
+  type SearchResult,
+} from '../src/search/run';
 import { SpecError, type SearchSpec } from '../src/search/spec';
+import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 
 const { describeModel, evaluateBatch } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
@@ -18,18 +45,75 @@ const { describeModel, evaluateBatch } = proxyActivities<Activities>({
 });
 
 export const progressQuery = defineQuery<SearchProgress | null>('progress');
+export const stopSignal = defineSignal('stop');
+export const setBudgetUpdate = defineUpdate<SearchProgress, [number]>('setBudget');
 
-export async function searchWorkflow(spec: SearchSpec): Promise<SearchResult> {
-  let run: RunState | null = null;
+export interface SearchWorkflowOptions {
+  /** The run carried over a continue-as-new. */
+  resume?: RunState;
+  /** Keep the Noisesearch* search attributes up to date (the namespace must have them). */
+  indexed?: boolean;
+  /** Continue as new after this many rounds even before Temporal suggests it (tests). */
+  continueAsNewEveryRounds?: number;
+}
+
+function indexProgress(run: RunState): void {
+  const progress = progressOf(run);
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.nfeSpent, value: nfeSpent(run) },
+    ...(progress.best ? [{ key: SEARCH_ATTRIBUTES.bestScore, value: progress.best.score }] : []),
+  ]);
+}
+
+export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOptions = {}): Promise<SearchResult> {
+  let run: RunState | null = options.resume ?? null;
+  let stopBeforeRun = false;
   setHandler(progressQuery, () => run && progressOf(run));
-  const model = await describeModel(spec.model);
+  setHandler(stopSignal, () => {
+    if (run) run = requestStop(run);
+    else stopBeforeRun = true;
+  });
+  setHandler(
+    setBudgetUpdate,
+    (budgetNfe) => {
+      run = setBudget(run!, budgetNfe);
+      return progressOf(run);
+    },
+    {
+      validator: (budgetNfe) => {
+        const refusal = run ? budgetRefusal(run, budgetNfe) : 'budget: the search has not started yet; try again in a moment';
+        if (refusal) throw new Error(refusal);
+      },
+    },
+  );
   try {
-    run = createRun(spec, model);
+    if (!run) {
+      const model = await describeModel(spec.model);
+      run = createRun(spec, model);
+      if (stopBeforeRun) run = requestStop(run);
+      if (options.indexed) {
+        upsertSearchAttributes([
+          { key: SEARCH_ATTRIBUTES.algorithm, value: spec.algorithm.name },
+          { key: SEARCH_ATTRIBUTES.model, value: spec.model },
+          { key: SEARCH_ATTRIBUTES.verifier, value: spec.verifiers.join(',') },
+        ]);
+      }
+    }
+    let roundsThisRun = 0;
     while (run.phase !== 'done') {
       const round = startRound(run);
       run = round.run;
-      const outcomes = await Promise.all(round.batches.map((batch) => evaluateBatch(batch)));
-      run = finishRound(run, outcomes);
+      if (round.batches.length > 0) {
+        const outcomes = await Promise.all(round.batches.map((batch) => evaluateBatch(batch)));
+        run = finishRound(run, outcomes);
+        roundsThisRun++;
+      }
+      if (options.indexed) indexProgress(run);
+      const due = options.continueAsNewEveryRounds !== undefined && roundsThisRun >= options.continueAsNewEveryRounds;
+      if (run.phase !== 'done' && (workflowInfo().continueAsNewSuggested || due)) {
+        await condition(allHandlersFinished);
+        await continueAsNew<typeof searchWorkflow>(run.plan.spec, { ...options, resume: run });
+      }
     }
     return run.result!;
   } catch (error) {

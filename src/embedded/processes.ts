@@ -5,6 +5,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { Connection } from '@temporalio/client';
 import { Fleet } from '../fleet/client';
+import { devServerSearchAttributeFlags } from '../temporal/search-attributes';
 import { TEMPORAL_BIN, VENV_PYTHON } from './paths';
 
 export async function freePort(): Promise<number> {
@@ -84,6 +85,7 @@ export async function startTemporal(options: TemporalOptions): Promise<StartedPr
     '--ui-port', String(uiPort),
     '--db-filename', options.dbFile,
     '--log-level', 'warn',
+    ...devServerSearchAttributeFlags(),
   ];
   const child = spawnLogged(TEMPORAL_BIN, args, options.logFile, options.detached ?? false);
   const address = `127.0.0.1:${port}`;

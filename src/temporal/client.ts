@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { Client, WorkflowIdConflictPolicy, type WorkflowHandle } from '@temporalio/client';
 import type { SearchSpec } from '../search/spec';
-import { searchWorkflow } from '../../workflows/search';
+import { searchWorkflow, type SearchWorkflowOptions } from '../../workflows/search';
+import { SEARCH_ATTRIBUTES } from './search-attributes';
 import { TASK_QUEUE } from './constants';
 
 function canonical(value: unknown): string {
@@ -24,15 +25,32 @@ export function searchWorkflowId(spec: SearchSpec): string {
   return `search-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`;
 }
 
+/** Whether the namespace has every Noisesearch* search attribute, so workflows may keep them current. */
+export async function hasSearchAttributes(client: Client): Promise<boolean> {
+  try {
+    const { customAttributes } = await client.connection.operatorService.listSearchAttributes({ namespace: client.options.namespace });
+    return Object.values(SEARCH_ATTRIBUTES).every((key) => customAttributes && key.name in customAttributes);
+  } catch {
+    return false;
+  }
+}
+
+export interface StartSearchOptions extends Omit<SearchWorkflowOptions, 'resume'> {
+  workflowId?: string;
+  taskQueue?: string;
+}
+
 export async function startSearch(
   client: Client,
   spec: SearchSpec,
-  options: { workflowId?: string; taskQueue?: string } = {},
+  options: StartSearchOptions = {},
 ): Promise<WorkflowHandle<typeof searchWorkflow>> {
+  const { workflowId, taskQueue, ...workflowOptions } = options;
+  const indexed = workflowOptions.indexed ?? (await hasSearchAttributes(client));
   return client.workflow.start(searchWorkflow, {
-    args: [spec],
-    taskQueue: options.taskQueue ?? TASK_QUEUE,
-    workflowId: options.workflowId ?? searchWorkflowId(spec),
+    args: [spec, { ...workflowOptions, indexed }],
+    taskQueue: taskQueue ?? TASK_QUEUE,
+    workflowId: workflowId ?? searchWorkflowId(spec),
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
   });
 }
