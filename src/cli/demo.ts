@@ -12,7 +12,7 @@ const BUDGETS = [38, 190, 950, 3800];
 const VERIFIER = 'gmm-classifier';
 const DEMO_USAGE = 'noisesearch demo';
 
-export const DEMO_HELP = `Runs random searches on classes ${CLASSES.join(', ')} at budgets ${BUDGETS.join(', ')} NFEs with verifier ${VERIFIER},
+const DEMO_HELP = `Runs random searches on classes ${CLASSES.join(', ')} at budgets ${BUDGETS.join(', ')} NFEs with verifier ${VERIFIER},
 through the embedded Temporal dev server and model server (started if needed, stopped after), and prints a table.
 
 Usage: ${DEMO_USAGE}

@@ -7,8 +7,9 @@ import { SpecError } from '../search/spec';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { parseFlags, UsageError } from './args';
-import { demoCommand, DEMO_HELP } from './demo';
-import { SEARCH_HELP, searchCommand } from './search';
+import { controlCommand } from './control';
+import { demoCommand } from './demo';
+import { searchCommand } from './search';
 
 const HELP = `noisesearch: inference-time search over diffusion noises, durable on Temporal.
 
@@ -17,6 +18,7 @@ Commands:
   worker    run a worker for a Temporal cluster and a fleet of model servers
   server    start | stop | status of the embedded Temporal dev server and model server
   demo      random searches at a few budgets on a few classes, as a table
+  progress  a running search's progress;  stop: end it with the best so far;  budget: change its budget
 
 Run "noisesearch <command> --help" for a command's flags.
 `;
@@ -100,11 +102,14 @@ async function serverCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
-  search: { run: searchCommand, help: SEARCH_HELP },
-  worker: { run: workerCommand, help: WORKER_HELP },
-  server: { run: serverCommand, help: SERVER_HELP },
-  demo: { run: demoCommand, help: DEMO_HELP },
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  search: searchCommand,
+  worker: workerCommand,
+  server: serverCommand,
+  demo: demoCommand,
+  progress: controlCommand('progress'),
+  stop: controlCommand('stop'),
+  budget: controlCommand('budget'),
 };
 
 export async function main(argv: string[]): Promise<number> {
@@ -119,7 +124,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await command.run(rest);
+    return await command(rest);
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);

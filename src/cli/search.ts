@@ -3,38 +3,74 @@ import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
 import { runLocalSearch } from '../local';
+import { FK_DEFAULTS, FK_POTENTIALS, FK_RESAMPLINGS } from '../search/fk';
+import { PATHS_DEFAULTS } from '../search/paths';
+import { PRESET_NAMES, PRESETS, type Preset } from '../search/presets';
 import { ALGORITHM_NAMES, createRun, type SearchResult } from '../search/run';
-import type { SearchSpec } from '../search/spec';
+import type { AlgorithmName, AlgorithmSpec, SearchSpec } from '../search/spec';
+import { ZERO_ORDER_DEFAULTS } from '../search/zero-order';
 import type { ModelInfo } from '../search/types';
 import { configHash, startSearch } from '../temporal/client';
 import { finiteNumber, oneOf, parseFlags, UsageError, wholeNumber } from './args';
 import { openDeployment } from './deployment';
 
-export const SEARCH_USAGE =
-  'noisesearch search [--model gmm] --class N [--algorithm random] [--verifier gmm-classifier] [--budget 2000] [--seed 0] [--n N] [--round-size 32] [--solver heun|euler] [--steps N] [--final-steps N] [--guidance W] [--json] [--local] [--temporal host:port] [--namespace NS] [--fleet host:port,...|FILE]';
+const SEARCH_USAGE =
+  'noisesearch search [--model gmm] [--class N] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE]';
 
-export const SEARCH_HELP = `Runs one search and prints its result.
+const SEARCH_HELP = `Runs one search and prints its result.
 
 Usage: ${SEARCH_USAGE}
 
   --model NAME         model to search with (default gmm, the embedded Gaussian mixture)
   --class N            class label to condition on
   --algorithm NAME     ${ALGORITHM_NAMES.join(' | ')} (default random)
-  --verifier NAME      verifier that scores candidates (default gmm-classifier)
+  --verifier A[,B..]   verifier, or an ensemble ranked by mean rank (default gmm-classifier)
   --budget NFES        total denoiser evaluations: search plus final generation (default 2000)
   --seed N             seed every noise derives from (default 0)
-  --n N                random search: number of noises (default: what the budget pays for)
-  --round-size N       candidates per round (progress granularity; never changes the result)
+  --preset NAME        the paper's settings: ${PRESET_NAMES.join(', ')} (flags override)
   --solver, --steps    sampler used while searching (default: the model's)
   --final-steps N      steps of the final generation (default: the model's)
   --guidance W         guidance scale (default: the model's)
-  --json               print one JSON object on stdout
+
+  random:      --n N (default: what the budget pays for), --round-size N (progress granularity only)
+  zero-order:  --n N neighbours (default ${ZERO_ORDER_DEFAULTS.n}), --t COSINE in (0,1) (default ${ZERO_ORDER_DEFAULTS.t}), --restart
+  paths:       --n N (default ${PATHS_DEFAULTS.n}), --m M (default ${PATHS_DEFAULTS.m}), --sigma-start S (default ${PATHS_DEFAULTS.sigmaStart}),
+               --delta-f F (default ${PATHS_DEFAULTS.deltaF}), --delta-b B (default ${PATHS_DEFAULTS.deltaB}), --backward-steps N (default ${PATHS_DEFAULTS.backwardSteps})
+  fk:          --k PARTICLES (default ${FK_DEFAULTS.k}), --lambda L (default ${FK_DEFAULTS.lambda}), --potential ${FK_POTENTIALS.join('|')} (default ${FK_DEFAULTS.potential}),
+               --resampling ${FK_RESAMPLINGS.join('|')} (default ${FK_DEFAULTS.resampling}), --resample-every STEPS (default ${FK_DEFAULTS.resampleEvery})
+
+  --json               print one JSON object on stdout (per-verifier scores, calls and seconds included)
   --local              run in-process instead of through Temporal
   --temporal ADDR      a Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server)
   --namespace NS       Temporal namespace (default "default")
   --fleet LIST|FILE    model servers (default: the embedded model server)
   --workflow-id ID     workflow ID (default: derived from the spec, so a repeat attaches)
 `;
+
+type Values = Record<string, string | boolean | undefined>;
+
+interface AlgorithmFlag {
+  key: string;
+  algorithms: AlgorithmName[];
+  parse: (flag: string, value: string) => unknown;
+}
+
+const whole = (flag: string, value: string) => wholeNumber(flag, value, { min: 1 });
+const ALGORITHM_FLAGS: Record<string, AlgorithmFlag> = {
+  n: { key: 'n', algorithms: ['random', 'zero-order', 'paths'], parse: whole },
+  'round-size': { key: 'roundSize', algorithms: ['random'], parse: whole },
+  t: { key: 't', algorithms: ['zero-order'], parse: finiteNumber },
+  m: { key: 'm', algorithms: ['paths'], parse: whole },
+  'sigma-start': { key: 'sigmaStart', algorithms: ['paths'], parse: finiteNumber },
+  'delta-f': { key: 'deltaF', algorithms: ['paths'], parse: finiteNumber },
+  'delta-b': { key: 'deltaB', algorithms: ['paths'], parse: finiteNumber },
+  'backward-steps': { key: 'backwardSteps', algorithms: ['paths'], parse: whole },
+  k: { key: 'k', algorithms: ['fk'], parse: whole },
+  lambda: { key: 'lambda', algorithms: ['fk'], parse: finiteNumber },
+  potential: { key: 'potential', algorithms: ['fk'], parse: (flag, value) => oneOf(flag, value, FK_POTENTIALS) },
+  resampling: { key: 'resampling', algorithms: ['fk'], parse: (flag, value) => oneOf(flag, value, FK_RESAMPLINGS) },
+  'resample-every': { key: 'resampleEvery', algorithms: ['fk'], parse: whole },
+};
 
 const FLAGS = {
   model: { type: 'string' },
@@ -43,12 +79,13 @@ const FLAGS = {
   verifier: { type: 'string' },
   budget: { type: 'string' },
   seed: { type: 'string' },
-  n: { type: 'string' },
-  'round-size': { type: 'string' },
+  preset: { type: 'string' },
   solver: { type: 'string' },
   steps: { type: 'string' },
   'final-steps': { type: 'string' },
   guidance: { type: 'string' },
+  restart: { type: 'boolean' },
+  ...Object.fromEntries(Object.keys(ALGORITHM_FLAGS).map((name) => [name, { type: 'string' }])),
   json: { type: 'boolean' },
   local: { type: 'boolean' },
   temporal: { type: 'string' },
@@ -57,22 +94,45 @@ const FLAGS = {
   'workflow-id': { type: 'string' },
 } as const;
 
-function specFromFlags(v: Record<string, string | boolean | undefined>): SearchSpec {
+function algorithmFromFlags(v: Values, preset: Preset | undefined): AlgorithmSpec {
+  const name = oneOf('algorithm', (v.algorithm as string | undefined) ?? preset?.algorithm?.name ?? 'random', ALGORITHM_NAMES)!;
+  const params: Record<string, unknown> = preset?.algorithm?.name === name ? { ...preset.algorithm } : { name };
+  for (const [flag, spec] of Object.entries(ALGORITHM_FLAGS)) {
+    const value = v[flag] as string | undefined;
+    if (value === undefined) continue;
+    if (!spec.algorithms.includes(name)) throw new UsageError(`--${flag} applies to ${spec.algorithms.join(', ')}, not to --algorithm ${name}`);
+    params[spec.key] = spec.parse(flag, value);
+  }
+  if (v.restart) {
+    if (name !== 'zero-order') throw new UsageError(`--restart applies to zero-order, not to --algorithm ${name}`);
+    params.restart = true;
+  }
+  return params as unknown as AlgorithmSpec;
+}
+
+export function specFromFlags(v: Values): SearchSpec {
   const str = (name: string) => v[name] as string | undefined;
-  const algorithm = oneOf('algorithm', str('algorithm') ?? 'random', ALGORITHM_NAMES) as 'random';
+  const presetName = str('preset');
+  const preset = presetName === undefined ? undefined : PRESETS[presetName];
+  if (presetName !== undefined && !preset) throw new UsageError(`--preset: "${presetName}" is not one of ${PRESET_NAMES.join(', ')}`);
+  const solver = oneOf('solver', str('solver'), ['euler', 'heun'] as const);
   return {
-    model: str('model') ?? 'gmm',
+    model: str('model') ?? preset?.model ?? 'gmm',
     condition: {
       classLabel: wholeNumber('class', str('class')),
-      guidanceScale: finiteNumber('guidance', str('guidance')),
+      guidanceScale: finiteNumber('guidance', str('guidance')) ?? preset?.guidanceScale,
     },
-    algorithm: { name: algorithm, n: wholeNumber('n', str('n'), { min: 1 }), roundSize: wholeNumber('round-size', str('round-size'), { min: 1 }) },
+    algorithm: algorithmFromFlags(v, preset),
     verifiers: (str('verifier') ?? 'gmm-classifier').split(',').map((s) => s.trim()),
     budgetNfe: wholeNumber('budget', str('budget') ?? '2000', { min: 1 })!,
     seed: wholeNumber('seed', str('seed') ?? '0')!,
-    searchSampler: { solver: oneOf('solver', str('solver'), ['euler', 'heun'] as const), steps: wholeNumber('steps', str('steps'), { min: 1 }) },
-    finalSampler: { solver: oneOf('solver', str('solver'), ['euler', 'heun'] as const), steps: wholeNumber('final-steps', str('final-steps'), { min: 1 }) },
+    searchSampler: { ...preset?.searchSampler, ...defined({ solver, steps: wholeNumber('steps', str('steps'), { min: 1 }) }) },
+    finalSampler: { ...preset?.finalSampler, ...defined({ solver, steps: wholeNumber('final-steps', str('final-steps'), { min: 1 }) }) },
   };
+}
+
+function defined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /** The model as whoever will run the search describes it; null when only remote workers know. */
@@ -102,10 +162,11 @@ export function formatResult(result: SearchResult & { workflowId: string; driver
   return [
     `${result.workflowId} (${result.driver})`,
     `  model ${result.model} · class ${className} · ${result.algorithm} · verifier ${result.verifiers.join(',')} · seed ${result.seed}`,
-    `  best score     ${result.best.score.toFixed(4)} (during search ${result.best.searchScore.toFixed(4)})`,
+    `  best score     ${result.best.score.toFixed(4)} (during search ${result.best.searchScore.toFixed(4)})${result.stopped ? ' (stopped early)' : ''}`,
+    ...Object.entries(result.best.scores).map(([verifier, score]) => `    ${verifier.padEnd(16)} ${score.toFixed(4)}`),
     `  NFEs           search ${result.nfe.search} + final ${result.nfe.final} = ${result.nfe.total} of ${result.budget.nfe} (executed ${result.nfe.executed})`,
     `  candidates     ${result.candidates} (${result.failedCandidates} failed)`,
-    `  verifier time  ${result.verifierSeconds.toFixed(4)} s`,
+    `  verifier time  ${result.verifierSeconds.toFixed(4)} s (${Object.entries(result.verifierCosts).map(([v, c]) => `${v}: ${c.calls} calls, ${c.seconds.toFixed(4)} s`).join('; ')})`,
     `  best noise     ${JSON.stringify(result.best.noise)}`,
   ].join('\n');
 }
@@ -117,11 +178,17 @@ export async function searchCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const spec = specFromFlags(values);
+  const presetModel = values.preset ? PRESETS[values.preset as string]?.model : undefined;
   const temporalAddress = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
   const local = Boolean(values.local);
   const fleet = values.fleet as string | undefined;
   const remoteWorkers = !local && Boolean(temporalAddress) && !fleet;
-  const model = await describeForValidation(spec.model, fleet, remoteWorkers);
+  const model = await describeForValidation(spec.model, fleet, remoteWorkers).catch((error) => {
+    if (error instanceof UsageError && presetModel === spec.model) {
+      throw new UsageError(`--preset ${values.preset} needs model ${spec.model}, which is not hosted here (${error.message})`);
+    }
+    throw error;
+  });
   if (model) createRun(spec, model);
 
   const log = (line: string) => process.stderr.write(`${line}\n`);

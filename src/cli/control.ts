@@ -1,0 +1,60 @@
+// Durable control of a running search: its progress, a stop with the best so far, a new budget.
+import { Client, Connection, WorkflowUpdateFailedError } from '@temporalio/client';
+import { serviceStatus } from '../embedded/services';
+import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
+import { parseFlags, UsageError, wholeNumber } from './args';
+
+const CONTROL_USAGE = 'noisesearch progress|stop ID | noisesearch budget ID NFES [--temporal host:port] [--namespace NS]';
+const CONTROL_HELP = `Controls a search that is running (ID: its workflow ID, as search prints it).
+
+Usage:
+  noisesearch progress ID       NFEs spent, budget, best so far, round (JSON)
+  noisesearch stop ID           end the search after the round in flight, with the best so far
+  noisesearch budget ID NFES    raise or lower the budget; refused below what is spent or committed
+
+  --temporal ADDR   Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
+  --namespace NS    Temporal namespace (default "${DEFAULT_NAMESPACE}")
+`;
+
+async function temporalAddress(flag: string | undefined): Promise<string> {
+  const address = flag ?? process.env.TEMPORAL_ADDRESS;
+  if (address) return address;
+  const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
+  if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
+  return embedded.address;
+}
+
+export function controlCommand(action: 'progress' | 'stop' | 'budget') {
+  return async (argv: string[]): Promise<number> => {
+    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' } }, CONTROL_USAGE);
+    if (values.help) {
+      process.stdout.write(CONTROL_HELP);
+      return 0;
+    }
+    const wanted = action === 'budget' ? 2 : 1;
+    if (positionals.length !== wanted) throw new UsageError(`${action} takes ${action === 'budget' ? 'a workflow ID and a budget in NFEs' : 'one workflow ID'}; usage: ${CONTROL_USAGE}`);
+    const budget = action === 'budget' ? wholeNumber('budget', positionals[1], { min: 1 })! : 0;
+    const connection = await Connection.connect({ address: await temporalAddress(values.temporal as string | undefined) });
+    try {
+      const client = new Client({ connection, namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
+      const handle = client.workflow.getHandle(positionals[0]);
+      if (action === 'progress') process.stdout.write(`${JSON.stringify(await handle.query(progressQuery))}\n`);
+      else if (action === 'stop') {
+        await handle.signal(stopSignal);
+        process.stdout.write(`asked ${positionals[0]} to stop after its round in flight\n`);
+      } else {
+        try {
+          const progress = await handle.executeUpdate(setBudgetUpdate, { args: [budget] });
+          process.stdout.write(`${JSON.stringify(progress)}\n`);
+        } catch (error) {
+          if (error instanceof WorkflowUpdateFailedError) throw new UsageError(error.cause?.message ?? error.message);
+          throw error;
+        }
+      }
+      return 0;
+    } finally {
+      await connection.close();
+    }
+  };
+}
