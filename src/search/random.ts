@@ -8,7 +8,8 @@ import { budgetProblems, fullSolve, type RandomSearchParams, type SearchPlan } f
 import type { Candidate } from './types';
 
 export interface RandomSearchState {
-  n: number;
+  /** Null when N follows the budget, which a budget update may change mid-search. */
+  n: number | null;
   next: number;
   roundSize: number;
   /** Every scored candidate (an ensemble ranks within all of them); the noise is rebuilt from `order`. */
@@ -50,12 +51,13 @@ export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState
     return problems;
   },
 
-  init(params, plan) {
-    return { n: params.n ?? affordable(plan), next: 0, roundSize: params.roundSize ?? DEFAULT_ROUND_SIZE, scored: [] };
+  init(params) {
+    return { n: params.n ?? null, next: 0, roundSize: params.roundSize ?? DEFAULT_ROUND_SIZE, scored: [] };
   },
 
   propose(state, plan, nfeAvailable) {
-    const count = Math.min(state.roundSize, state.n - state.next, Math.floor(nfeAvailable / plan.generationNfe));
+    const n = state.n ?? affordable(plan);
+    const count = Math.min(state.roundSize, n - state.next, Math.floor(nfeAvailable / plan.generationNfe));
     if (count <= 0) return null;
     return { candidates: Array.from({ length: count }, (_, i) => randomCandidate(plan, state.next + i)), verify: true };
   },

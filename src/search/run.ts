@@ -47,6 +47,7 @@ export interface SearchResult {
   candidates: number;
   failedCandidates: number;
   rounds: number;
+  /** Ended before the algorithm was done: a stop signal, or a budget lowered below the next round. */
   stopped: boolean;
   verifierSeconds: number;
   verifierCosts: Record<string, VerifierCost>;
@@ -176,7 +177,9 @@ export function nfeSpent(run: RunState): number {
 export function budgetRefusal(run: RunState, budgetNfe: number): string | null {
   if (!Number.isInteger(budgetNfe) || budgetNfe < 1) return `budget: ${budgetNfe} must be a whole number of NFEs`;
   if (run.phase === 'done') return 'budget: the search is already done';
-  const floor = run.nfeSearch + run.inFlight.reduce((sum, c) => sum + candidateNfe(c, run.plan.sigmaMax), 0) + run.plan.finalNfe;
+  // An algorithm without a final generation may be cut short above sigma = 0: keep its one finishing step.
+  const finishing = algorithmOf(run.plan).finalGeneration ? run.plan.finalNfe : 1;
+  const floor = run.nfeSearch + run.inFlight.reduce((sum, c) => sum + candidateNfe(c, run.plan.sigmaMax), 0) + finishing;
   if (budgetNfe < floor) return `budget: ${budgetNfe} NFEs is below what is spent or committed (${floor} NFEs, the final generation included)`;
   return null;
 }
@@ -211,6 +214,9 @@ export function startRound(run: RunState): Round {
     }
   }
   const best = bestSoFar(run);
+  if (!best && run.stopRequested && run.failedCandidates < run.candidates) {
+    throw new SearchFailure('the search was stopped before any candidate was scored, so there is no best noise');
+  }
   if (!best) throw noWinner(run);
   const final = finalCandidate(plan, best);
   if (!final) return { run: finish(run, best, best.scores), batches: [] };
