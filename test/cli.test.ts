@@ -33,7 +33,7 @@ describe('noisesearch CLI', () => {
   });
 
   it('prints help for every command', async () => {
-    for (const args of [['--help'], ['search', '--help'], ['worker', '--help'], ['server', '--help'], ['demo', '--help']]) {
+    for (const args of [['--help'], ['search', '--help'], ['worker', '--help'], ['server', '--help'], ['demo', '--help'], ['progress', '--help'], ['stop', '--help'], ['budget', '--help']]) {
       const run = await cli(args, home);
       assert.equal(run.code, 0, args.join(' '));
       assert.match(run.stdout, /[Uu]sage|Commands/);
@@ -46,11 +46,17 @@ describe('noisesearch CLI', () => {
       [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
       [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want one of gmm/],
       [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
-      [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\); use --budget 38 or more/],
+      [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\), which costs 38 NFEs; use --budget 38 or more/],
       [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],
       [['frobnicate'], /"frobnicate" is not a command/],
       [['server', 'restart'], /"restart" is not an action/],
       [['worker'], /--fleet is required/],
+      [['search', '--class', '3', '--preset', 'flux'], /--preset flux needs model flux-dev, which is not hosted here/],
+      [['search', '--class', '3', '--preset', 'sdxl-turbo'], /--preset: "sdxl-turbo" is not one of sit-imagenet, flux, pixart-sigma, paths-paper/],
+      [['search', '--class', '3', '--m', '3'], /--m applies to paths, not to --algorithm random/],
+      [['search', '--class', '3', '--algorithm', 'zero-order', '--t', '1.5'], /t: 1.5 must lie in \(0, 1\)/],
+      [['search', '--class', '3', '--verifier', 'gmm-oracle,clip'], /verifier: "clip" is not hosted/],
+      [['budget', 'some-search', 'lots'], /--budget: "lots" is not a whole number/],
     ];
     for (const [args, pattern] of cases) {
       const run = await cli(args, home);
@@ -59,6 +65,12 @@ describe('noisesearch CLI', () => {
       assert.equal(run.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${run.stderr}`);
       assert.equal(run.stdout, '');
     }
+    const many = await cli(['search', '--class', '3', '--algorithm', 'paths', '--delta-b', '0.5', '--sigma-start', '100', '--n', '2'], home);
+    assert.equal(many.code, 2);
+    assert.deepEqual(
+      many.stderr.trim().split('\n').map((line) => line.replace(/^noisesearch search: /, '').split(':')[0]),
+      ['sigmaStart', 'deltaB'],
+    );
     assert.ok(!existsSync(path.join(home, 'services.json')), 'nothing was started');
   });
 

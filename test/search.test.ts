@@ -157,7 +157,7 @@ describe('selection', () => {
 describe('spec validation', () => {
   it('refuses a budget too small for one candidate and says what would do', () => {
     assert.throws(() => createRun(spec({ budgetNfe: 37 }), MODEL), (error: SpecError) => {
-      assert.match(error.problems[0], /budget: 37 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\) \(38 NFEs\); use --budget 38 or more/);
+      assert.match(error.problems[0], /budget: 37 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\), which costs 38 NFEs; use --budget 38 or more/);
       return true;
     });
   });

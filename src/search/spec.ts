@@ -138,7 +138,7 @@ function checkVerifiers(spec: SearchSpec, model: ModelInfo, problems: string[]):
 /** A budget problem, or none: every algorithm refuses a budget below what its smallest search costs. */
 export function budgetProblems(plan: SearchPlan, needed: number, what: string): string[] {
   if (plan.spec.budgetNfe >= needed) return [];
-  return [`budget: ${plan.spec.budgetNfe} NFEs cannot pay for ${what} (${needed} NFEs); use --budget ${needed} or more`];
+  return [`budget: ${plan.spec.budgetNfe} NFEs cannot pay for ${what}, which costs ${needed} NFEs; use --budget ${needed} or more`];
 }
 
 /**
