@@ -1,8 +1,10 @@
 // Real services for tests: each suite starts what it needs on free ports and stops it afterwards.
-import { mkdtempSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { PROJECT_ROOT } from '../src/embedded/paths';
 import { startModelServer, startTemporal, stopProcess, type StartedProcess } from '../src/embedded/processes';
 
 export function tempDir(prefix: string): string {
@@ -29,15 +31,32 @@ export function uniqueId(prefix: string): string {
 }
 
 /** A Temporal dev server of our own (logs to a file), reached through the SDK's test environment. */
-export async function withTemporal(): Promise<{ env: TestWorkflowEnvironment; stop: () => Promise<void> }> {
+export async function withTemporal(): Promise<{ env: TestWorkflowEnvironment; address: string; stop: () => Promise<void> }> {
   const dir = tempDir('temporal');
   const server = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') });
   const env = await TestWorkflowEnvironment.createFromExistingServer({ address: server.address });
   return {
     env,
+    address: server.address,
     async stop() {
       await env.teardown();
       await stopProcess(server.pid);
     },
   };
+}
+
+/** A `noisesearch worker` process: a second worker must be another process (one per task queue each). */
+export function spawnWorker(temporalAddress: string, fleet: string, taskQueue: string): ChildProcess {
+  const log = openSync(path.join(tempDir('worker'), 'worker.log'), 'a');
+  return spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'worker', '--temporal', temporalAddress, '--fleet', fleet, '--task-queue', taskQueue], {
+    stdio: ['ignore', log, log],
+    env: { ...process.env, NOISESEARCH_LOG_LEVEL: 'ERROR' },
+  });
+}
+
+export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill(signal);
+  await exited;
 }

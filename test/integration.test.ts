@@ -1,6 +1,7 @@
 // End to end with real parts at every joint: a Temporal dev server, the Python model server over gRPC,
 // and a worker running the bundled workflow code.
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
@@ -13,7 +14,7 @@ import { startSearch } from '../src/temporal/client';
 import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
 import { progressQuery, setBudgetUpdate, stopSignal } from '../workflows/search';
 import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
-import { stopServer, uniqueId, withModelServer, withTemporal } from './helpers';
+import { spawnWorker, stopChild, stopServer, uniqueId, withModelServer, withTemporal } from './helpers';
 
 function spec(overrides: Partial<SearchSpec> = {}): SearchSpec {
   return { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random' }, verifiers: ['gmm-classifier'], budgetNfe: 2000, seed: 7, ...overrides };
@@ -38,6 +39,7 @@ describe('search through Temporal, gRPC and the model server', () => {
   let fleet: Fleet;
   let worker: Worker;
   let running: Promise<void>;
+  let secondWorker: ChildProcess;
   const taskQueue = uniqueId('it');
 
   before(async () => {
@@ -47,9 +49,12 @@ describe('search through Temporal, gRPC and the model server', () => {
     fleet = new Fleet([server.address], { callDeadlineMs: 10_000 });
     worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
     running = worker.run();
+    // A second worker process on the same task queue: rounds and activities land on either, and results must not care.
+    secondWorker = spawnWorker(temporal.address, server.address, taskQueue);
   });
 
   after(async () => {
+    await stopChild(secondWorker);
     worker?.shutdown();
     await running;
     fleet?.close();
