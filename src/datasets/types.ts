@@ -1,0 +1,22 @@
+import type { Condition } from '../search/types';
+
+/** One condition of a campaign's dataset: a class of the embedded model, an ImageNet class, or a prompt. */
+export interface DatasetItem {
+  /** Stable within the dataset: e.g. "class-3", "drawbench-17", "geneval-412". */
+  id: string;
+  condition: Condition;
+  /** What a person reads in a report: "class 3" or the prompt. */
+  label: string;
+  /** The dataset's own category (DrawBench Category, PartiPrompts Category, GenEval tag, T2I-CompBench file). */
+  category?: string;
+}
+
+export type DatasetSpec =
+  | { kind: 'gmm-classes'; classes: number[] }
+  | { kind: 'imagenet'; classes: number[] }
+  | { kind: 'drawbench'; path: string; limit?: number }
+  | { kind: 'partiprompts'; path: string; limit?: number }
+  | { kind: 't2i-compbench'; path: string; limit?: number }
+  | { kind: 'geneval'; path: string; limit?: number };
+
+export type DatasetKind = DatasetSpec['kind'];
