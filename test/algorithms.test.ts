@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { fkCost, karrasSigmas } from '../src/search/fk';
 import { candidateNfe, lastSigma } from '../src/search/nfe';
-import { pathsCost, PATHS_DEFAULTS } from '../src/search/paths';
+import { pathsCost } from '../src/search/paths';
 import {
   budgetRefusal,
   createRun,
@@ -279,8 +279,8 @@ describe('search over paths', () => {
     assert.deepEqual(done.nfe, { search: 400, final: 0, total: 400, executed: 400 });
     assert.equal(done.candidates, 4 + 4 * 32);
     assert.equal(done.rounds, 5);
-    assert.equal(PATHS_DEFAULTS.n, 4);
-    assert.equal(result({ name: 'paths' }, { budgetNfe: 400 }).nfe.total, 400, 'the defaults are the preset');
+    assert.equal(result({ name: 'paths' }, { budgetNfe: 400 }).nfe.total, 400, 'with N sized by the budget, the defaults are the preset');
+    assert.equal(result({ name: 'paths' }, { budgetNfe: 399 }).candidates, 3 + 3 * 32, 'N is as many paths as the budget pays for');
   });
 
   it('starts with N unverified states at sigma_start, then extends the kept lineages with renoise and a backward solve, keeping the top N', () => {

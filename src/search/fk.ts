@@ -10,14 +10,16 @@
 // then renoise sigma_down -> sigma_{i+1}, with sigma_up^2 = sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2
 // and sigma_down^2 = sigma_{i+1}^2 - sigma_up^2 (k-diffusion's eta = 1). Schedule: Karras, rho = 7.
 // With an ensemble, a particle's reward is its mean rank among the particles, scaled to [0, 1].
-// Cost: k * steps (one NFE per Euler step) + k per resampling point above sigma = 0 (the x-prediction).
+// Cost: k * steps (one NFE per Euler step) + k per resampling point above sigma = 0 (the x-prediction);
+// k is given, or as many particles as the budget pays for.
 import type { Scored, SearchAlgorithm } from './algorithm';
 import { deriveSeed, SeedStream } from './seeds';
 import { rankPool, topK } from './selection';
 import { budgetProblems, type FkParams, type FkPotential, type FkResampling, type SearchPlan } from './spec';
 import type { Candidate, Op } from './types';
 
-export const FK_DEFAULTS = { k: 8, lambda: 10, potential: 'max' as FkPotential, resampling: 'adaptive' as FkResampling, resampleEvery: 2 };
+/** k has no default: when not given, it is as many particles as the budget pays for. */
+export const FK_DEFAULTS = { lambda: 10, potential: 'max' as FkPotential, resampling: 'adaptive' as FkResampling, resampleEvery: 2 };
 export const FK_POTENTIALS: FkPotential[] = ['max', 'difference', 'sum'];
 export const FK_RESAMPLINGS: FkResampling[] = ['multinomial', 'adaptive'];
 const KARRAS_RHO = 7;
@@ -42,14 +44,16 @@ export interface FkState {
   done: boolean;
 }
 
-function resolve(params: FkParams): Resolved {
-  return {
-    k: params.k ?? FK_DEFAULTS.k,
+function resolve(params: FkParams, plan: SearchPlan): Resolved {
+  const resolved = {
+    k: params.k ?? 1,
     lambda: params.lambda ?? FK_DEFAULTS.lambda,
     potential: params.potential ?? FK_DEFAULTS.potential,
     resampling: params.resampling ?? FK_DEFAULTS.resampling,
     resampleEvery: params.resampleEvery ?? FK_DEFAULTS.resampleEvery,
   };
+  if (params.k === undefined) resolved.k = Math.max(1, Math.floor(plan.spec.budgetNfe / fkCost(plan, resolved)));
+  return resolved;
 }
 
 export function karrasSigmas(steps: number, sigmaMin: number, sigmaMax: number): number[] {
@@ -117,7 +121,7 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
   finalGeneration: false,
 
   validate(params, plan) {
-    const p = resolve(params);
+    const p = resolve(params, plan);
     const problems: string[] = [];
     for (const key of ['k', 'resampleEvery'] as const) {
       if (!Number.isInteger(p[key]) || p[key] < 1) problems.push(`${key}: ${p[key]} must be a whole number of at least 1`);
@@ -129,8 +133,8 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     return problems;
   },
 
-  init(params) {
-    return { params: resolve(params), step: 0, segment: 0, particles: null, resamplings: 0, done: false };
+  init(params, plan) {
+    return { params: resolve(params, plan), step: 0, segment: 0, particles: null, resamplings: 0, done: false };
   },
 
   propose(state, plan) {

@@ -4,7 +4,8 @@
 // extra denoising step for a clean x-prediction for the verifiers, keep the top N of the N * M; repeat
 // until sigma = 0, then best-of-N. States are lineages that servers cache, so a kept path is never paid
 // for twice. A target below the model's sigma_min is taken to 0.
-// Cost: N * solve(sigma_max -> sigma_start) + sum over rounds of N * M * (backward solve + x-prediction).
+// Cost: N * solve(sigma_max -> sigma_start) + sum over rounds of N * M * (backward solve + x-prediction);
+// N is given, or as many paths as the budget pays for.
 import type { Scored, SearchAlgorithm } from './algorithm';
 import { solveNfe } from './nfe';
 import { deriveSeed, SeedStream } from './seeds';
@@ -12,7 +13,8 @@ import { scoredOf, topK } from './selection';
 import { budgetProblems, type PathsParams, type SearchPlan } from './spec';
 import type { Candidate, SolveOp } from './types';
 
-export const PATHS_DEFAULTS = { n: 4, m: 8, sigmaStart: 0.11, deltaF: 0.78, deltaB: 0.81, backwardSteps: 1 } as const;
+/** N has no default: when not given, it is as many paths as the budget pays for. */
+export const PATHS_DEFAULTS = { m: 8, sigmaStart: 0.11, deltaF: 0.78, deltaB: 0.81, backwardSteps: 1 } as const;
 
 type Resolved = Required<Omit<PathsParams, 'name'>>;
 
@@ -26,15 +28,17 @@ export interface PathsState {
   done: boolean;
 }
 
-function resolve(params: PathsParams): Resolved {
-  return {
-    n: params.n ?? PATHS_DEFAULTS.n,
+function resolve(params: PathsParams, plan: SearchPlan): Resolved {
+  const resolved = {
+    n: params.n ?? 1,
     m: params.m ?? PATHS_DEFAULTS.m,
     sigmaStart: params.sigmaStart ?? PATHS_DEFAULTS.sigmaStart,
     deltaF: params.deltaF ?? PATHS_DEFAULTS.deltaF,
     deltaB: params.deltaB ?? PATHS_DEFAULTS.deltaB,
     backwardSteps: params.backwardSteps ?? PATHS_DEFAULTS.backwardSteps,
   };
+  if (params.n === undefined) resolved.n = Math.max(1, Math.floor(plan.spec.budgetNfe / pathsCost(plan, resolved)));
+  return resolved;
 }
 
 function targetSigma(plan: SearchPlan, p: Resolved, sigma: number): number {
@@ -64,7 +68,7 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
   finalGeneration: false,
 
   validate(params, plan) {
-    const p = resolve(params);
+    const p = resolve(params, plan);
     const problems: string[] = [];
     for (const key of ['n', 'm', 'backwardSteps'] as const) {
       if (!Number.isInteger(p[key]) || p[key] < 1) problems.push(`${key}: ${p[key]} must be a whole number of at least 1`);
@@ -79,8 +83,8 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     return problems;
   },
 
-  init(params) {
-    const p = resolve(params);
+  init(params, plan) {
+    const p = resolve(params, plan);
     return { params: p, round: 0, sigma: p.sigmaStart, kept: null, done: false };
   },
 
