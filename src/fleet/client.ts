@@ -4,7 +4,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import pLimit from 'p-limit';
-import type { BatchOutcome, BatchRequest, CandidateOutcome, ModelInfo } from '../search/types';
+import type { BatchOutcome, BatchRequest, CandidateOutcome, Condition, ModelInfo, PopulationMetrics } from '../search/types';
 import { classifyGrpcError, FleetError } from './errors';
 import { services } from './proto';
 
@@ -20,6 +20,7 @@ export interface FleetOptions {
 interface Endpoint {
   address: string;
   denoiser: grpc.Client;
+  verifier: grpc.Client;
   health: grpc.Client;
   model: ModelInfo | null;
   serverId: string;
@@ -93,6 +94,7 @@ function toRequest(batch: BatchRequest): object {
   return {
     model: batch.model,
     verifiers: batch.verifiers,
+    returnSamples: batch.returnSamples ?? false,
     candidates: batch.candidates.map((c) => ({
       id: c.id,
       condition: batch.condition,
@@ -108,6 +110,7 @@ function toRequest(batch: BatchRequest): object {
 function toOutcome(r: any): CandidateOutcome {
   const outcome: CandidateOutcome = { id: r.id, scores: { ...r.scores }, nfeLogical: r.nfeLogical, nfeExecuted: r.nfeExecuted };
   if (r.error && r.error.code) outcome.error = { code: r.error.code, message: r.error.message };
+  if (r.sample && r.sample.length > 0) outcome.sample = r.sample;
   return outcome;
 }
 
@@ -121,11 +124,12 @@ export class Fleet {
     this.callDeadlineMs = options.callDeadlineMs ?? 60_000;
     this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
     this.recheckMs = options.recheckMs ?? 500;
-    const { Denoiser, Health } = services();
+    const { Denoiser, Verifier, Health } = services();
     const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': 64 << 20 };
     this.endpoints = addresses.map((address) => ({
       address,
       denoiser: new Denoiser(address, grpc.credentials.createInsecure(), channelOptions),
+      verifier: new Verifier(address, grpc.credentials.createInsecure(), channelOptions),
       health: new Health(address, grpc.credentials.createInsecure()),
       model: null,
       serverId: '',
@@ -199,20 +203,13 @@ export class Fleet {
     return { ...hosts[0].model!, maxBatch: Math.min(...hosts.map((h) => h.model!.maxBatch)) };
   }
 
-  /** Evaluates a batch end to end on one server; throws FleetError (classified) on failure. */
-  async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
-    const hosts = await this.route(batch.model);
+  /** Runs `call` on the least-loaded SERVING endpoint hosting `model`, within its concurrency limit. */
+  private async onEndpoint<T>(model: string, call: (endpoint: Endpoint) => Promise<T>): Promise<T> {
+    const hosts = await this.route(model);
     const endpoint = hosts.reduce((least, e) => (e.outstanding < least.outstanding ? e : least));
     endpoint.outstanding++;
     try {
-      const response: any = await endpoint.limit(() =>
-        unary(endpoint.denoiser, 'Evaluate', toRequest(batch), this.callDeadlineMs, signal),
-      );
-      return {
-        outcomes: response.results.map(toOutcome),
-        verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),
-        serverId: response.serverId,
-      };
+      return await endpoint.limit(() => call(endpoint));
     } catch (error) {
       const failure = classifyGrpcError(error, endpoint.address);
       if (failure.retryable) endpoint.serving = false;
@@ -222,9 +219,31 @@ export class Fleet {
     }
   }
 
+  /** Evaluates a batch end to end on one server; throws FleetError (classified) on failure. */
+  async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
+    return this.onEndpoint(batch.model, async (endpoint) => {
+      const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch), this.callDeadlineMs, signal);
+      return {
+        outcomes: response.results.map(toOutcome),
+        verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),
+        serverId: response.serverId,
+      };
+    });
+  }
+
+  /** Population metrics (Frechet distance, Inception-Score analogue) of final samples against the model's true distribution. */
+  async population(model: string, samples: Array<{ values: number[]; condition: Condition }>): Promise<PopulationMetrics> {
+    return this.onEndpoint(model, async (endpoint) => {
+      const request = { samples: samples.map((s) => ({ values: s.values, shape: endpoint.model!.latentShape, condition: s.condition })) };
+      const r: any = await unary(endpoint.verifier, 'Population', request, this.callDeadlineMs);
+      return { frechetDistance: r.frechetDistance, inceptionScore: r.inceptionScore, samples: r.samples, referenceSamples: r.referenceSamples };
+    });
+  }
+
   close(): void {
     for (const e of this.endpoints) {
       e.denoiser.close();
+      e.verifier.close();
       e.health.close();
     }
   }

@@ -10,7 +10,7 @@ import { randomSearch } from './random';
 import type { Ranked } from './selection';
 import { fullSolve, planSearch, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
 import { zeroOrderSearch } from './zero-order';
-import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, ModelInfo, NoiseRecipe } from './types';
+import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, Lineage, ModelInfo, NoiseRecipe } from './types';
 
 const ALGORITHMS: Record<AlgorithmName, SearchAlgorithm<any, any>> = {
   random: randomSearch,
@@ -43,6 +43,8 @@ export interface SearchResult {
     searchScore: number;
     noise: NoiseRecipe;
     candidateId: string;
+    /** The lineage of the final sample: evaluate it again to score it with other verifiers. */
+    lineage: Lineage;
   };
   candidates: number;
   failedCandidates: number;
@@ -219,7 +221,7 @@ export function startRound(run: RunState): Round {
   }
   if (!best) throw noWinner(run);
   const final = finalCandidate(plan, best);
-  if (!final) return { run: finish(run, best, best.scores), batches: [] };
+  if (!final) return { run: finish(run, best, best.scores, best.candidate.lineage), batches: [] };
   return { run: { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true }, batches: toBatches(plan, [final], true) };
 }
 
@@ -257,7 +259,7 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   if (run.phase === 'final') {
     const outcome = evaluated[0].outcome;
     if (outcome.error) throw new SearchFailure(`the final generation failed: ${outcome.error.code}: ${outcome.error.message}`);
-    return finish({ ...run, nfeFinal: nfeLogical, nfeExecuted, verifierCosts }, bestSoFar(run)!, outcome.scores);
+    return finish({ ...run, nfeFinal: nfeLogical, nfeExecuted, verifierCosts }, bestSoFar(run)!, outcome.scores, evaluated[0].candidate.lineage);
   }
   return {
     ...run,
@@ -273,12 +275,12 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   };
 }
 
-function finish(run: RunState, best: Ranked, finalScores: Record<string, number>): RunState {
+function finish(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage): RunState {
   const done = { ...run, inFlight: [] };
-  return { ...done, phase: 'done', result: buildResult(done, best, finalScores) };
+  return { ...done, phase: 'done', result: buildResult(done, best, finalScores, finalLineage) };
 }
 
-function buildResult(run: RunState, best: Ranked, finalScores: Record<string, number>): SearchResult {
+function buildResult(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage): SearchResult {
   const { spec } = run.plan;
   const ensemble = spec.verifiers.length > 1;
   const verifierSeconds = Object.values(run.verifierCosts).reduce((sum, c) => sum + c.seconds, 0);
@@ -296,6 +298,7 @@ function buildResult(run: RunState, best: Ranked, finalScores: Record<string, nu
       searchScore: best.value,
       noise: best.candidate.lineage.noise,
       candidateId: best.candidate.id,
+      lineage: finalLineage,
     },
     candidates: run.candidates,
     failedCandidates: run.failedCandidates,

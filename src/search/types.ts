@@ -84,6 +84,8 @@ export interface CandidateOutcome {
   nfeLogical: number;
   nfeExecuted: number;
   error?: CandidateError;
+  /** The scored sample, when the request asked for samples. */
+  sample?: number[];
 }
 
 export interface VerifierTiming {
@@ -97,6 +99,14 @@ export interface BatchRequest {
   condition: Condition;
   verifiers: string[];
   candidates: Candidate[];
+  returnSamples?: boolean;
+}
+
+export interface PopulationMetrics {
+  frechetDistance: number;
+  inceptionScore: number;
+  samples: number;
+  referenceSamples: number;
 }
 
 export interface BatchOutcome {
