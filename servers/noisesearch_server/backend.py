@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from .lineage import Candidate, Condition
+from .population import PopulationResult
 
 
 # The label of a row without a class condition, in the label arrays passed to models and verifiers.
@@ -136,6 +137,11 @@ class ScoreResponse:
     verifier_timings: tuple[VerifierTiming, ...]
 
 
+@dataclass(frozen=True)
+class PopulationRequest:
+    samples: tuple[Sample, ...]
+
+
 class Backend(ABC):
     """Loaded once; then `evaluate` answers a batch of requests with one response (or error) each."""
 
@@ -151,6 +157,11 @@ class Backend(ABC):
 
     @abstractmethod
     def score(self, request: ScoreRequest) -> ScoreResponse: ...
+
+    @abstractmethod
+    def population(self, request: PopulationRequest) -> PopulationResult:
+        """Fréchet distance and Inception Score of the samples against the true distribution (population.py);
+        raise RequestError for a bad request (INVALID_ARGUMENT naming the field) or an unsupported model."""
 
 
 def summarize_timings(results: list[CandidateResult]) -> tuple[VerifierTiming, ...]:

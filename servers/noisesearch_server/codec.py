@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Description, EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse, Sample, VerifierSpec
+from .backend import (
+    Description,
+    EvaluateRequest,
+    EvaluateResponse,
+    PopulationRequest,
+    Sample,
+    ScoreRequest,
+    ScoreResponse,
+    VerifierSpec,
+)
+from .population import PopulationResult
 from .lineage import Candidate, Condition, Lineage, NoiseRecipe, Op, Perturbation, Renoise, Solve
 from .proto import load
 
@@ -59,19 +69,21 @@ def decode_evaluate_request(message) -> EvaluateRequest:
     )
 
 
-def decode_score_request(message) -> ScoreRequest:
-    return ScoreRequest(
-        verifiers=tuple(message.verifiers),
-        samples=tuple(
-            Sample(
-                values=np.array(s.values, dtype=np.float32),
-                shape=tuple(s.shape),
-                condition=decode_condition(s.condition) if s.HasField("condition") else None,
-                xpred=np.array(s.xpred, dtype=np.float32),
-            )
-            for s in message.samples
-        ),
+def decode_sample(message) -> Sample:
+    return Sample(
+        values=np.array(message.values, dtype=np.float32),
+        shape=tuple(message.shape),
+        condition=decode_condition(message.condition) if message.HasField("condition") else None,
+        xpred=np.array(message.xpred, dtype=np.float32),
     )
+
+
+def decode_score_request(message) -> ScoreRequest:
+    return ScoreRequest(verifiers=tuple(message.verifiers), samples=tuple(decode_sample(s) for s in message.samples))
+
+
+def decode_population_request(message) -> PopulationRequest:
+    return PopulationRequest(samples=tuple(decode_sample(s) for s in message.samples))
 
 
 def encode_verifier_info(spec: VerifierSpec):
@@ -143,4 +155,14 @@ def encode_score_response(response: ScoreResponse):
     return pb.ScoreResponse(
         results=[pb.SampleScores(scores=scores) for scores in response.scores],
         verifier_timings=_encode_timings(response.verifier_timings),
+    )
+
+
+def encode_population_response(result: PopulationResult):
+    return pb.PopulationResponse(
+        frechet_distance=result.frechet_distance,
+        inception_score=result.inception_score,
+        samples=result.samples,
+        reference_samples=result.reference_samples,
+        feature_dim=result.feature_dim,
     )

@@ -16,7 +16,10 @@ from .backend import (
     DiffusionModel,
     EvaluateRequest,
     EvaluateResponse,
+    ModelSpec,
+    PopulationRequest,
     RequestError,
+    Sample,
     ScoreRequest,
     ScoreResponse,
     Verifier,
@@ -25,7 +28,12 @@ from .backend import (
 )
 from .engine import SOLVERS, Engine, TrajectoryCache
 from .lineage import Job
+from .population import PopulationModel, PopulationResult, population_metrics
 from .validation import validate_candidate
+
+
+# Bounds a Population call (the reference is 20x the samples) to about a second on the engine thread.
+MAX_POPULATION_SAMPLES = 10_000
 
 
 class ConfigError(ValueError):
@@ -41,6 +49,7 @@ class DiffusionBackend(Backend):
         max_batch: int,
         max_concurrency: int,
         cache_entries: int,
+        population: PopulationModel | None = None,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
@@ -55,6 +64,7 @@ class DiffusionBackend(Backend):
         if len(probe_sigmas) > 1:
             raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
         self.model = model
+        self.population_model = population
         self.verifiers = {v.spec.name: v for v in verifiers}
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
@@ -148,30 +158,11 @@ class DiffusionBackend(Backend):
         labels = []
         for i, sample in enumerate(request.samples):
             path = f"samples[{i}]"
-            if sample.shape != spec.latent_shape:
-                raise RequestError(
-                    "INVALID_ARGUMENT", f"{path}.shape: got {list(sample.shape)}, want {list(spec.latent_shape)}"
-                )
-            _check_values(f"{path}.values", sample.values, size)
+            _check_sample_values(path, sample, spec)
             if needs_xpred:
                 _check_values(f"{path}.xpred", sample.xpred, size, f" (verifier {needs_xpred[0]!r} needs it)")
-            label = UNCONDITIONAL
-            condition = sample.condition
-            if condition is not None and condition.prompt is not None:
-                raise RequestError("INVALID_ARGUMENT", f"{path}.condition.prompt: this model takes class labels, not prompts")
-            if condition is not None and condition.class_label is not None:
-                label = condition.class_label
-                if not 0 <= label < spec.num_classes:
-                    raise RequestError(
-                        "INVALID_ARGUMENT",
-                        f"{path}.condition.class_label: got {label}; want a class in [0, {spec.num_classes})",
-                    )
-            elif needs_condition:
-                raise RequestError(
-                    "INVALID_ARGUMENT",
-                    f"{path}.condition: verifier {needs_condition[0]!r} needs a condition; set condition.class_label",
-                )
-            labels.append(label)
+            needs = f"verifier {needs_condition[0]!r} needs a condition" if needs_condition else None
+            labels.append(_sample_label(path, sample, spec, needs))
 
         scores: list[dict[str, float]] = [{} for _ in request.samples]
         timings = []
@@ -195,6 +186,56 @@ class DiffusionBackend(Backend):
                         )
                     scores[i][name] = float(score)
         return ScoreResponse(scores=tuple(scores), verifier_timings=tuple(timings))
+
+
+    def population(self, request: PopulationRequest) -> PopulationResult:
+        if self.population_model is None:
+            raise RequestError("UNIMPLEMENTED", f"population metrics: model {self.model.spec.name!r} has no reference")
+        spec = self.model.spec
+        if not request.samples:
+            raise RequestError(
+                "INVALID_ARGUMENT", f"samples: empty; send 1 to {MAX_POPULATION_SAMPLES} samples (2+ for a covariance)"
+            )
+        if len(request.samples) > MAX_POPULATION_SAMPLES:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"samples: got {len(request.samples)}, more than {MAX_POPULATION_SAMPLES}; evaluate a subsample",
+            )
+        labels = []
+        for i, sample in enumerate(request.samples):
+            path = f"samples[{i}]"
+            _check_sample_values(path, sample, spec)
+            labels.append(_sample_label(path, sample, spec, None))
+        size = math.prod(spec.latent_shape)
+        values = np.stack([s.values.astype(np.float64).reshape(size) for s in request.samples])
+        result = population_metrics(self.population_model, values, np.array(labels))
+        if not (math.isfinite(result.frechet_distance) and math.isfinite(result.inception_score)):
+            raise RequestError("INTERNAL", f"population metrics are not finite: {result}")
+        return result
+
+
+def _check_sample_values(path: str, sample: Sample, spec: ModelSpec) -> None:
+    if sample.shape != spec.latent_shape:
+        raise RequestError("INVALID_ARGUMENT", f"{path}.shape: got {list(sample.shape)}, want {list(spec.latent_shape)}")
+    _check_values(f"{path}.values", sample.values, math.prod(spec.latent_shape))
+
+
+def _sample_label(path: str, sample: Sample, spec: ModelSpec, needs_condition: str | None) -> int:
+    """The sample's class, or UNCONDITIONAL; `needs_condition` says why a missing class is an error."""
+    condition = sample.condition
+    if condition is not None and condition.prompt is not None:
+        raise RequestError("INVALID_ARGUMENT", f"{path}.condition.prompt: this model takes class labels, not prompts")
+    if condition is not None and condition.class_label is not None:
+        label = condition.class_label
+        if not 0 <= label < spec.num_classes:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"{path}.condition.class_label: got {label}; want a class in [0, {spec.num_classes})",
+            )
+        return label
+    if needs_condition:
+        raise RequestError("INVALID_ARGUMENT", f"{path}.condition: {needs_condition}; set condition.class_label")
+    return UNCONDITIONAL
 
 
 def _check_values(path: str, values: np.ndarray, size: int, why: str = "") -> None:

@@ -222,3 +222,34 @@ class SelfSupervisedVerifier:
 
 def gmm_verifiers(model: GaussianMixture) -> list[OracleVerifier | ClassifierVerifier | SelfSupervisedVerifier]:
     return [OracleVerifier(model), ClassifierVerifier(model), SelfSupervisedVerifier(model)]
+
+
+class GmmPopulation:
+    """What the population metrics need from the mixture (see population.py).
+
+    Features: the same fixed random tanh map as `gmm-selfsup` (`GaussianMixture.features`, seeded by
+    `Generator([seed, 1])`). Reference draws for class c (c = -1: the whole mixture, classes drawn uniformly)
+    come from `Generator([seed, 3, c + 1])`, so they depend only on the class and the count.
+    """
+
+    CHUNK = 4096  # rows per feature call: the (rows, features, dim) broadcast stays a few MB
+
+    def __init__(self, model: GaussianMixture) -> None:
+        self.model = model
+        self.num_classes = model.config.num_classes
+        self.feature_dim = model.config.feature_count
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.model.features(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+
+    def class_log_posteriors(self, x: np.ndarray) -> np.ndarray:
+        class_log_densities = self.model.class_log_densities(x)
+        return class_log_densities - logsumexp(class_log_densities)[:, None]
+
+    def reference_samples(self, label: int, count: int) -> np.ndarray:
+        rng = np.random.default_rng([self.model.config.seed, 3, label + 1])
+        if label < 0:
+            labels = rng.integers(0, self.num_classes, size=count)
+        else:
+            labels = np.full(count, label)
+        return self.model.sample(labels, rng)

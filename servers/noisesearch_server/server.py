@@ -19,7 +19,7 @@ from .backend import Backend
 from .batcher import Batcher
 from .codec import encode_description
 from .diffusion_backend import ConfigError, DiffusionBackend
-from .gmm import GaussianMixture, GmmConfig, gmm_verifiers
+from .gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
 from .proto import load, service_name
 from .service import DenoiserService, VerifierService
 
@@ -50,6 +50,7 @@ def build_gmm_backend(config: ServerConfig) -> Backend:
         max_batch=config.max_batch,
         max_concurrency=config.max_concurrency,
         cache_entries=config.cache_entries,
+        population=GmmPopulation(model),
     )
 
 

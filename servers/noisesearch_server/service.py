@@ -63,3 +63,11 @@ class VerifierService(services.VerifierServicer):
         except RequestError as error:
             await context.abort(_status(error.code), error.message)
         return codec.encode_score_response(response)
+
+    async def Population(self, request, context):
+        decoded = codec.decode_population_request(request)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.population, decoded)
+        except RequestError as error:
+            await context.abort(_status(error.code), error.message)
+        return codec.encode_population_response(result)

@@ -5,7 +5,7 @@ import pytest
 
 from noisesearch_server.backend import EvaluateRequest
 from noisesearch_server.diffusion_backend import DiffusionBackend
-from noisesearch_server.gmm import GaussianMixture, GmmConfig, gmm_verifiers
+from noisesearch_server.gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
 from noisesearch_server.lineage import Candidate, Condition, Lineage, NoiseRecipe, Perturbation, Renoise, Solve
 from noisesearch_server.proto import load
 from noisesearch_server.server import ServerConfig, start_server
@@ -21,7 +21,12 @@ def model() -> GaussianMixture:
 
 def make_backend(model: GaussianMixture, cache_entries: int = 1000, max_batch: int = 64) -> DiffusionBackend:
     return DiffusionBackend(
-        model, gmm_verifiers(model), max_batch=max_batch, max_concurrency=8, cache_entries=cache_entries
+        model,
+        gmm_verifiers(model),
+        max_batch=max_batch,
+        max_concurrency=8,
+        cache_entries=cache_entries,
+        population=GmmPopulation(model),
     )
 
 

@@ -9,6 +9,19 @@ export interface DatasetItem {
   label: string;
   /** The dataset's own category (DrawBench Category, PartiPrompts Category, GenEval tag, T2I-CompBench file). */
   category?: string;
+  /** PartiPrompts only: the Challenge aspect ("Basic", "Fine-grained Detail", ...). */
+  challenge?: string;
+  /** GenEval only: the objects its evaluator looks for (and, for counting, those it must not find). */
+  geneval?: { include: GenevalObject[]; exclude?: GenevalObject[] };
+}
+
+/** One object of a GenEval prompt's metadata, as in evaluation_metadata.jsonl. */
+export interface GenevalObject {
+  class: string;
+  count: number;
+  color?: string;
+  /** [relation, index of the object it is relative to], e.g. ["left of", 0]. */
+  position?: [string, number];
 }
 
 export type DatasetSpec =

@@ -1,0 +1,437 @@
+// The datasets a campaign runs over: classes of the embedded model, ImageNet classes, or the prompts of a
+// text-to-image benchmark file (DrawBench CSV, PartiPrompts TSV, T2I-CompBench text files, GenEval JSONL).
+// Loading is synchronous and reads the whole file; every problem is one line naming the spec field and,
+// for a malformed file, the file and line. Ids are stable: "<kind>-<index>" with index the 0-based position
+// of the prompt among the file's prompts (blank lines and the header are not counted); for a T2I-CompBench
+// directory "<category>-<index>" with the index within that category's file.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { SpecError } from '../search/spec';
+import { parseCsv, stripBom } from './csv';
+import type { DatasetItem, DatasetKind, DatasetSpec, GenevalObject } from './types';
+
+export const DATASET_KINDS: readonly DatasetKind[] = [
+  'gmm-classes',
+  'imagenet',
+  'drawbench',
+  'partiprompts',
+  't2i-compbench',
+  'geneval',
+];
+
+export const IMAGENET_CLASSES = 1000;
+
+/** At most this many line problems are listed per file; the rest are counted in one more line. */
+const MAX_LINE_PROBLEMS = 20;
+
+const CLASS_KINDS = new Set<DatasetKind>(['gmm-classes', 'imagenet']);
+const EXAMPLE_FILE: Record<string, string> = {
+  drawbench: 'DrawBench.csv',
+  partiprompts: 'PartiPrompts.tsv',
+  't2i-compbench': 'a *_val.txt file or the folder of them',
+  geneval: 'evaluation_metadata.jsonl',
+};
+
+/** A prompt read from a file, before it gets its id. */
+interface Row {
+  prompt: string;
+  category?: string;
+  challenge?: string;
+  geneval?: DatasetItem['geneval'];
+}
+
+/** What a format parser gives: rows, and problems as "line N: ..." (or a whole-file problem without a line). */
+interface Parsed {
+  rows: Row[];
+  problems: string[];
+}
+
+interface Resolved {
+  items: DatasetItem[];
+  problems: string[];
+}
+
+/** Every problem with the dataset part of a campaign spec, each one line starting with its field path. */
+export function validateDatasetSpec(spec: unknown, field: string): string[] {
+  return resolveDataset(spec, field).problems;
+}
+
+/** The dataset's items, in file order (first `limit` only). Throws a SpecError listing every problem. */
+export function loadDataset(spec: DatasetSpec): DatasetItem[] {
+  const { items, problems } = resolveDataset(spec, 'dataset');
+  if (problems.length > 0) throw new SpecError(problems);
+  return items;
+}
+
+function show(value: unknown): string {
+  if (typeof value === 'number') return String(value);
+  if (value === undefined) return 'undefined';
+  return JSON.stringify(value) ?? String(value);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function resolveDataset(spec: unknown, field: string): Resolved {
+  const problems: string[] = [];
+  if (!isRecord(spec)) {
+    return { items: [], problems: [`${field}: ${show(spec)} is not a dataset; give an object with a kind, one of ${DATASET_KINDS.join(', ')}`] };
+  }
+  const kind = spec.kind;
+  if (kind === undefined) {
+    return { items: [], problems: [`${field}.kind: missing; use one of ${DATASET_KINDS.join(', ')}`] };
+  }
+  if (typeof kind !== 'string' || !(DATASET_KINDS as readonly string[]).includes(kind)) {
+    return { items: [], problems: [`${field}.kind: ${show(kind)} is not one of ${DATASET_KINDS.join(', ')}`] };
+  }
+  const k = kind as DatasetKind;
+  const allowed = CLASS_KINDS.has(k) ? ['kind', 'classes'] : ['kind', 'path', 'limit'];
+  for (const key of Object.keys(spec)) {
+    if (!allowed.includes(key)) problems.push(`${field}.${key}: not a field of a ${k} dataset; use ${allowed.join(', ')}`);
+  }
+  if (CLASS_KINDS.has(k)) {
+    const items = classItems(k, spec.classes, field, problems);
+    return { items, problems };
+  }
+
+  const limit = spec.limit;
+  if (limit !== undefined && !(typeof limit === 'number' && Number.isInteger(limit) && limit >= 1)) {
+    problems.push(`${field}.limit: ${show(limit)} must be a whole number >= 1`);
+  }
+  const file = spec.path;
+  const pathField = `${field}.path`;
+  if (file === undefined) {
+    problems.push(`${pathField}: missing; give the path of ${EXAMPLE_FILE[k]}`);
+    return { items: [], problems };
+  }
+  if (typeof file !== 'string' || file.trim() === '') {
+    problems.push(`${pathField}: ${show(file)} is not a path; give the path of ${EXAMPLE_FILE[k]}`);
+    return { items: [], problems };
+  }
+  const items = fileItems(k, file, pathField, problems);
+  const limited = typeof limit === 'number' && Number.isInteger(limit) && limit >= 1 ? items.slice(0, limit) : items;
+  return { items: limited, problems };
+}
+
+function classItems(kind: DatasetKind, classes: unknown, field: string, problems: string[]): DatasetItem[] {
+  const classesField = `${field}.classes`;
+  if (classes === undefined) {
+    problems.push(`${classesField}: missing; give a list of class ids, e.g. [0, 1, 2]`);
+    return [];
+  }
+  if (!Array.isArray(classes)) {
+    problems.push(`${classesField}: ${show(classes)} is not a list of class ids, e.g. [0, 1, 2]`);
+    return [];
+  }
+  if (classes.length === 0) {
+    problems.push(`${classesField}: empty; give at least one class id`);
+    return [];
+  }
+  const items: DatasetItem[] = [];
+  const firstAt = new Map<number, number>();
+  classes.forEach((c: unknown, i) => {
+    const at = `${classesField}[${i}]`;
+    if (kind === 'imagenet') {
+      if (!(typeof c === 'number' && Number.isInteger(c) && c >= 0 && c < IMAGENET_CLASSES)) {
+        problems.push(`${at}: ${show(c)} is not an ImageNet class id (a whole number from 0 to ${IMAGENET_CLASSES - 1})`);
+        return;
+      }
+    } else if (!(typeof c === 'number' && Number.isInteger(c) && c >= 0)) {
+      problems.push(`${at}: ${show(c)} is not a class id (a whole number >= 0)`);
+      return;
+    }
+    const first = firstAt.get(c);
+    if (first !== undefined) {
+      problems.push(`${at}: ${c} is listed twice (also ${classesField}[${first}]); list each class once`);
+      return;
+    }
+    firstAt.set(c, i);
+    items.push(
+      kind === 'imagenet'
+        ? { id: `imagenet-${c}`, condition: { classLabel: c }, label: `ImageNet class ${c}` }
+        : { id: `class-${c}`, condition: { classLabel: c }, label: `class ${c}` },
+    );
+  });
+  return items;
+}
+
+function fileItems(kind: DatasetKind, file: string, pathField: string, problems: string[]): DatasetItem[] {
+  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  if (stat === undefined) {
+    problems.push(`${pathField}: file ${file} does not exist`);
+    return [];
+  }
+  if (stat.isDirectory()) {
+    if (kind === 't2i-compbench') return t2iDirectoryItems(file, pathField, problems);
+    problems.push(`${pathField}: ${file} is a directory; give the path of ${EXAMPLE_FILE[kind]}`);
+    return [];
+  }
+  const text = readText(file, pathField, problems);
+  if (text === undefined) return [];
+  let parsed: Parsed;
+  switch (kind) {
+    case 'drawbench':
+      parsed = parseDrawBench(text);
+      break;
+    case 'partiprompts':
+      parsed = parsePartiPrompts(text);
+      break;
+    case 'geneval':
+      parsed = parseGenEval(text);
+      break;
+    default:
+      parsed = parseT2i(text, t2iCategory(file));
+      break;
+  }
+  report(parsed.problems, file, pathField, problems);
+  if (parsed.problems.length > 0) return [];
+  return parsed.rows.map((row, i) => toItem(`${kind}-${i}`, row));
+}
+
+function t2iDirectoryItems(dir: string, pathField: string, problems: string[]): DatasetItem[] {
+  let names: string[];
+  try {
+    names = fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.name.endsWith('.txt') && (e.isFile() || (e.isSymbolicLink() && fs.statSync(path.join(dir, e.name), { throwIfNoEntry: false })?.isFile())))
+      .map((e) => e.name)
+      .sort();
+  } catch (err) {
+    problems.push(`${pathField}: directory ${dir} cannot be read (${errorText(err)})`);
+    return [];
+  }
+  if (names.length === 0) {
+    problems.push(`${pathField}: directory ${dir} has no .txt files; T2I-CompBench prompts are one per line in <category>_val.txt`);
+    return [];
+  }
+  const items: DatasetItem[] = [];
+  const fileOf = new Map<string, string>();
+  let ok = true;
+  for (const name of names) {
+    const file = path.join(dir, name);
+    const category = t2iCategory(name);
+    const clash = fileOf.get(category);
+    if (clash !== undefined) {
+      problems.push(`${pathField}: files ${clash} and ${name} in ${dir} are both category "${category}"; keep one`);
+      ok = false;
+      continue;
+    }
+    fileOf.set(category, name);
+    const text = readText(file, pathField, problems);
+    if (text === undefined) {
+      ok = false;
+      continue;
+    }
+    const parsed = parseT2i(text, category);
+    report(parsed.problems, file, pathField, problems);
+    if (parsed.problems.length > 0) {
+      ok = false;
+      continue;
+    }
+    parsed.rows.forEach((row, i) => items.push(toItem(`${category}-${i}`, row)));
+  }
+  return ok ? items : [];
+}
+
+function toItem(id: string, row: Row): DatasetItem {
+  const item: DatasetItem = { id, condition: { prompt: row.prompt }, label: row.prompt.trim() };
+  if (row.category !== undefined) item.category = row.category;
+  if (row.challenge !== undefined) item.challenge = row.challenge;
+  if (row.geneval !== undefined) item.geneval = row.geneval;
+  return item;
+}
+
+function errorText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return (e?.code ?? (e?.message || String(err))).replace(/\s+/g, ' ');
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+function readText(file: string, pathField: string, problems: string[]): string | undefined {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (err) {
+    problems.push(`${pathField}: file ${file} cannot be read (${errorText(err)})`);
+    return undefined;
+  }
+  let text: string;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    problems.push(`${pathField}: file ${file} is not UTF-8 text`);
+    return undefined;
+  }
+  return stripBom(text);
+}
+
+function lineOf(problem: string): number {
+  const m = /^line (\d+)/.exec(problem);
+  return m ? Number(m[1]) : 0;
+}
+
+function report(fileProblems: string[], file: string, pathField: string, problems: string[]): void {
+  const sorted = [...fileProblems].sort((a, b) => lineOf(a) - lineOf(b));
+  for (const p of sorted.slice(0, MAX_LINE_PROBLEMS)) {
+    problems.push(`${pathField}: file ${file} ${p.replace(/[\r\n]+/g, ' ')}`);
+  }
+  if (fileProblems.length > MAX_LINE_PROBLEMS) {
+    problems.push(`${pathField}: file ${file} has ${fileProblems.length - MAX_LINE_PROBLEMS} more problems not listed`);
+  }
+}
+
+/** Non-blank lines with their 1-based line numbers; a trailing \r (CRLF files) is dropped. */
+function lines(text: string): { line: number; text: string }[] {
+  const out: { line: number; text: string }[] = [];
+  const raw = text.split('\n');
+  for (let i = 0; i < raw.length; i++) {
+    const t = raw[i].endsWith('\r') ? raw[i].slice(0, -1) : raw[i];
+    if (t.trim() !== '') out.push({ line: i + 1, text: t });
+  }
+  return out;
+}
+
+/** Index of a header column, matched after trimming and ignoring case; -1 when absent. */
+function column(header: string[], ...names: string[]): number {
+  const wanted = names.map((n) => n.toLowerCase());
+  return header.findIndex((h) => wanted.includes(h.trim().toLowerCase()));
+}
+
+function trimmedOrUndefined(value: string): string | undefined {
+  const t = value.trim();
+  return t === '' ? undefined : t;
+}
+
+/** DrawBench: CSV with header Prompts,Category. Categories are trimmed ("Gary Marcus et al. " has a trailing space). */
+export function parseDrawBench(text: string): Parsed {
+  const rows: Row[] = [];
+  if (stripBom(text).trim() === '') return { rows, problems: ['is empty; expected a header line Prompts,Category'] };
+  const { records, problems } = parseCsv(text);
+  if (records.length === 0) return { rows, problems };
+  const [head, ...body] = records;
+  const header = head.fields;
+  const promptCol = column(header, 'Prompts', 'Prompt');
+  const categoryCol = column(header, 'Category');
+  const missing = [promptCol < 0 && 'Prompts', categoryCol < 0 && 'Category'].filter(Boolean);
+  if (missing.length > 0) {
+    problems.push(`line ${head.line}: header ${header.join(',')} has no ${missing.join(' or ')} column; expected Prompts,Category`);
+    return { rows, problems };
+  }
+  for (const r of body) {
+    if (r.fields.length !== header.length) {
+      problems.push(
+        `line ${r.line}: ${r.fields.length} fields, expected ${header.length} (${header.join(',')}); put a prompt that contains a comma in double quotes`,
+      );
+      continue;
+    }
+    const prompt = r.fields[promptCol];
+    if (prompt.trim() === '') {
+      problems.push(`line ${r.line}: empty prompt`);
+      continue;
+    }
+    rows.push({ prompt, category: trimmedOrUndefined(r.fields[categoryCol]) });
+  }
+  if (rows.length === 0 && problems.length === 0) problems.push('has a header but no prompts');
+  return { rows, problems };
+}
+
+/** PartiPrompts: tab-separated, header Prompt, Category, Challenge, Note; no quoting (prompts may contain "). */
+export function parsePartiPrompts(text: string): Parsed {
+  const problems: string[] = [];
+  const rows: Row[] = [];
+  const all = lines(text);
+  if (all.length === 0) return { rows, problems: ['is empty; expected a header line Prompt<TAB>Category<TAB>Challenge<TAB>Note'] };
+  const [head, ...body] = all;
+  const header = head.text.split('\t');
+  const promptCol = column(header, 'Prompt', 'Prompts');
+  const categoryCol = column(header, 'Category');
+  const challengeCol = column(header, 'Challenge');
+  const missing = [promptCol < 0 && 'Prompt', categoryCol < 0 && 'Category'].filter(Boolean);
+  if (missing.length > 0) {
+    problems.push(
+      `line ${head.line}: header ${header.map((h) => h.trim()).join('<TAB>')} has no ${missing.join(' or ')} column; expected Prompt<TAB>Category<TAB>Challenge<TAB>Note`,
+    );
+    return { rows, problems };
+  }
+  for (const l of body) {
+    const fields = l.text.split('\t');
+    if (fields.length !== header.length) {
+      problems.push(`line ${l.line}: ${fields.length} tab-separated fields, expected ${header.length} (${header.map((h) => h.trim()).join(', ')})`);
+      continue;
+    }
+    const prompt = fields[promptCol];
+    if (prompt.trim() === '') {
+      problems.push(`line ${l.line}: empty prompt`);
+      continue;
+    }
+    const row: Row = { prompt, category: trimmedOrUndefined(fields[categoryCol]) };
+    if (challengeCol >= 0) {
+      const challenge = trimmedOrUndefined(fields[challengeCol]);
+      if (challenge !== undefined) row.challenge = challenge;
+    }
+    rows.push(row);
+  }
+  if (rows.length === 0 && problems.length === 0) problems.push('has a header but no prompts');
+  return { rows, problems };
+}
+
+/** The category of a T2I-CompBench file: its name without "_val.txt" or ".txt" ("color_val.txt" -> "color"). */
+export function t2iCategory(file: string): string {
+  const base = path.basename(file);
+  if (base.endsWith('_val.txt')) return base.slice(0, -'_val.txt'.length);
+  if (base.endsWith('.txt')) return base.slice(0, -'.txt'.length);
+  return base;
+}
+
+/** T2I-CompBench: one prompt per line, CRLF or LF, final newline or not; blank lines are skipped. */
+export function parseT2i(text: string, category: string): Parsed {
+  const rows = lines(text).map((l) => ({ prompt: l.text, category }));
+  return { rows, problems: rows.length === 0 ? ['is empty; expected one prompt per line'] : [] };
+}
+
+function genevalObjects(value: unknown): GenevalObject[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  for (const o of value) {
+    if (!isRecord(o) || typeof o.class !== 'string' || !(typeof o.count === 'number' && Number.isInteger(o.count) && o.count >= 0)) {
+      return undefined;
+    }
+  }
+  return value as GenevalObject[];
+}
+
+/** GenEval: JSON Lines, each {"tag", "include": [{"class", "count", ...}], "prompt"} (counting lines add "exclude"). */
+export function parseGenEval(text: string): Parsed {
+  const problems: string[] = [];
+  const rows: Row[] = [];
+  for (const l of lines(text)) {
+    let value: unknown;
+    try {
+      value = JSON.parse(l.text);
+    } catch (err) {
+      problems.push(`line ${l.line}: not JSON (${(err as Error).message})`);
+      continue;
+    }
+    if (!isRecord(value)) {
+      problems.push(`line ${l.line}: not a JSON object; expected {"tag": ..., "include": [...], "prompt": ...}`);
+      continue;
+    }
+    const wrong: string[] = [];
+    if (typeof value.prompt !== 'string' || value.prompt.trim() === '') wrong.push('no "prompt" string');
+    if (typeof value.tag !== 'string' || value.tag.trim() === '') wrong.push('no "tag" string');
+    const include = genevalObjects(value.include);
+    if (include === undefined) wrong.push('"include" is not a list of {"class": string, "count": number} objects');
+    const exclude = value.exclude === undefined ? undefined : genevalObjects(value.exclude);
+    if (value.exclude !== undefined && exclude === undefined) wrong.push('"exclude" is not a list of {"class": string, "count": number} objects');
+    if (wrong.length > 0) {
+      problems.push(`line ${l.line}: ${wrong.join('; ')}`);
+      continue;
+    }
+    const geneval: NonNullable<Row['geneval']> = { include: include! };
+    if (exclude !== undefined) geneval.exclude = exclude;
+    rows.push({ prompt: value.prompt as string, category: (value.tag as string).trim(), geneval });
+  }
+  if (rows.length === 0 && problems.length === 0) problems.push('is empty; expected one JSON object per line');
+  return { rows, problems };
+}
