@@ -1,1 +1,2 @@
 export { progressQuery, searchWorkflow, setBudgetUpdate, stopSignal } from './search';
+export { campaignProgressQuery, campaignWorkflow } from './campaign';

@@ -7,6 +7,7 @@ import { SpecError } from '../search/spec';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { parseFlags, UsageError } from './args';
+import { campaignCommand, exportCommand, reportCommand } from './campaign';
 import { controlCommand } from './control';
 import { demoCommand } from './demo';
 import { searchCommand } from './search';
@@ -19,6 +20,9 @@ Commands:
   server    start | stop | status of the embedded Temporal dev server and model server
   demo      random searches at a few budgets on a few classes, as a table
   progress  a running search's progress;  stop: end it with the best so far;  budget: change its budget
+  campaign  run | status | retry | cancel a benchmark campaign (dataset x algorithms x verifiers x budgets)
+  export    a campaign's results as CSV or JSONL
+  report    a campaign's self-contained HTML report
 
 Run "noisesearch <command> --help" for a command's flags.
 `;
@@ -110,6 +114,9 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   progress: controlCommand('progress'),
   stop: controlCommand('stop'),
   budget: controlCommand('budget'),
+  campaign: campaignCommand,
+  export: exportCommand,
+  report: reportCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,23 +1,15 @@
 import { createHash } from 'node:crypto';
-import { Client, WorkflowIdConflictPolicy, type WorkflowHandle } from '@temporalio/client';
+import { Client, WorkflowExecutionAlreadyStartedError, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, type WorkflowHandle } from '@temporalio/client';
+import { canonicalJson } from '../campaign/hash';
+import type { CampaignInput } from '../campaign/plan';
+import { campaignWorkflow } from '../../workflows/campaign';
 import type { SearchSpec } from '../search/spec';
 import { searchWorkflow, type SearchWorkflowOptions } from '../../workflows/search';
 import { SEARCH_ATTRIBUTES } from './search-attributes';
 import { TASK_QUEUE } from './constants';
 
-function canonical(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : 1));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
-
 export function configHash(value: unknown): string {
-  return createHash('sha256').update(canonical(value)).digest('hex').slice(0, 16);
+  return createHash('sha256').update(canonicalJson(value)).digest('hex').slice(0, 16);
 }
 
 /** The same spec gets the same ID, so starting it again attaches to the search already running. */
@@ -53,4 +45,24 @@ export async function startSearch(
     workflowId: workflowId ?? searchWorkflowId(spec),
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
   });
+}
+
+/**
+ * Starts a campaign, or attaches to it: its ID is the campaign's, so a second `campaign run` of the same
+ * spec joins the run in progress, and a finished campaign is not run again unless it failed (which
+ * retries its failed searches; finished ones stay in the store and are skipped).
+ */
+export async function startCampaign(client: Client, input: CampaignInput, options: { taskQueue?: string } = {}): Promise<WorkflowHandle<typeof campaignWorkflow>> {
+  try {
+    return await client.workflow.start(campaignWorkflow, {
+      args: [input, { indexed: await hasSearchAttributes(client) }],
+      taskQueue: options.taskQueue ?? TASK_QUEUE,
+      workflowId: input.campaignId,
+      workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+    });
+  } catch (error) {
+    if (error instanceof WorkflowExecutionAlreadyStartedError) return client.workflow.getHandle<typeof campaignWorkflow>(input.campaignId);
+    throw error;
+  }
 }

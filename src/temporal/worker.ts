@@ -1,5 +1,6 @@
 import { DefaultLogger, NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
+import { createCampaignActivities } from '../campaign/activities';
 import type { Fleet } from '../fleet/client';
 import { workflowSource } from './bundle';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
@@ -30,6 +31,6 @@ export async function createSearchWorker({ connection, fleet, namespace, taskQue
     namespace: namespace ?? DEFAULT_NAMESPACE,
     taskQueue: taskQueue ?? TASK_QUEUE,
     ...workflowSource(),
-    activities: createActivities({ fleet }),
+    activities: { ...createActivities({ fleet }), ...createCampaignActivities({ fleet }) },
   });
 }

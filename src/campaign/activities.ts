@@ -1,0 +1,148 @@
+// Campaign activities: the results store, evaluation of final samples, pictures and population metrics.
+// Each is idempotent (upserts keyed by workflow ID or cell), so a retry or a crashed worker never
+// writes a search twice.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { toActivityFailure } from '../activities';
+import type { Fleet } from '../fleet/client';
+import { samplePicture } from '../report/report';
+import type { SearchResult } from '../search/run';
+import { openStore } from '../store';
+import type { ResultsStore, SearchRecord, StoreConfig } from '../store/types';
+import { canonicalJson } from './hash';
+import { allCells, type CampaignInput, type CampaignItem } from './plan';
+
+export interface FinishedSearch {
+  campaign: Pick<CampaignInput, 'campaignId' | 'model' | 'evaluation' | 'store' | 'folder'>;
+  item: CampaignItem;
+  result: SearchResult;
+  wallSeconds: number;
+}
+
+export interface FailedSearch {
+  campaign: Pick<CampaignInput, 'campaignId' | 'store'>;
+  item: CampaignItem;
+  error: string;
+  wallSeconds: number;
+}
+
+function pictureFile(folder: string, workflowId: string): string {
+  return path.join(folder, 'samples', `${workflowId.replace(/[^\w.-]+/g, '_')}.svg`);
+}
+
+function baseRecord(campaignId: string, item: CampaignItem, wallSeconds: number): Omit<SearchRecord, 'status' | 'error' | 'result' | 'evaluation' | 'sample' | 'nfeSearch' | 'nfeFinal' | 'nfeTotal' | 'nfeExecuted' | 'verifierSeconds'> {
+  return {
+    workflowId: item.workflowId,
+    campaignId,
+    itemId: item.item.id,
+    itemLabel: item.item.label,
+    itemCategory: item.item.category ?? null,
+    cell: item.cell,
+    algorithm: item.spec.algorithm.name,
+    searchVerifiers: item.spec.verifiers,
+    budgetNfe: item.spec.budgetNfe,
+    seed: item.spec.seed,
+    spec: item.spec,
+    wallSeconds,
+    finishedAt: new Date().toISOString(),
+  };
+}
+
+export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
+  const stores = new Map<string, Promise<ResultsStore>>();
+  const storeFor = (config: StoreConfig): Promise<ResultsStore> => {
+    const key = canonicalJson(config);
+    if (!stores.has(key)) stores.set(key, openStore(config));
+    return stores.get(key)!;
+  };
+  const wrap = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+    try {
+      return await fn(...args);
+    } catch (error) {
+      throw toActivityFailure(error);
+    }
+  };
+
+  return {
+    /** Registers the campaign and says which of its searches are already in the store. */
+    openCampaign: wrap(async (input: Omit<CampaignInput, 'items'> & { itemCount: number }): Promise<string[]> => {
+      const store = await storeFor(input.store);
+      if (!(await store.getCampaign(input.campaignId))) {
+        await store.upsertCampaign({ campaignId: input.campaignId, name: input.name, spec: input, createdAt: new Date().toISOString() });
+      }
+      return store.doneWorkflowIds(input.campaignId);
+    }),
+
+    /** Scores the final sample with the evaluation verifiers, saves its picture, and writes the search. */
+    recordSearch: wrap(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
+      const evaluated = await fleet.evaluate({
+        model: campaign.model,
+        condition: item.spec.condition,
+        verifiers: campaign.evaluation,
+        candidates: [{ id: 'evaluation', lineage: result.best.lineage, scoreXpred: false }],
+        returnSamples: true,
+      });
+      const outcome = evaluated.outcomes[0];
+      if (outcome.error) throw new Error(`evaluating the final sample failed: ${outcome.error.code}: ${outcome.error.message}`);
+      const sample = outcome.sample ?? [];
+      const file = pictureFile(campaign.folder, item.workflowId);
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, await samplePicture(sample, item.item.label));
+      const store = await storeFor(campaign.store);
+      await store.upsertSearch({
+        ...baseRecord(campaign.campaignId, item, wallSeconds),
+        status: 'done',
+        error: null,
+        result,
+        evaluation: outcome.scores,
+        sample,
+        nfeSearch: result.nfe.search,
+        nfeFinal: result.nfe.final,
+        nfeTotal: result.nfe.total,
+        nfeExecuted: result.nfe.executed,
+        verifierSeconds: result.verifierSeconds,
+      });
+    }),
+
+    recordFailure: wrap(async ({ campaign, item, error, wallSeconds }: FailedSearch): Promise<void> => {
+      const store = await storeFor(campaign.store);
+      await store.upsertSearch({
+        ...baseRecord(campaign.campaignId, item, wallSeconds),
+        status: 'failed',
+        error,
+        result: null,
+        evaluation: {},
+        sample: [],
+        nfeSearch: 0,
+        nfeFinal: 0,
+        nfeTotal: 0,
+        nfeExecuted: 0,
+        verifierSeconds: 0,
+      });
+    }),
+
+    /** Fréchet distance and Inception-Score analogue of each grid cell's final samples. */
+    computeCellMetrics: wrap(async (input: Omit<CampaignInput, 'items'>): Promise<number> => {
+      const store = await storeFor(input.store);
+      const done = (await store.searches(input.campaignId)).filter((s) => s.status === 'done' && s.sample.length > 0);
+      let written = 0;
+      for (const cell of allCells({ ...input, items: [] })) {
+        const samples = done.filter((s) => s.cell === cell).map((s) => ({ values: s.sample, condition: s.spec.condition }));
+        if (samples.length < 2) continue;
+        const metrics = await fleet.population(input.model, samples);
+        await store.upsertCellMetrics({
+          campaignId: input.campaignId,
+          cell,
+          samples: metrics.samples,
+          frechetDistance: metrics.frechetDistance,
+          inceptionScore: metrics.inceptionScore,
+          computedAt: new Date().toISOString(),
+        });
+        written++;
+      }
+      return written;
+    }),
+  };
+}
+
+export type CampaignActivities = ReturnType<typeof createCampaignActivities>;

@@ -1,0 +1,145 @@
+// A campaign spec as a user writes it (YAML or JSON), validated before anything starts: every problem is
+// listed at once, each naming its field and saying what would be right.
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import YAML from 'yaml';
+import { loadDataset, validateDatasetSpec } from '../datasets/load';
+import type { DatasetSpec } from '../datasets/types';
+import { ALGORITHM_NAMES, createRun } from '../search/run';
+import { SpecError, type AlgorithmSpec } from '../search/spec';
+import type { ModelInfo } from '../search/types';
+import type { StoreConfig } from '../store/types';
+import { canonicalJson } from './hash';
+import { campaignSize, cellKey, type CampaignInput } from './plan';
+
+export interface CampaignSpec {
+  name: string;
+  model?: string;
+  dataset: DatasetSpec;
+  grid: {
+    algorithms: Array<AlgorithmSpec | string>;
+    /** Each entry a verifier, or an ensemble as a list or "a,b". */
+    verifiers: Array<string | string[]>;
+    budgets: number[];
+  };
+  /** Verifiers scored on every final sample, whatever it was searched with (default: all the model hosts). */
+  evaluation?: string[];
+  seeds?: number[];
+  concurrency?: number;
+  results?: { store?: 'sqlite' | 'postgres'; path?: string; url?: string; folder?: string };
+}
+
+export const DEFAULT_CONCURRENCY = 8;
+const MAX_CONCURRENCY = 500;
+
+export function readCampaignSpec(file: string): { spec: unknown; problems: string[] } {
+  if (!existsSync(file)) return { spec: null, problems: [`spec: file ${file} does not exist`] };
+  const text = readFileSync(file, 'utf8');
+  try {
+    return { spec: file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text), problems: [] };
+  } catch (error) {
+    return { spec: null, problems: [`spec: ${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(error as Error).message.split('\n')[0]}`] };
+  }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isWhole = (v: unknown, min: number): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
+
+function list<T>(value: unknown, field: string, problems: string[], check: (item: unknown, field: string) => T | null): T[] {
+  if (!Array.isArray(value) || value.length === 0) {
+    problems.push(`${field}: must be a non-empty list`);
+    return [];
+  }
+  return value.map((item, i) => check(item, `${field}[${i}]`)).filter((x): x is T => x !== null);
+}
+
+function algorithmOf(value: unknown, field: string, problems: string[]): AlgorithmSpec | null {
+  const algorithm = typeof value === 'string' ? { name: value } : value;
+  if (!isObject(algorithm) || !ALGORITHM_NAMES.includes(algorithm.name as never)) {
+    problems.push(`${field}: ${JSON.stringify(value)} is not an algorithm; use one of ${ALGORITHM_NAMES.join(', ')}, or {name: ..., parameters}`);
+    return null;
+  }
+  return algorithm as unknown as AlgorithmSpec;
+}
+
+function verifierSetOf(value: unknown, field: string, problems: string[]): string[] | null {
+  const set = typeof value === 'string' ? value.split(',').map((s) => s.trim()) : value;
+  if (!Array.isArray(set) || set.length === 0 || !set.every((v) => typeof v === 'string' && v.length > 0)) {
+    problems.push(`${field}: ${JSON.stringify(value)} is not a verifier or a list of verifiers`);
+    return null;
+  }
+  return set;
+}
+
+function storeOf(spec: CampaignSpec, folder: string, problems: string[]): StoreConfig {
+  const results = spec.results ?? {};
+  if (!isObject(results)) problems.push('results: must be a mapping with store, path or url');
+  if (results.store === 'postgres') {
+    if (typeof results.url !== 'string' || !/^postgres(ql)?:\/\//.test(results.url)) {
+      problems.push('results.url: a postgres store needs url: postgres://user@host:port/database');
+    }
+    return { kind: 'postgres', url: String(results.url) };
+  }
+  if (results.store !== undefined && results.store !== 'sqlite') problems.push(`results.store: "${results.store}" is not one of sqlite, postgres`);
+  return { kind: 'sqlite', path: path.resolve(results.path ?? path.join(folder, 'results.sqlite')) };
+}
+
+/**
+ * Checks the whole spec against the model and resolves it into the campaign workflow's input; throws
+ * SpecError with every problem.
+ */
+export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: string): CampaignInput {
+  const problems: string[] = [];
+  if (!isObject(raw)) throw new SpecError(['spec: must be a mapping with name, dataset, grid and optional evaluation, seeds, concurrency, results']);
+  const spec = raw as unknown as CampaignSpec;
+  if (typeof spec.name !== 'string' || !/^[\w.-]{1,64}$/.test(spec.name)) problems.push(`name: ${JSON.stringify(spec.name)} must be 1 to 64 letters, digits, '.', '_' or '-'`);
+  if ((spec.model ?? model.model) !== model.model) problems.push(`model: "${spec.model}" is not hosted; the fleet hosts ${model.model}`);
+  const datasetProblems = validateDatasetSpec(spec.dataset, 'dataset');
+  problems.push(...datasetProblems);
+  const items = datasetProblems.length === 0 ? loadDataset(spec.dataset) : [];
+  if (datasetProblems.length === 0 && items.some((item) => item.condition.prompt !== undefined) && model.numClasses > 0) {
+    problems.push(`dataset.kind: ${spec.dataset.kind} gives text prompts, but model ${model.model} is class-conditional (${model.numClasses} classes); use a text-to-image model, or a class dataset (gmm-classes, imagenet)`);
+  }
+  if (!isObject(spec.grid)) problems.push('grid: must be a mapping with algorithms, verifiers and budgets');
+  const grid = isObject(spec.grid) ? spec.grid : { algorithms: [], verifiers: [], budgets: [] };
+  const algorithms = list(grid.algorithms, 'grid.algorithms', problems, (v, f) => algorithmOf(v, f, problems));
+  const verifierSets = list(grid.verifiers, 'grid.verifiers', problems, (v, f) => verifierSetOf(v, f, problems));
+  const budgets = list(grid.budgets, 'grid.budgets', problems, (v, f) => (isWhole(v, 1) ? v : (problems.push(`${f}: ${JSON.stringify(v)} must be a whole number of NFEs`), null)));
+  const hosted = model.verifiers.map((v) => v.name);
+  const evaluation = spec.evaluation === undefined ? hosted : list(spec.evaluation, 'evaluation', problems, (v, f) => (typeof v === 'string' && hosted.includes(v) ? v : (problems.push(`${f}: ${JSON.stringify(v)} is not hosted; use one of ${hosted.join(', ')}`), null)));
+  const seeds = spec.seeds === undefined ? [0] : list(spec.seeds, 'seeds', problems, (v, f) => (isWhole(v, 0) ? v : (problems.push(`${f}: ${JSON.stringify(v)} must be a whole number >= 0`), null)));
+  const concurrency = spec.concurrency ?? DEFAULT_CONCURRENCY;
+  if (!isWhole(concurrency, 1) || concurrency > MAX_CONCURRENCY) problems.push(`concurrency: ${JSON.stringify(concurrency)} must be a whole number from 1 to ${MAX_CONCURRENCY}`);
+
+  // Every grid cell must be a search the model can run: refused here, not hours later.
+  const probe = items[0];
+  if (probe) {
+    algorithms.forEach((algorithm, a) =>
+      verifierSets.forEach((verifiers, v) =>
+        budgets.forEach((budgetNfe, b) => {
+          try {
+            createRun({ model: model.model, condition: probe.condition, algorithm, verifiers, budgetNfe, seed: seeds[0] ?? 0 }, model);
+          } catch (error) {
+            if (!(error instanceof SpecError)) throw error;
+            const where = `grid (algorithms[${a}] ${algorithm.name}, verifiers[${v}] ${verifiers.join('+')}, budgets[${b}] ${budgetNfe})`;
+            for (const problem of error.problems) problems.push(`${where}: ${problem}`);
+          }
+        }),
+      ),
+    );
+  }
+  const name = String(spec.name);
+  const identity = { name, model: model.model, items, algorithms, verifierSets, budgets, seeds, evaluation };
+  const campaignId = `campaign-${name}-${createHash('sha256').update(canonicalJson(identity)).digest('hex').slice(0, 12)}`;
+  const folder = path.resolve(spec.results?.folder ?? path.join(campaignsDir, campaignId));
+  const store = storeOf(spec, folder, problems);
+  if (problems.length > 0) throw new SpecError([...new Set(problems)]);
+  const input: CampaignInput = { campaignId, name, model: model.model, items, algorithms, verifierSets, budgets, seeds, evaluation, concurrency, store, folder };
+  return input;
+}
+
+export function describeCampaign(input: CampaignInput): string {
+  const cells = input.algorithms.length * input.verifierSets.length * input.budgets.length;
+  return `${campaignSize(input)} searches: ${input.items.length} items x ${cells} grid cells (e.g. ${cellKey(input.algorithms[0], input.verifierSets[0], input.budgets[0])}) x ${input.seeds.length} seeds`;
+}

@@ -1,0 +1,245 @@
+// Campaigns from the command line: run (or attach to) one, see its status, retry its failed searches,
+// cancel it, export its results and write its report.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { Client, Connection, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import type { CampaignInput } from '../campaign/plan';
+import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
+import { serviceStatus } from '../embedded/services';
+import { stateDir } from '../embedded/paths';
+import { writeReport } from '../report/report';
+import { SpecError } from '../search/spec';
+import { exportSearches, openStore, type ExportFormat } from '../store';
+import type { StoreConfig } from '../store/types';
+import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { startCampaign } from '../temporal/client';
+import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
+import { oneOf, parseFlags, UsageError } from './args';
+import { openDeployment } from './deployment';
+import { ProgressDisplay } from './progress';
+import { describeForValidation } from './search';
+
+const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
+const HELP = `Benchmark campaigns: a dataset of conditions x a grid of algorithms, search verifiers and budgets.
+
+Usage:
+  noisesearch campaign run SPEC     run the campaign in SPEC (YAML or JSON), or attach to it if it runs or ran
+  noisesearch campaign status ID    done, running and failed searches per grid cell
+  noisesearch campaign retry ID     run its failed searches again (finished ones are kept)
+  noisesearch campaign cancel ID    cancel it and its running searches
+  noisesearch export ID --format csv|jsonl [--out FILE]
+  noisesearch report ID [--out FILE]
+
+  --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server)
+  --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
+  --fleet LIST|FILE  model servers (default: the embedded model server)
+  --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
+
+A spec: see docs/campaigns.md.
+`;
+
+const FLAGS = { temporal: { type: 'string' }, namespace: { type: 'string' }, fleet: { type: 'string' }, store: { type: 'string' }, format: { type: 'string' }, out: { type: 'string' } } as const;
+
+function campaignsDir(): string {
+  return path.join(stateDir(), 'campaigns');
+}
+
+function recordFile(campaignId: string): string {
+  return path.join(campaignsDir(), `${campaignId}.json`);
+}
+
+function saveRecord(input: CampaignInput): void {
+  mkdirSync(campaignsDir(), { recursive: true });
+  writeFileSync(recordFile(input.campaignId), JSON.stringify(input, null, 2));
+}
+
+function loadRecord(campaignId: string, storeFlag?: string): { input: CampaignInput | null; store: StoreConfig; folder: string } {
+  const file = recordFile(campaignId);
+  const input = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as CampaignInput) : null;
+  if (storeFlag) {
+    const store: StoreConfig = /^postgres(ql)?:\/\//.test(storeFlag) ? { kind: 'postgres', url: storeFlag } : { kind: 'sqlite', path: path.resolve(storeFlag) };
+    return { input, store, folder: input?.folder ?? process.cwd() };
+  }
+  if (!input) throw new UsageError(`campaign ${campaignId}: no record on this machine (${file}); give --store URL|PATH, or run "noisesearch campaign run SPEC" here`);
+  return { input, store: input.store, folder: input.folder };
+}
+
+async function temporalClient(values: Record<string, unknown>): Promise<Client> {
+  let address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
+  if (!address) {
+    const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
+    if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
+    address = embedded.address;
+  }
+  return new Client({ connection: await Connection.connect({ address }), namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
+}
+
+/** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
+export async function runCampaign(
+  input: CampaignInput,
+  options: { temporalAddress?: string; namespace?: string; fleet?: string; log: (line: string) => void },
+): Promise<{ progress: CampaignProgress | null; failed: string | null }> {
+  saveRecord(input);
+  const deployment = await openDeployment({ temporal: true, temporalAddress: options.temporalAddress, namespace: options.namespace, fleet: options.fleet, log: options.log });
+  try {
+    if (deployment.uiUrl) options.log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${input.campaignId}`);
+    const handle = await startCampaign(deployment.client!, input);
+    const display = new ProgressDisplay();
+    const poll = setInterval(() => {
+      handle.query(campaignProgressQuery).then((p) => display.update(p), () => {});
+    }, 500);
+    try {
+      const progress = await deployment.run(handle.result());
+      display.finish(progress);
+      return { progress, failed: null };
+    } catch (error) {
+      if (!(error instanceof WorkflowFailedError)) throw error;
+      return { progress: null, failed: error.cause?.message ?? error.message };
+    } finally {
+      clearInterval(poll);
+    }
+  } finally {
+    await deployment.close();
+  }
+}
+
+async function run(values: Record<string, unknown>, specFile: string): Promise<number> {
+  const { spec, problems } = readCampaignSpec(specFile);
+  if (problems.length > 0) throw new SpecError(problems);
+  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false);
+  const input = resolveCampaign(spec, model!, campaignsDir());
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  log(`campaign ${input.campaignId}: ${describeCampaign(input)}`);
+  const outcome = await runCampaign(input, {
+    temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
+    namespace: values.namespace as string | undefined,
+    fleet: values.fleet as string | undefined,
+    log,
+  });
+  if (outcome.failed) {
+    log(`campaign ${input.campaignId}: ${outcome.failed}`);
+    return 1;
+  }
+  process.stdout.write(`campaign ${input.campaignId} finished; "noisesearch report ${input.campaignId}" writes its report\n`);
+  return 0;
+}
+
+async function status(values: Record<string, unknown>, campaignId: string): Promise<number> {
+  const { input, store: storeConfig } = loadRecord(campaignId, values.store as string | undefined);
+  let live: CampaignProgress | null = null;
+  try {
+    const client = await temporalClient(values);
+    try {
+      live = await client.workflow.getHandle(campaignId).query(campaignProgressQuery);
+    } finally {
+      await client.connection.close();
+    }
+  } catch (error) {
+    if (!(error instanceof UsageError || error instanceof WorkflowNotFoundError || (error as Error).name === 'QueryNotRegisteredError')) throw error;
+  }
+  const store = await openStore(storeConfig);
+  try {
+    const searches = await store.searches(campaignId);
+    const cells = new Map<string, { done: number; failed: number; running: number; total: number }>();
+    for (const [cell, counts] of Object.entries(live?.cells ?? {})) cells.set(cell, { ...counts });
+    if (!live) {
+      for (const s of searches) {
+        const counts = cells.get(s.cell) ?? { done: 0, failed: 0, running: 0, total: input ? input.items.length * input.seeds.length : 0 };
+        counts[s.status === 'done' ? 'done' : 'failed']++;
+        cells.set(s.cell, counts);
+      }
+    }
+    const width = Math.max(4, ...[...cells.keys()].map((c) => c.length));
+    process.stdout.write(`campaign ${campaignId}: ${live ? `running (${live.phase})` : 'not running'}\n`);
+    process.stdout.write(`${'cell'.padEnd(width)}  ${'done'.padStart(6)}  ${'running'.padStart(7)}  ${'failed'.padStart(6)}  ${'total'.padStart(6)}\n`);
+    for (const [cell, c] of [...cells.entries()].sort()) {
+      process.stdout.write(`${cell.padEnd(width)}  ${String(c.done).padStart(6)}  ${String(c.running).padStart(7)}  ${String(c.failed).padStart(6)}  ${String(c.total).padStart(6)}\n`);
+    }
+    for (const failed of searches.filter((s) => s.status === 'failed').slice(0, 10)) process.stdout.write(`failed: ${failed.workflowId}: ${failed.error}\n`);
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
+async function retry(values: Record<string, unknown>, campaignId: string): Promise<number> {
+  const { input } = loadRecord(campaignId);
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const outcome = await runCampaign(input!, { temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS, namespace: values.namespace as string | undefined, fleet: values.fleet as string | undefined, log });
+  if (outcome.failed) {
+    log(`campaign ${campaignId}: ${outcome.failed}`);
+    return 1;
+  }
+  process.stdout.write(`campaign ${campaignId} finished\n`);
+  return 0;
+}
+
+async function cancel(values: Record<string, unknown>, campaignId: string): Promise<number> {
+  const client = await temporalClient(values);
+  try {
+    await client.workflow.getHandle(campaignId).cancel();
+    process.stdout.write(`cancelled campaign ${campaignId} and its running searches\n`);
+    return 0;
+  } finally {
+    await client.connection.close();
+  }
+}
+
+export async function campaignCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, FLAGS, USAGE);
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const [action, target, ...extra] = positionals;
+  const actions: Record<string, (v: Record<string, unknown>, t: string) => Promise<number>> = { run, status, retry, cancel };
+  if (!actions[action] || !target || extra.length > 0) throw new UsageError(`campaign: "${positionals.join(' ')}" is not an action with its argument; usage: ${USAGE}`);
+  return actions[action](values, target);
+}
+
+export async function exportCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, FLAGS, 'noisesearch export ID --format csv|jsonl [--out FILE] [--store URL|PATH]');
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('export takes one campaign ID; usage: noisesearch export ID --format csv|jsonl [--out FILE]');
+  const format = oneOf('format', (values.format as string | undefined) ?? 'csv', ['csv', 'jsonl'] as const) as ExportFormat;
+  const [campaignId] = positionals;
+  const { store: storeConfig, folder } = loadRecord(campaignId, values.store as string | undefined);
+  const store = await openStore(storeConfig);
+  try {
+    const out = path.resolve((values.out as string | undefined) ?? path.join(folder, `${campaignId}.${format}`));
+    mkdirSync(path.dirname(out), { recursive: true });
+    writeFileSync(out, exportSearches(await store.searches(campaignId), format));
+    process.stdout.write(`${out}\n`);
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
+export async function writeCampaignReport(campaignId: string, storeConfig: StoreConfig, out: string): Promise<string> {
+  const store = await openStore(storeConfig);
+  try {
+    const campaign = await store.getCampaign(campaignId);
+    if (!campaign) throw new UsageError(`campaign ${campaignId}: not in the results store`);
+    return await writeReport({ campaign, searches: await store.searches(campaignId), cellMetrics: await store.cellMetrics(campaignId) }, out);
+  } finally {
+    await store.close();
+  }
+}
+
+export async function reportCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, FLAGS, 'noisesearch report ID [--out FILE] [--store URL|PATH]');
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('report takes one campaign ID; usage: noisesearch report ID [--out FILE]');
+  const [campaignId] = positionals;
+  const { store, folder } = loadRecord(campaignId, values.store as string | undefined);
+  const out = path.resolve((values.out as string | undefined) ?? path.join(folder, 'report.html'));
+  process.stdout.write(`${await writeCampaignReport(campaignId, store, out)}\n`);
+  return 0;
+}

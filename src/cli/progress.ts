@@ -1,0 +1,46 @@
+// Campaign progress on the terminal: a live bar on a TTY, plain lines otherwise (CI logs, pipes).
+import type { CampaignProgress } from '../../workflows/campaign';
+
+function duration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '--:--';
+  const s = Math.round(seconds);
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}` : `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+}
+
+export function progressLine(p: CampaignProgress, elapsedSeconds: number, width = 24): string {
+  const finished = p.done + p.failed;
+  const fraction = p.total > 0 ? finished / p.total : 1;
+  const ranHere = finished - p.skipped;
+  const eta = ranHere > 0 ? (elapsedSeconds / ranHere) * (p.total - finished) : Number.NaN;
+  const filled = Math.round(fraction * width);
+  const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
+  const phase = p.phase === 'metrics' ? ' · population metrics' : '';
+  return `[${bar}] ${finished}/${p.total} searches · ${p.running} running · ${p.failed} failed · ${p.nfeSpent.toLocaleString('en-US')} NFEs · ETA ${duration(eta)}${phase}`;
+}
+
+export class ProgressDisplay {
+  private lastPlain = '';
+  private lastPlainAt = 0;
+  private readonly started = Date.now();
+
+  constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
+
+  update(progress: CampaignProgress): void {
+    const line = progressLine(progress, (Date.now() - this.started) / 1000);
+    if (this.out.isTTY) {
+      this.out.write(`\r\x1b[2K${line.slice(0, (this.out.columns ?? 120) - 1)}`);
+      return;
+    }
+    const counts = `${progress.done}/${progress.failed}/${progress.phase}`;
+    if (counts !== this.lastPlain && Date.now() - this.lastPlainAt >= 2_000) {
+      this.out.write(`${line}\n`);
+      this.lastPlain = counts;
+      this.lastPlainAt = Date.now();
+    }
+  }
+
+  finish(progress: CampaignProgress): void {
+    const line = progressLine(progress, (Date.now() - this.started) / 1000);
+    this.out.write(this.out.isTTY ? `\r\x1b[2K${line}\n` : `${line}\n`);
+  }
+}

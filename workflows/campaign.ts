@@ -1,0 +1,151 @@
+// A campaign: child search workflows in a sliding window of bounded concurrency, each recorded once in
+// the results store. Searches already in the store are skipped, so a campaign run again (to retry its
+// failed searches, or after anything died) never redoes finished work.
+import {
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  continueAsNew,
+  defineQuery,
+  executeChild,
+  isCancellation,
+  ParentClosePolicy,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { CampaignActivities } from '../src/campaign/activities';
+import { allCells, campaignItem, campaignSize, type CampaignInput, type CampaignItem } from '../src/campaign/plan';
+import { FLEET_RETRY } from '../src/retry';
+import { searchWorkflow } from './search';
+
+const activities = proxyActivities<CampaignActivities>({
+  startToCloseTimeout: '5 minutes',
+  retry: {
+    initialInterval: FLEET_RETRY.initialIntervalMs,
+    backoffCoefficient: FLEET_RETRY.backoffCoefficient,
+    maximumInterval: FLEET_RETRY.maximumIntervalMs,
+    maximumAttempts: FLEET_RETRY.maximumAttempts,
+  },
+});
+
+export interface CellCounts {
+  total: number;
+  done: number;
+  failed: number;
+  running: number;
+}
+
+export interface CampaignProgress {
+  campaignId: string;
+  total: number;
+  done: number;
+  failed: number;
+  running: number;
+  /** Searches already in the store when this run started (skipped). */
+  skipped: number;
+  nfeSpent: number;
+  cells: Record<string, CellCounts>;
+  phase: 'searching' | 'metrics' | 'done';
+}
+
+export interface CampaignOptions {
+  /** Children keep the Noisesearch* search attributes current (the namespace must have them). */
+  indexed?: boolean;
+  /** Where a continued-as-new run picks up. */
+  carry?: { next: number; progress: CampaignProgress };
+}
+
+export const campaignProgressQuery = defineQuery<CampaignProgress>('campaignProgress');
+
+/** The innermost cause: what actually went wrong under the child and activity wrappers. */
+function rootMessage(error: unknown): string {
+  let e = error as Error | undefined;
+  while (e?.cause) e = e.cause as Error;
+  return e?.message ?? String(error);
+}
+
+export async function campaignWorkflow(input: CampaignInput, options: CampaignOptions = {}): Promise<CampaignProgress> {
+  const { carry, indexed = false } = options;
+  const total = campaignSize(input);
+  const perCell = input.items.length * input.seeds.length;
+  const { items: _items, ...withoutItems } = input;
+  const progress: CampaignProgress = carry?.progress ?? {
+    campaignId: input.campaignId,
+    total,
+    done: 0,
+    failed: 0,
+    running: 0,
+    skipped: 0,
+    nfeSpent: 0,
+    cells: Object.fromEntries(allCells(input).map((cell) => [cell, { total: perCell, done: 0, failed: 0, running: 0 }])),
+    phase: 'searching',
+  };
+  setHandler(campaignProgressQuery, () => progress);
+
+  const alreadyDone = new Set(await activities.openCampaign({ ...withoutItems, itemCount: input.items.length }));
+  const campaign = { campaignId: input.campaignId, model: input.model, evaluation: input.evaluation, store: input.store, folder: input.folder };
+
+  const runOne = async (item: CampaignItem): Promise<void> => {
+    const cell = progress.cells[item.cell];
+    progress.running++;
+    cell.running++;
+    const started = Date.now();
+    try {
+      const result = await executeChild(searchWorkflow, {
+        workflowId: item.workflowId,
+        args: [item.spec, { indexed }],
+        parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      });
+      await activities.recordSearch({ campaign, item, result, wallSeconds: (Date.now() - started) / 1000 });
+      progress.done++;
+      cell.done++;
+      progress.nfeSpent += result.nfe.total;
+    } catch (error) {
+      if (isCancellation(error)) throw error;
+      await activities.recordFailure({ campaign, item, error: rootMessage(error), wallSeconds: (Date.now() - started) / 1000 });
+      progress.failed++;
+      cell.failed++;
+    } finally {
+      progress.running--;
+      cell.running--;
+    }
+  };
+
+  const inFlight = new Set<Promise<void>>();
+  let next = carry?.next ?? 0;
+  try {
+    for (; next < total; next++) {
+      const item = campaignItem(input, next);
+      if (alreadyDone.has(item.workflowId)) {
+        progress.skipped++;
+        progress.done++;
+        progress.cells[item.cell].done++;
+        continue;
+      }
+      await condition(() => inFlight.size < input.concurrency);
+      if (workflowInfo().continueAsNewSuggested) {
+        await condition(() => inFlight.size === 0);
+        await continueAsNew<typeof campaignWorkflow>(input, { indexed, carry: { next, progress } });
+      }
+      const running: Promise<void> = runOne(item).finally(() => inFlight.delete(running));
+      inFlight.add(running);
+    }
+    await condition(() => inFlight.size === 0);
+  } catch (error) {
+    if (isCancellation(error)) {
+      await CancellationScope.nonCancellable(() => condition(() => inFlight.size === 0));
+    }
+    throw error;
+  }
+  progress.phase = 'metrics';
+  await activities.computeCellMetrics(withoutItems);
+  progress.phase = 'done';
+  if (progress.failed > 0) {
+    throw ApplicationFailure.nonRetryable(
+      `${progress.failed} of ${total} searches failed; "noisesearch campaign retry ${input.campaignId}" runs them again`,
+      'CampaignIncomplete',
+    );
+  }
+  return progress;
+}
