@@ -85,18 +85,25 @@ export async function runCampaign(
     if (deployment.uiUrl) options.log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${input.campaignId}`);
     const handle = await startCampaign(deployment.client!, input);
     const display = new ProgressDisplay();
-    const poll = setInterval(() => {
-      handle.query(campaignProgressQuery).then((p) => display.update(p), () => {});
-    }, 500);
+    let finished = false;
+    // One query at a time, and none left in flight when the connection closes.
+    const polling = (async () => {
+      while (!finished) {
+        await handle.query(campaignProgressQuery).then((p) => !finished && display.update(p), () => {});
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    })();
     try {
       const progress = await deployment.run(handle.result());
+      finished = true;
+      await polling;
       display.finish(progress);
       return { progress, failed: null };
     } catch (error) {
+      finished = true;
+      await polling;
       if (!(error instanceof WorkflowFailedError)) throw error;
       return { progress: null, failed: error.cause?.message ?? error.message };
-    } finally {
-      clearInterval(poll);
     }
   } finally {
     await deployment.close();

@@ -1,45 +1,59 @@
-// The demo: random searches at a few budgets on a few classes of the embedded model, through Temporal
-// and the model server, as one table. It shows the paper's first finding: the verifier score rises with
-// the search budget.
-import { startSearch } from '../temporal/client';
-import type { SearchResult } from '../search/run';
-import type { SearchSpec } from '../search/spec';
+// The demo: a small campaign on the embedded model through Temporal and the model server (a few classes,
+// three algorithms, two search verifiers, four budgets), a table of what it found, and its report. It
+// shows the paper's findings: scores rise with the search budget, and a verifier searched against
+// scores best on itself (the cross table), with the population metrics exposing verifier hacking.
+import * as path from 'node:path';
+import { resolveCampaign } from '../campaign/spec';
+import { describeEmbeddedModel } from '../embedded/describe';
+import { stateDir } from '../embedded/paths';
+import { openStore } from '../store';
+import type { SearchRecord } from '../store/types';
 import { parseFlags } from './args';
-import { openDeployment } from './deployment';
+import { runCampaign, writeCampaignReport } from './campaign';
 
-const CLASSES = [1, 4, 7];
-const BUDGETS = [38, 190, 950, 3800];
-const VERIFIER = 'gmm-classifier';
 const DEMO_USAGE = 'noisesearch demo';
 
-const DEMO_HELP = `Runs random searches on classes ${CLASSES.join(', ')} at budgets ${BUDGETS.join(', ')} NFEs with verifier ${VERIFIER},
-through the embedded Temporal dev server and model server (started if needed, stopped after), and prints a table.
+export const DEMO_CAMPAIGN = {
+  name: 'demo',
+  dataset: { kind: 'gmm-classes', classes: [1, 4, 7] },
+  grid: {
+    algorithms: ['random', { name: 'zero-order', n: 4, t: 0.9 }, 'paths'],
+    verifiers: ['gmm-classifier', 'gmm-oracle'],
+    budgets: [100, 300, 1000, 3000],
+  },
+  evaluation: ['gmm-oracle', 'gmm-classifier', 'gmm-selfsup'],
+  seeds: [0, 1],
+  concurrency: 12,
+};
+
+const DEMO_HELP = `Runs a demo campaign on the embedded Gaussian-mixture model: classes ${DEMO_CAMPAIGN.dataset.classes.join(', ')}, algorithms random, zero-order and paths,
+search verifiers ${DEMO_CAMPAIGN.grid.verifiers.join(' and ')}, budgets ${DEMO_CAMPAIGN.grid.budgets.join(', ')} NFEs, seeds ${DEMO_CAMPAIGN.seeds.join(', ')}; through the embedded
+Temporal dev server and model server (started if needed, stopped after). Prints a table and the path of the report.
 
 Usage: ${DEMO_USAGE}
 `;
 
-function demoSpec(classLabel: number, budgetNfe: number): SearchSpec {
-  return { model: 'gmm', condition: { classLabel }, algorithm: { name: 'random' }, verifiers: [VERIFIER], budgetNfe, seed: 7 };
+function mean(values: number[]): number {
+  return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
-/** Log-posteriors crowd toward 0 as search improves; keep their differences visible. */
-function formatScore(score: number): string {
-  return Math.abs(score) >= 1e-3 || score === 0 ? score.toFixed(4) : score.toExponential(2);
-}
-
-function table(rows: SearchResult[]): string {
-  const header = ['class', 'budget (NFEs)', 'best score', 'NFEs search / final / total', 'candidates', 'verifier s'];
-  const body = rows.map((r) => [
-    String(r.condition.classLabel),
-    String(r.budget.nfe),
-    formatScore(r.best.score),
-    `${r.nfe.search} / ${r.nfe.final} / ${r.nfe.total}`,
-    String(r.candidates),
-    r.verifierSeconds.toFixed(4),
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
-  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+function table(records: SearchRecord[], evaluation: string[]): string {
+  const cells = new Map<string, SearchRecord[]>();
+  for (const r of records.filter((r) => r.status === 'done')) cells.set(r.cell, [...(cells.get(r.cell) ?? []), r]);
+  const header = ['algorithm', 'searched with', 'budget', 'NFEs total', ...evaluation.map((v) => `eval ${v}`), 'verifier s'];
+  const rows = [...cells.values()]
+    .sort((a, b) => a[0].algorithm.localeCompare(b[0].algorithm) || a[0].searchVerifiers.join().localeCompare(b[0].searchVerifiers.join()) || a[0].budgetNfe - b[0].budgetNfe)
+    .map((rs) => [
+      rs[0].algorithm,
+      rs[0].searchVerifiers.join('+'),
+      String(rs[0].budgetNfe),
+      mean(rs.map((r) => r.nfeTotal)).toFixed(0),
+      ...evaluation.map((v) => mean(rs.map((r) => r.evaluation[v])).toFixed(3)),
+      mean(rs.map((r) => r.verifierSeconds)).toFixed(4),
+    ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
 export async function demoCommand(argv: string[]): Promise<number> {
@@ -49,21 +63,27 @@ export async function demoCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const log = (line: string) => process.stdout.write(`${line}\n`);
-  const deployment = await openDeployment({ temporal: true, log });
-  try {
-    if (deployment.uiUrl) log(`Temporal UI: ${deployment.uiUrl}`);
-    const specs = CLASSES.flatMap((c) => BUDGETS.map((b) => demoSpec(c, b)));
-    log(`running ${specs.length} random searches (${VERIFIER}) through Temporal...`);
-    const started = Date.now();
-    const handles = await Promise.all(specs.map((spec) => startSearch(deployment.client!, spec)));
-    const results = await deployment.run(Promise.all(handles.map((h) => h.result())));
-    log('');
-    log(table(results));
-    log('');
-    log(`${results.length} searches in ${((Date.now() - started) / 1000).toFixed(1)} s; workflows: ${handles[0].workflowId} ...`);
-    if (deployment.uiUrl) log(`Temporal UI (stopped with the demo; keep it with "noisesearch server start" first): ${deployment.uiUrl}`);
-    return 0;
-  } finally {
-    await deployment.close();
+  const input = resolveCampaign(DEMO_CAMPAIGN, describeEmbeddedModel('gmm'), path.join(stateDir(), 'campaigns'));
+  log(`demo campaign ${input.campaignId}: mean scores of the final samples per grid cell (${input.items.length} classes x ${input.seeds.length} seeds each)`);
+  const started = Date.now();
+  const outcome = await runCampaign(input, { log });
+  const seconds = (Date.now() - started) / 1000;
+  if (outcome.failed) {
+    log(`demo campaign failed: ${outcome.failed}`);
+    return 1;
   }
+  const store = await openStore(input.store);
+  try {
+    const records = (await store.searches(input.campaignId)).filter((r) => r.campaignId === input.campaignId);
+    log('');
+    log(table(records, input.evaluation));
+    log('');
+    const ran = outcome.progress!.total - outcome.progress!.skipped;
+    log(`${outcome.progress!.total} searches (${ran} run now, ${outcome.progress!.skipped} already in the store) in ${seconds.toFixed(1)} s`);
+  } finally {
+    await store.close();
+  }
+  const report = await writeCampaignReport(input.campaignId, input.store, path.join(input.folder, 'report.html'));
+  log(`report: ${report}`);
+  return 0;
 }
