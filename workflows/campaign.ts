@@ -19,15 +19,15 @@ import { allCells, campaignItem, campaignSize, type CampaignInput, type Campaign
 import { FLEET_RETRY } from '../src/retry';
 import { searchWorkflow } from './search';
 
-const activities = proxyActivities<CampaignActivities>({
-  startToCloseTimeout: '5 minutes',
-  retry: {
-    initialInterval: FLEET_RETRY.initialIntervalMs,
-    backoffCoefficient: FLEET_RETRY.backoffCoefficient,
-    maximumInterval: FLEET_RETRY.maximumIntervalMs,
-    maximumAttempts: FLEET_RETRY.maximumAttempts,
-  },
-});
+const retry = {
+  initialInterval: FLEET_RETRY.initialIntervalMs,
+  backoffCoefficient: FLEET_RETRY.backoffCoefficient,
+  maximumInterval: FLEET_RETRY.maximumIntervalMs,
+  maximumAttempts: FLEET_RETRY.maximumAttempts,
+};
+// Recording a search takes milliseconds: a short timeout lets a worker that died mid-call be noticed fast.
+const activities = proxyActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry });
+const metrics = proxyActivities<CampaignActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '30 seconds', retry });
 
 export interface CellCounts {
   total: number;
@@ -86,6 +86,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
   const alreadyDone = new Set(await activities.openCampaign({ ...withoutItems, itemCount: input.items.length }));
   const campaign = { campaignId: input.campaignId, model: input.model, evaluation: input.evaluation, store: input.store, folder: input.folder };
 
+  let storeFailure: unknown;
   const runOne = async (item: CampaignItem): Promise<void> => {
     const cell = progress.cells[item.cell];
     progress.running++;
@@ -102,10 +103,16 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
       cell.done++;
       progress.nfeSpent += result.nfe.total;
     } catch (error) {
-      if (isCancellation(error)) throw error;
-      await activities.recordFailure({ campaign, item, error: rootMessage(error), wallSeconds: (Date.now() - started) / 1000 });
-      progress.failed++;
-      cell.failed++;
+      // A cancelled campaign records nothing more; its loop sees the cancellation and ends.
+      if (isCancellation(error)) return;
+      try {
+        await activities.recordFailure({ campaign, item, error: rootMessage(error), wallSeconds: (Date.now() - started) / 1000 });
+        progress.failed++;
+        cell.failed++;
+      } catch (recordError) {
+        // The store itself is failing: stop the campaign rather than lose track of this search.
+        if (!isCancellation(recordError)) storeFailure ??= recordError;
+      }
     } finally {
       progress.running--;
       cell.running--;
@@ -123,7 +130,8 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
         progress.cells[item.cell].done++;
         continue;
       }
-      await condition(() => inFlight.size < input.concurrency);
+      await condition(() => inFlight.size < input.concurrency || storeFailure !== undefined);
+      if (storeFailure !== undefined) throw storeFailure;
       if (workflowInfo().continueAsNewSuggested) {
         await condition(() => inFlight.size === 0);
         await continueAsNew<typeof campaignWorkflow>(input, { indexed, carry: { next, progress } });
@@ -132,6 +140,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
       inFlight.add(running);
     }
     await condition(() => inFlight.size === 0);
+    if (storeFailure !== undefined) throw storeFailure;
   } catch (error) {
     if (isCancellation(error)) {
       await CancellationScope.nonCancellable(() => condition(() => inFlight.size === 0));
@@ -139,7 +148,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
     throw error;
   }
   progress.phase = 'metrics';
-  await activities.computeCellMetrics(withoutItems);
+  await metrics.computeCellMetrics(withoutItems);
   progress.phase = 'done';
   if (progress.failed > 0) {
     throw ApplicationFailure.nonRetryable(

@@ -2,6 +2,7 @@
 // Each is idempotent (upserts keyed by workflow ID or cell), so a retry or a crashed worker never
 // writes a search twice.
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { Context } from '@temporalio/activity';
 import * as path from 'node:path';
 import { toActivityFailure } from '../activities';
 import type { Fleet } from '../fleet/client';
@@ -129,6 +130,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
       for (const cell of allCells({ ...input, items: [] })) {
         const samples = done.filter((s) => s.cell === cell).map((s) => ({ values: s.sample, condition: s.spec.condition }));
         if (samples.length < 2) continue;
+        Context.current().heartbeat({ cell });
         const metrics = await fleet.population(input.model, samples);
         await store.upsertCellMetrics({
           campaignId: input.campaignId,

@@ -33,12 +33,21 @@ Usage:
   --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server)
   --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
   --fleet LIST|FILE  model servers (default: the embedded model server)
+  --no-worker        run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec
   --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
 
 A spec: see docs/campaigns.md.
 `;
 
-const FLAGS = { temporal: { type: 'string' }, namespace: { type: 'string' }, fleet: { type: 'string' }, store: { type: 'string' }, format: { type: 'string' }, out: { type: 'string' } } as const;
+const FLAGS = {
+  temporal: { type: 'string' },
+  namespace: { type: 'string' },
+  fleet: { type: 'string' },
+  'no-worker': { type: 'boolean' },
+  store: { type: 'string' },
+  format: { type: 'string' },
+  out: { type: 'string' },
+} as const;
 
 function campaignsDir(): string {
   return path.join(stateDir(), 'campaigns');
@@ -77,10 +86,10 @@ async function temporalClient(values: Record<string, unknown>): Promise<Client> 
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
-  options: { temporalAddress?: string; namespace?: string; fleet?: string; log: (line: string) => void },
+  options: { temporalAddress?: string; namespace?: string; fleet?: string; noWorker?: boolean; log: (line: string) => void },
 ): Promise<{ progress: CampaignProgress | null; failed: string | null }> {
   saveRecord(input);
-  const deployment = await openDeployment({ temporal: true, temporalAddress: options.temporalAddress, namespace: options.namespace, fleet: options.fleet, log: options.log });
+  const deployment = await openDeployment({ temporal: true, ...options });
   try {
     if (deployment.uiUrl) options.log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${input.campaignId}`);
     const handle = await startCampaign(deployment.client!, input);
@@ -121,6 +130,7 @@ async function run(values: Record<string, unknown>, specFile: string): Promise<n
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
     fleet: values.fleet as string | undefined,
+    noWorker: Boolean(values['no-worker']),
     log,
   });
   if (outcome.failed) {
@@ -172,7 +182,13 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
 async function retry(values: Record<string, unknown>, campaignId: string): Promise<number> {
   const { input } = loadRecord(campaignId);
   const log = (line: string) => process.stderr.write(`${line}\n`);
-  const outcome = await runCampaign(input!, { temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS, namespace: values.namespace as string | undefined, fleet: values.fleet as string | undefined, log });
+  const outcome = await runCampaign(input!, {
+    temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
+    namespace: values.namespace as string | undefined,
+    fleet: values.fleet as string | undefined,
+    noWorker: Boolean(values['no-worker']),
+    log,
+  });
   if (outcome.failed) {
     log(`campaign ${campaignId}: ${outcome.failed}`);
     return 1;

@@ -13,6 +13,8 @@ export interface DeploymentOptions {
   temporalAddress?: string;
   namespace?: string;
   fleet?: string;
+  /** Run no worker in this process even with a fleet at hand (workers run elsewhere). */
+  noWorker?: boolean;
   log: (line: string) => void;
 }
 
@@ -30,7 +32,7 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
   installQuietRuntime();
   const namespace = options.namespace ?? DEFAULT_NAMESPACE;
   const embeddedTemporal = options.temporal && !options.temporalAddress;
-  const embeddedFleet = !options.fleet && (embeddedTemporal || !options.temporal);
+  const embeddedFleet = !options.fleet && !options.noWorker && (embeddedTemporal || !options.temporal);
   let started: ServiceName[] = [];
   let fleetAddresses = options.fleet ? parseFleet(options.fleet) : null;
   let temporalAddress = options.temporalAddress;
@@ -49,7 +51,7 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
   if (options.temporal) {
     const connection = await Connection.connect({ address: temporalAddress });
     client = new Client({ connection, namespace });
-    if (fleet) {
+    if (fleet && !options.noWorker) {
       nativeConnection = await NativeConnection.connect({ address: temporalAddress });
       worker = await createSearchWorker({ connection: nativeConnection, fleet, namespace });
     }

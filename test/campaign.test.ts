@@ -1,0 +1,210 @@
+// Campaigns end to end: a real Temporal dev server, the model server, `noisesearch` processes that are
+// killed with SIGKILL in the middle, and the results store that must end with every search exactly once.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Client, Connection } from '@temporalio/client';
+import { campaignSize, type CampaignInput } from '../src/campaign/plan';
+import { resolveCampaign } from '../src/campaign/spec';
+import { PROJECT_ROOT } from '../src/embedded/paths';
+import { SpecError } from '../src/search/spec';
+import type { ModelInfo } from '../src/search/types';
+import { openStore } from '../src/store';
+import { campaignProgressQuery, type CampaignProgress } from '../workflows/campaign';
+import { spawnWorker, stopChild, stopServer, tempDir, withModelServer, withTemporal } from './helpers';
+
+const SHARED_PROMPTS = path.resolve(PROJECT_ROOT, '..', 'shared', 'data', 'prompts');
+
+const MODEL: ModelInfo = {
+  model: 'gmm',
+  latentShape: [16],
+  sigmaMin: 0.002,
+  sigmaMax: 80,
+  solvers: ['euler', 'heun'],
+  maxBatch: 64,
+  maxConcurrency: 8,
+  verifiers: [
+    { name: 'gmm-oracle', kind: 'oracle', needsCondition: true, xpredSigma: 0 },
+    { name: 'gmm-classifier', kind: 'supervised', needsCondition: true, xpredSigma: 0 },
+    { name: 'gmm-selfsup', kind: 'self-supervised', needsCondition: false, xpredSigma: 0.4 },
+  ],
+  defaultSolver: 'heun',
+  defaultSteps: 10,
+  numClasses: 10,
+  defaultGuidanceScale: 1,
+};
+
+function campaignSpec(dir: string, name: string, overrides: Record<string, unknown> = {}) {
+  return {
+    name,
+    dataset: { kind: 'gmm-classes', classes: [2, 5] },
+    grid: { algorithms: ['random', { name: 'zero-order', n: 4 }], verifiers: ['gmm-classifier'], budgets: [400, 1200, 2400] },
+    evaluation: ['gmm-oracle', 'gmm-classifier'],
+    seeds: [0, 1],
+    concurrency: 3,
+    results: { path: path.join(dir, 'results.sqlite'), folder: path.join(dir, 'campaign') },
+    ...overrides,
+  };
+}
+
+describe('campaign specs', () => {
+  it('refuses a bad spec with every problem listed, naming each field', () => {
+    const dir = tempDir('bad-spec');
+    const broken = path.join(dir, 'broken.jsonl');
+    writeFileSync(broken, '{"tag": "a", "include": [], "prompt": "x"}\nnot json\n');
+    const spec = {
+      name: 'bad name!',
+      dataset: { kind: 'gmm-classes', classes: [1, -3] },
+      grid: { algorithms: ['random', 'annealing'], verifiers: ['gmm-classifier', 'clip'], budgets: [20, 400] },
+      evaluation: ['gmm-oracle', 'pickscore'],
+      concurrency: 0,
+    };
+    assert.throws(() => resolveCampaign(spec, MODEL, dir), (error: SpecError) => {
+      const text = error.problems.join('\n');
+      assert.match(text, /^name: "bad name!" must be/m);
+      assert.match(text, /^dataset\.classes\[1\]: -3/m);
+      assert.match(text, /^grid\.algorithms\[1\]: "annealing" is not an algorithm/m);
+      assert.match(text, /^evaluation\[1\]: "pickscore" is not hosted/m);
+      assert.match(text, /^concurrency: 0 must be a whole number from 1 to 500/m);
+      return true;
+    });
+    assert.throws(() => resolveCampaign({ ...spec, name: 'ok', dataset: { kind: 'gmm-classes', classes: [1] }, concurrency: 2, evaluation: undefined }, MODEL, dir), (error: SpecError) => {
+      const text = error.problems.join('\n');
+      assert.match(text, /grid \(algorithms\[0\] random, verifiers\[0\] gmm-classifier, budgets\[0\] 20\): budget: 20 NFEs cannot pay for one candidate/);
+      assert.match(text, /grid \(algorithms\[0\] random, verifiers\[1\] clip, budgets\[1\] 400\): verifier: "clip" is not hosted/);
+      return true;
+    });
+    assert.throws(() => resolveCampaign({ ...campaignSpec(dir, 'prompts'), dataset: { kind: 'geneval', path: broken } }, MODEL, dir), /dataset\.path: file .*broken\.jsonl line 2: not JSON/);
+    assert.throws(
+      () => resolveCampaign({ ...campaignSpec(dir, 'prompts'), dataset: { kind: 'drawbench', path: path.join(SHARED_PROMPTS, 'DrawBench.csv') } }, MODEL, dir),
+      /dataset\.kind: drawbench gives text prompts, but model gmm is class-conditional/,
+    );
+  });
+
+  it('derives the campaign ID from its content, and expands the grid into one search per item, cell and seed', () => {
+    const dir = tempDir('ids');
+    const a = resolveCampaign(campaignSpec(dir, 'ids'), MODEL, dir);
+    const b = resolveCampaign(campaignSpec(dir, 'ids', { concurrency: 7 }), MODEL, dir);
+    const c = resolveCampaign(campaignSpec(dir, 'ids', { seeds: [0, 2] }), MODEL, dir);
+    assert.equal(a.campaignId, b.campaignId, 'concurrency does not change what is computed');
+    assert.notEqual(a.campaignId, c.campaignId);
+    assert.equal(campaignSize(a), 2 * 2 * 3 * 2);
+  });
+});
+
+async function storeCounts(input: CampaignInput): Promise<{ rows: number; unique: number; done: number }> {
+  const store = await openStore(input.store);
+  try {
+    const rows = await store.searches(input.campaignId);
+    return { rows: rows.length, unique: new Set(rows.map((r) => r.workflowId)).size, done: rows.filter((r) => r.status === 'done').length };
+  } finally {
+    await store.close();
+  }
+}
+
+function cli(args: string[], home: string): ChildProcess & { output: Promise<{ code: number | null; stderr: string }> } {
+  const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), ...args], {
+    env: { ...process.env, NOISESEARCH_HOME: home, NOISESEARCH_LOG_LEVEL: 'ERROR' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  child.stdout!.resume();
+  const output = new Promise<{ code: number | null; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stderr })));
+  return Object.assign(child, { output });
+}
+
+describe('campaigns that survive SIGKILL', () => {
+  let temporal: Awaited<ReturnType<typeof withTemporal>>;
+  let server: Awaited<ReturnType<typeof withModelServer>>;
+  let client: Client;
+
+  before(async () => {
+    [temporal, server] = await Promise.all([withTemporal(), withModelServer()]);
+    client = new Client({ connection: await Connection.connect({ address: temporal.address }) });
+  });
+  after(async () => {
+    await client?.connection.close();
+    await stopServer(server);
+    await temporal?.stop();
+  });
+
+  async function waitForProgress(campaignId: string, atLeast: number): Promise<CampaignProgress> {
+    for (;;) {
+      const progress = await client.workflow.getHandle(campaignId).query(campaignProgressQuery).catch(() => null);
+      if (progress && progress.done >= atLeast) return progress;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  it('finishes with every search in the store exactly once after the whole CLI is killed', async () => {
+    const dir = tempDir('kill-cli');
+    const specFile = path.join(dir, 'campaign.json');
+    writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'kill-cli')));
+    const input = resolveCampaign(campaignSpec(dir, 'kill-cli'), MODEL, dir);
+    const args = ['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address];
+    const first = cli(args, dir);
+    const before = await waitForProgress(input.campaignId, 3);
+    assert.ok(before.done < before.total, 'killed in the middle');
+    await stopChild(first, 'SIGKILL');
+    const second = cli(args, dir);
+    const { code, stderr } = await second.output;
+    assert.equal(code, 0, stderr);
+    const counts = await storeCounts(input);
+    assert.deepEqual(counts, { rows: campaignSize(input), unique: campaignSize(input), done: campaignSize(input) });
+
+    // Running it again attaches to the finished campaign: nothing is searched twice.
+    const again = cli(args, dir);
+    assert.equal((await again.output).code, 0);
+    assert.deepEqual(await storeCounts(input), counts);
+  });
+
+  it('finishes with every search in the store exactly once after its worker is killed', async () => {
+    const dir = tempDir('kill-worker');
+    const specFile = path.join(dir, 'campaign.yaml');
+    writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'kill-worker')));
+    const input = resolveCampaign(campaignSpec(dir, 'kill-worker'), MODEL, dir);
+    const taskQueue = 'noisesearch-search';
+    let worker = spawnWorker(temporal.address, server.address, taskQueue);
+    const run = cli(['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address, '--no-worker'], dir);
+    await waitForProgress(input.campaignId, 3);
+    await stopChild(worker, 'SIGKILL');
+    worker = spawnWorker(temporal.address, server.address, taskQueue);
+    try {
+      const { code, stderr } = await run.output;
+      assert.equal(code, 0, stderr);
+    } finally {
+      await stopChild(worker);
+    }
+    assert.deepEqual(await storeCounts(input), { rows: campaignSize(input), unique: campaignSize(input), done: campaignSize(input) });
+    const store = await openStore(input.store);
+    try {
+      const metrics = await store.cellMetrics(input.campaignId);
+      assert.equal(metrics.length, 2 * 3, 'population metrics for every grid cell');
+      for (const m of metrics) assert.ok(Number.isFinite(m.frechetDistance) && m.inceptionScore >= 1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('cancels a running campaign and its searches', async () => {
+    const dir = tempDir('cancel');
+    const specFile = path.join(dir, 'campaign.json');
+    writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } })));
+    const input = resolveCampaign(JSON.parse(JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } }))), MODEL, dir);
+    const run = cli(['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address], dir);
+    for (;;) {
+      const progress = await client.workflow.getHandle(input.campaignId).query(campaignProgressQuery).catch(() => null);
+      if (progress && progress.running > 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const cancel = cli(['campaign', 'cancel', input.campaignId, '--temporal', temporal.address], dir);
+    assert.equal((await cancel.output).code, 0);
+    const { code } = await run.output;
+    assert.equal(code, 1, 'the run reports the cancelled campaign');
+    const description = await client.workflow.getHandle(input.campaignId).describe();
+    assert.equal(description.status.name, 'CANCELLED');
+  });
+});
