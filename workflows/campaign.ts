@@ -19,15 +19,9 @@ import { allCells, campaignItem, campaignSize, type CampaignInput, type Campaign
 import { FLEET_RETRY } from '../src/retry';
 import { searchWorkflow } from './search';
 
-const retry = {
-  initialInterval: FLEET_RETRY.initialIntervalMs,
-  backoffCoefficient: FLEET_RETRY.backoffCoefficient,
-  maximumInterval: FLEET_RETRY.maximumIntervalMs,
-  maximumAttempts: FLEET_RETRY.maximumAttempts,
-};
 // Recording a search takes milliseconds: a short timeout lets a worker that died mid-call be noticed fast.
-const activities = proxyActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry });
-const metrics = proxyActivities<CampaignActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '30 seconds', retry });
+const activities = proxyActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry: FLEET_RETRY });
+const metrics = proxyActivities<CampaignActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '30 seconds', retry: FLEET_RETRY });
 
 export interface CellCounts {
   total: number;

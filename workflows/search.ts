@@ -33,16 +33,9 @@ import {
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 
-const { describeModel, evaluateBatch } = proxyActivities<Activities>({
-  startToCloseTimeout: '2 minutes',
-  heartbeatTimeout: '15 seconds',
-  retry: {
-    initialInterval: FLEET_RETRY.initialIntervalMs,
-    backoffCoefficient: FLEET_RETRY.backoffCoefficient,
-    maximumInterval: FLEET_RETRY.maximumIntervalMs,
-    maximumAttempts: FLEET_RETRY.maximumAttempts,
-  },
-});
+const { evaluateBatch } = proxyActivities<Activities>({ startToCloseTimeout: '2 minutes', heartbeatTimeout: '15 seconds', retry: FLEET_RETRY });
+// A Describe answers in milliseconds: a short timeout notices a worker that died during one.
+const { describeModel } = proxyActivities<Activities>({ startToCloseTimeout: '10 seconds', retry: FLEET_RETRY });
 
 export const progressQuery = defineQuery<SearchProgress | null>('progress');
 export const stopSignal = defineSignal('stop');

@@ -13,7 +13,7 @@ import { runCampaign, writeCampaignReport } from './campaign';
 
 const DEMO_USAGE = 'noisesearch demo';
 
-export const DEMO_CAMPAIGN = {
+const DEMO_CAMPAIGN = {
   name: 'demo',
   dataset: { kind: 'gmm-classes', classes: [1, 4, 7] },
   grid: {
