@@ -20,27 +20,21 @@ import {
 import { deriveSeed, SeedStream } from '../src/search/seeds';
 import { averagedRanks } from '../src/search/selection';
 import { SpecError, type AlgorithmSpec, type SearchSpec } from '../src/search/spec';
-import type { BatchOutcome, BatchRequest, Candidate, CandidateOutcome, ModelInfo, Op } from '../src/search/types';
+import type { BatchOutcome, BatchRequest, Candidate, CandidateOutcome, Op } from '../src/search/types';
+import { gmmModelInfo } from './fixtures';
 
 const SIGMA_MAX = 80;
 const SIGMA_MIN = 0.002;
 /** One Heun generation of 10 steps ending at sigma = 0: 2 * 10 - 1 NFEs. */
 const GEN = 19;
 
-const MODEL: ModelInfo = {
-  model: 'gmm',
-  latentShape: [16],
+const MODEL = gmmModelInfo({
   sigmaMin: SIGMA_MIN,
   sigmaMax: SIGMA_MAX,
-  solvers: ['euler', 'heun'],
   maxBatch: 8,
   maxConcurrency: 4,
   verifiers: ['v', 'a', 'b'].map((name) => ({ name, kind: 'fake', needsCondition: false, xpredSigma: 0 })),
-  defaultSolver: 'heun',
-  defaultSteps: 10,
-  numClasses: 10,
-  defaultGuidanceScale: 1,
-};
+});
 
 function spec(algorithm: AlgorithmSpec, overrides: Partial<SearchSpec> = {}): SearchSpec {
   return { model: 'gmm', condition: {}, algorithm, verifiers: ['v'], budgetNfe: 1000, seed: 7, ...overrides };

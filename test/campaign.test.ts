@@ -10,31 +10,14 @@ import { campaignSize, type CampaignInput } from '../src/campaign/plan';
 import { resolveCampaign } from '../src/campaign/spec';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { SpecError } from '../src/search/spec';
-import type { ModelInfo } from '../src/search/types';
 import { openStore } from '../src/store';
 import { campaignProgressQuery, type CampaignProgress } from '../workflows/campaign';
+import { gmmModelInfo } from './fixtures';
 import { spawnWorker, stopChild, stopServer, tempDir, withModelServer, withTemporal } from './helpers';
 
 const SHARED_PROMPTS = path.resolve(PROJECT_ROOT, '..', 'shared', 'data', 'prompts');
 
-const MODEL: ModelInfo = {
-  model: 'gmm',
-  latentShape: [16],
-  sigmaMin: 0.002,
-  sigmaMax: 80,
-  solvers: ['euler', 'heun'],
-  maxBatch: 64,
-  maxConcurrency: 8,
-  verifiers: [
-    { name: 'gmm-oracle', kind: 'oracle', needsCondition: true, xpredSigma: 0 },
-    { name: 'gmm-classifier', kind: 'supervised', needsCondition: true, xpredSigma: 0 },
-    { name: 'gmm-selfsup', kind: 'self-supervised', needsCondition: false, xpredSigma: 0.4 },
-  ],
-  defaultSolver: 'heun',
-  defaultSteps: 10,
-  numClasses: 10,
-  defaultGuidanceScale: 1,
-};
+const MODEL = gmmModelInfo();
 
 function campaignSpec(dir: string, name: string, overrides: Record<string, unknown> = {}) {
   return {

@@ -5,10 +5,10 @@ import type { ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { Fleet } from '../src/fleet/client';
 import { runLocalSearch } from '../src/local';
-import type { SearchResult } from '../src/search/run';
+import type { SearchProgress, SearchResult } from '../src/search/run';
 import type { SearchSpec } from '../src/search/spec';
 import { startSearch } from '../src/temporal/client';
 import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
@@ -24,6 +24,14 @@ function causes(error: Error | undefined): string {
   const messages: string[] = [];
   for (let e: Error | undefined = error; e; e = e.cause as Error | undefined) messages.push(e.message);
   return messages.join(' <- ');
+}
+
+async function waitForRound(handle: WorkflowHandle, round: number): Promise<SearchProgress> {
+  for (;;) {
+    const progress = await handle.query(progressQuery);
+    if (progress && progress.round >= round) return progress;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function sameOutcome(a: SearchResult, b: SearchResult): void {
@@ -82,11 +90,7 @@ describe('search through Temporal, gRPC and the model server', () => {
   it('answers a progress query in the middle of a search', async () => {
     const long = spec({ budgetNfe: 12_000, algorithm: { name: 'random', roundSize: 8 }, seed: 11 });
     const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('progress') });
-    let progress = await handle.query(progressQuery);
-    while (!progress || progress.round < 3) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      progress = await handle.query(progressQuery);
-    }
+    const progress = await waitForRound(handle, 3);
     assert.equal(progress.budget, 12_000);
     assert.ok(progress.nfeSpent > 0 && progress.nfeSpent < 12_000, `spent ${progress.nfeSpent}`);
     assert.ok(progress.best && Number.isFinite(progress.best.score));
@@ -97,11 +101,7 @@ describe('search through Temporal, gRPC and the model server', () => {
   it('finishes a search when the model server is killed in the middle and started again', async () => {
     const long = spec({ budgetNfe: 12_000, algorithm: { name: 'random', roundSize: 8 }, seed: 23 });
     const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('restart') });
-    let progress = await handle.query(progressQuery);
-    while (!progress || progress.round < 3) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      progress = await handle.query(progressQuery);
-    }
+    await waitForRound(handle, 3);
     const port = Number(server.address.split(':')[1]);
     await stopServer(server, 'SIGKILL');
     const stalled = await handle.query(progressQuery);
@@ -141,11 +141,7 @@ describe('search through Temporal, gRPC and the model server', () => {
   it('stops on a signal with the best so far, and takes a budget update unless it is below what is spent', async () => {
     const long = spec({ budgetNfe: 40_000, algorithm: { name: 'random', roundSize: 8 }, seed: 31 });
     const handle = await startSearch(env.client, long, { taskQueue, workflowId: uniqueId('control') });
-    let progress = await handle.query(progressQuery);
-    while (!progress || progress.round < 3) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      progress = await handle.query(progressQuery);
-    }
+    await waitForRound(handle, 3);
     await assert.rejects(handle.executeUpdate(setBudgetUpdate, { args: [19] }), (error: Error) => {
       assert.match(causes(error), /budget: 19 NFEs is below what is spent or committed/);
       return true;

@@ -6,22 +6,10 @@ import { createRun, finishRound, startRound, type RunState } from '../src/search
 import { deriveSeed } from '../src/search/seeds';
 import { averagedRanks, bestOf, rankPool, topK } from '../src/search/selection';
 import { SpecError, type SearchSpec } from '../src/search/spec';
-import type { BatchOutcome, BatchRequest, ModelInfo } from '../src/search/types';
+import type { BatchOutcome, BatchRequest } from '../src/search/types';
+import { gmmModelInfo } from './fixtures';
 
-const MODEL: ModelInfo = {
-  model: 'gmm',
-  latentShape: [16],
-  sigmaMin: 0.002,
-  sigmaMax: 80,
-  solvers: ['euler', 'heun'],
-  maxBatch: 8,
-  maxConcurrency: 4,
-  verifiers: [{ name: 'gmm-classifier', kind: 'supervised', needsCondition: true, xpredSigma: 0 }],
-  defaultSolver: 'heun',
-  defaultSteps: 10,
-  numClasses: 10,
-  defaultGuidanceScale: 1,
-};
+const MODEL = gmmModelInfo({ maxBatch: 8, maxConcurrency: 4, verifiers: [{ name: 'gmm-classifier', kind: 'supervised', needsCondition: true, xpredSigma: 0 }] });
 
 function spec(overrides: Partial<SearchSpec> = {}): SearchSpec {
   return {

@@ -119,13 +119,9 @@ export async function runCampaign(
   }
 }
 
-async function run(values: Record<string, unknown>, specFile: string): Promise<number> {
-  const { spec, problems } = readCampaignSpec(specFile);
-  if (problems.length > 0) throw new SpecError(problems);
-  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false);
-  const input = resolveCampaign(spec, model!, campaignsDir());
+/** Runs (or attaches to) the campaign with the command's flags; 0 when every search finished. */
+async function runWithFlags(input: CampaignInput, values: Record<string, unknown>): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
-  log(`campaign ${input.campaignId}: ${describeCampaign(input)}`);
   const outcome = await runCampaign(input, {
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
@@ -139,6 +135,15 @@ async function run(values: Record<string, unknown>, specFile: string): Promise<n
   }
   process.stdout.write(`campaign ${input.campaignId} finished; "noisesearch report ${input.campaignId}" writes its report\n`);
   return 0;
+}
+
+async function run(values: Record<string, unknown>, specFile: string): Promise<number> {
+  const { spec, problems } = readCampaignSpec(specFile);
+  if (problems.length > 0) throw new SpecError(problems);
+  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false);
+  const input = resolveCampaign(spec, model!, campaignsDir());
+  process.stderr.write(`campaign ${input.campaignId}: ${describeCampaign(input)}\n`);
+  return runWithFlags(input, values);
 }
 
 async function status(values: Record<string, unknown>, campaignId: string): Promise<number> {
@@ -181,20 +186,7 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
 
 async function retry(values: Record<string, unknown>, campaignId: string): Promise<number> {
   const { input } = loadRecord(campaignId);
-  const log = (line: string) => process.stderr.write(`${line}\n`);
-  const outcome = await runCampaign(input!, {
-    temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
-    namespace: values.namespace as string | undefined,
-    fleet: values.fleet as string | undefined,
-    noWorker: Boolean(values['no-worker']),
-    log,
-  });
-  if (outcome.failed) {
-    log(`campaign ${campaignId}: ${outcome.failed}`);
-    return 1;
-  }
-  process.stdout.write(`campaign ${campaignId} finished\n`);
-  return 0;
+  return runWithFlags(input!, values);
 }
 
 async function cancel(values: Record<string, unknown>, campaignId: string): Promise<number> {
