@@ -78,8 +78,8 @@ export async function demoCommand(argv: string[]): Promise<number> {
     log('');
     log(table(records, input.evaluation));
     log('');
-    const ran = outcome.progress!.total - outcome.progress!.skipped;
-    log(`${outcome.progress!.total} searches (${ran} run now, ${outcome.progress!.skipped} already in the store) in ${seconds.toFixed(1)} s`);
+    const ranNow = records.filter((r) => Date.parse(r.finishedAt) >= started).length;
+    log(`${records.length} searches (${ranNow} run now, ${records.length - ranNow} found in the store) in ${seconds.toFixed(1)} s`);
   } finally {
     await store.close();
   }
