@@ -94,23 +94,29 @@ export async function runCampaign(
     if (deployment.uiUrl) options.log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${input.campaignId}`);
     const handle = await startCampaign(deployment.client!, input);
     const display = new ProgressDisplay();
-    let finished = false;
-    // One query at a time, and none left in flight when the connection closes.
+    // One query at a time; the one in flight is aborted when the campaign ends, so that a query waiting on
+    // a worker that is gone (a closed workflow's sticky queue) neither delays the exit nor outlives the connection.
+    const stopPolling = new AbortController();
+    const client = deployment.client!;
     const polling = (async () => {
-      while (!finished) {
-        await handle.query(campaignProgressQuery).then((p) => !finished && display.update(p), () => {});
+      while (!stopPolling.signal.aborted) {
+        await client
+          .withAbortSignal(stopPolling.signal, () => handle.query(campaignProgressQuery))
+          .then((p) => !stopPolling.signal.aborted && display.update(p), () => {});
         await new Promise((resolve) => setTimeout(resolve, 500));
       }
     })();
+    const endPolling = async () => {
+      stopPolling.abort();
+      await polling;
+    };
     try {
       const progress = await deployment.run(handle.result());
-      finished = true;
-      await polling;
+      await endPolling();
       display.finish(progress);
       return { progress, failed: null };
     } catch (error) {
-      finished = true;
-      await polling;
+      await endPolling();
       if (!(error instanceof WorkflowFailedError)) throw error;
       return { progress: null, failed: error.cause?.message ?? error.message };
     }
