@@ -16,10 +16,6 @@ export function opsNfe(ops: Op[]): number {
   return ops.reduce((sum, op) => sum + opNfe(op), 0);
 }
 
-export function lineageNfe(lineage: Lineage): number {
-  return opsNfe(lineage.ops);
-}
-
 export function lastSigma(lineage: Lineage, sigmaMax: number): number {
   const last = lineage.ops[lineage.ops.length - 1];
   if (!last) return sigmaMax;
