@@ -15,31 +15,34 @@ export function toActivityFailure(error: unknown): ApplicationFailure {
   return ApplicationFailure.create({ type: 'UNKNOWN', message: String((error as Error)?.message ?? error) });
 }
 
+/** Wraps an activity so that whatever it throws reaches the workflow classified, in one place. */
+export function classified<A extends unknown[], R>(activity: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+  return async (...args: A): Promise<R> => {
+    try {
+      return await activity(...args);
+    } catch (error) {
+      throw toActivityFailure(error);
+    }
+  };
+}
+
 export interface ActivityDependencies {
   fleet: Fleet;
 }
 
 export function createActivities({ fleet }: ActivityDependencies) {
   return {
-    async describeModel(model: string): Promise<ModelInfo> {
-      try {
-        return await fleet.describe(model);
-      } catch (error) {
-        throw toActivityFailure(error);
-      }
-    },
+    describeModel: classified((model: string): Promise<ModelInfo> => fleet.describe(model)),
 
-    async evaluateBatch(batch: BatchRequest): Promise<BatchOutcome> {
+    evaluateBatch: classified(async (batch: BatchRequest): Promise<BatchOutcome> => {
       const context = Context.current();
       const heartbeat = setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
       try {
         return await fleet.evaluate(batch, context.cancellationSignal);
-      } catch (error) {
-        throw toActivityFailure(error);
       } finally {
         clearInterval(heartbeat);
       }
-    },
+    }),
   };
 }
 

@@ -4,7 +4,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
 import * as path from 'node:path';
-import { toActivityFailure } from '../activities';
+import { classified } from '../activities';
 import type { Fleet } from '../fleet/client';
 import { samplePicture } from '../report/report';
 import type { SearchResult } from '../search/run';
@@ -56,17 +56,10 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
     if (!stores.has(key)) stores.set(key, openStore(config));
     return stores.get(key)!;
   };
-  const wrap = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
-    try {
-      return await fn(...args);
-    } catch (error) {
-      throw toActivityFailure(error);
-    }
-  };
 
   return {
     /** Registers the campaign and says which of its searches are already in the store. */
-    openCampaign: wrap(async (input: Omit<CampaignInput, 'items'> & { itemCount: number }): Promise<string[]> => {
+    openCampaign: classified(async (input: Omit<CampaignInput, 'items'> & { itemCount: number }): Promise<string[]> => {
       const store = await storeFor(input.store);
       if (!(await store.getCampaign(input.campaignId))) {
         await store.upsertCampaign({ campaignId: input.campaignId, name: input.name, spec: input, createdAt: new Date().toISOString() });
@@ -75,7 +68,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
     }),
 
     /** Scores the final sample with the evaluation verifiers, saves its picture, and writes the search. */
-    recordSearch: wrap(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
+    recordSearch: classified(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
       const evaluated = await fleet.evaluate({
         model: campaign.model,
         condition: item.spec.condition,
@@ -105,7 +98,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
       });
     }),
 
-    recordFailure: wrap(async ({ campaign, item, error, wallSeconds }: FailedSearch): Promise<void> => {
+    recordFailure: classified(async ({ campaign, item, error, wallSeconds }: FailedSearch): Promise<void> => {
       const store = await storeFor(campaign.store);
       await store.upsertSearch({
         ...baseRecord(campaign.campaignId, item, wallSeconds),
@@ -123,7 +116,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
     }),
 
     /** Fréchet distance and Inception-Score analogue of each grid cell's final samples. */
-    computeCellMetrics: wrap(async (input: Omit<CampaignInput, 'items'>): Promise<number> => {
+    computeCellMetrics: classified(async (input: Omit<CampaignInput, 'items'>): Promise<number> => {
       const store = await storeFor(input.store);
       const done = (await store.searches(input.campaignId)).filter((s) => s.status === 'done' && s.sample.length > 0);
       let written = 0;

@@ -2,10 +2,9 @@
 // cancel it, export its results and write its report.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { Client, Connection, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CampaignInput } from '../campaign/plan';
 import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
-import { serviceStatus } from '../embedded/services';
 import { stateDir } from '../embedded/paths';
 import { writeReport } from '../report/report';
 import { SpecError } from '../search/spec';
@@ -15,6 +14,7 @@ import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { startCampaign } from '../temporal/client';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
 import { oneOf, parseFlags, UsageError } from './args';
+import { connectClient } from './control';
 import { openDeployment } from './deployment';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
@@ -71,16 +71,6 @@ function loadRecord(campaignId: string, storeFlag?: string): { input: CampaignIn
   }
   if (!input) throw new UsageError(`campaign ${campaignId}: no record on this machine (${file}); give --store URL|PATH, or run "noisesearch campaign run SPEC" here`);
   return { input, store: input.store, folder: input.folder };
-}
-
-async function temporalClient(values: Record<string, unknown>): Promise<Client> {
-  let address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
-  if (!address) {
-    const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
-    if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
-    address = embedded.address;
-  }
-  return new Client({ connection: await Connection.connect({ address }), namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
 }
 
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
@@ -156,7 +146,7 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
   const { input, store: storeConfig } = loadRecord(campaignId, values.store as string | undefined);
   let live: CampaignProgress | null = null;
   try {
-    const client = await temporalClient(values);
+    const client = await connectClient(values);
     try {
       live = await client.workflow.getHandle(campaignId).query(campaignProgressQuery);
     } finally {
@@ -196,7 +186,7 @@ async function retry(values: Record<string, unknown>, campaignId: string): Promi
 }
 
 async function cancel(values: Record<string, unknown>, campaignId: string): Promise<number> {
-  const client = await temporalClient(values);
+  const client = await connectClient(values);
   try {
     await client.workflow.getHandle(campaignId).cancel();
     process.stdout.write(`cancelled campaign ${campaignId} and its running searches\n`);

@@ -17,12 +17,15 @@ Usage:
   --namespace NS    Temporal namespace (default "${DEFAULT_NAMESPACE}")
 `;
 
-async function temporalAddress(flag: string | undefined): Promise<string> {
-  const address = flag ?? process.env.TEMPORAL_ADDRESS;
-  if (address) return address;
-  const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
-  if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
-  return embedded.address;
+/** A client for the Temporal the user names (--temporal, else $TEMPORAL_ADDRESS), else the running embedded dev server. */
+export async function connectClient(flags: { temporal?: unknown; namespace?: unknown }): Promise<Client> {
+  let address = (flags.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
+  if (!address) {
+    const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
+    if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
+    address = embedded.address;
+  }
+  return new Client({ connection: await Connection.connect({ address }), namespace: (flags.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
 }
 
 export function controlCommand(action: 'progress' | 'stop' | 'budget') {
@@ -35,9 +38,8 @@ export function controlCommand(action: 'progress' | 'stop' | 'budget') {
     const wanted = action === 'budget' ? 2 : 1;
     if (positionals.length !== wanted) throw new UsageError(`${action} takes ${action === 'budget' ? 'a workflow ID and a budget in NFEs' : 'one workflow ID'}; usage: ${CONTROL_USAGE}`);
     const budget = action === 'budget' ? wholeNumber('budget', positionals[1], { min: 1 })! : 0;
-    const connection = await Connection.connect({ address: await temporalAddress(values.temporal as string | undefined) });
+    const client = await connectClient(values);
     try {
-      const client = new Client({ connection, namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
       const handle = client.workflow.getHandle(positionals[0]);
       if (action === 'progress') process.stdout.write(`${JSON.stringify(await handle.query(progressQuery))}\n`);
       else if (action === 'stop') {
@@ -54,7 +56,7 @@ export function controlCommand(action: 'progress' | 'stop' | 'budget') {
       }
       return 0;
     } finally {
-      await connection.close();
+      await client.connection.close();
     }
   };
 }
