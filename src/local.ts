@@ -2,33 +2,45 @@
 // to run a search, and the baseline that measures what durability costs.
 import type { Fleet } from './fleet/client';
 import { FleetError } from './fleet/errors';
-import { backoffMs, FLEET_RETRY } from './retry';
+import { backoffMs } from './retry';
 import { createRun, finishRound, startRound, type SearchProgress, type SearchResult, progressOf } from './search/run';
 import type { SearchSpec } from './search/spec';
 
-async function withRetry<T>(call: () => Promise<T>): Promise<T> {
+/** A retryable fleet failure the search is waiting out (null: the fleet answers again). */
+export interface FleetWait {
+  attempt: number;
+  error: FleetError;
+}
+
+export interface LocalSearchOptions {
+  onProgress?: (progress: SearchProgress) => void;
+  /** Told when calls start failing with retryable errors (the search waits) and when they succeed again. */
+  onWaiting?: (wait: FleetWait | null) => void;
+}
+
+/** Retries retryable fleet failures with capped backoff, for as long as they last; anything else fails at once. */
+async function withRetry<T>(call: () => Promise<T>, onWaiting?: (wait: FleetWait | null) => void): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await call();
+      const value = await call();
+      if (attempt > 1) onWaiting?.(null);
+      return value;
     } catch (error) {
-      if (!(error instanceof FleetError) || !error.retryable || attempt >= FLEET_RETRY.maximumAttempts) throw error;
+      if (!(error instanceof FleetError) || !error.retryable) throw error;
+      onWaiting?.({ attempt, error });
       await new Promise((resolve) => setTimeout(resolve, backoffMs(attempt)));
     }
   }
 }
 
-export async function runLocalSearch(
-  spec: SearchSpec,
-  fleet: Fleet,
-  onProgress?: (progress: SearchProgress) => void,
-): Promise<SearchResult> {
-  const model = await withRetry(() => fleet.describe(spec.model));
+export async function runLocalSearch(spec: SearchSpec, fleet: Fleet, options: LocalSearchOptions = {}): Promise<SearchResult> {
+  const model = await withRetry(() => fleet.describe(spec.model), options.onWaiting);
   let run = createRun(spec, model);
   while (run.phase !== 'done') {
     const round = startRound(run);
-    const outcomes = await Promise.all(round.batches.map((batch) => withRetry(() => fleet.evaluate(batch))));
+    const outcomes = await Promise.all(round.batches.map((batch) => withRetry(() => fleet.evaluate(batch), options.onWaiting)));
     run = finishRound(round.run, outcomes);
-    onProgress?.(progressOf(run));
+    options.onProgress?.(progressOf(run));
   }
   return run.result!;
 }

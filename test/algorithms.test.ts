@@ -1,149 +1,26 @@
 // Zero-order search, search over paths, FK steering, verifier ensembles, determinism, stop and budget
-// changes, each through the generic driver core on a fake evaluator: no server, no Temporal. The fake
-// verifier's score is a pure function of the candidate's lineage (the noise recipe's seed and
-// perturbations and every renoise seed), as a real verifier's score would be.
+// changes, each through the generic driver core on a fake server (test/fake-server.ts): no model server,
+// no Temporal. The fake verifier's score is a pure function of the candidate's whole lineage, as a real
+// verifier's would be; NFEs are checked against counts worked out by hand.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { fkCost, karrasSigmas } from '../src/search/fk';
-import { candidateNfe, lastSigma } from '../src/search/nfe';
-import { pathsCost } from '../src/search/paths';
 import {
-  budgetRefusal,
-  createRun,
-  finishRound,
-  requestStop,
-  setBudget,
-  startRound,
-  type RunState,
-  type SearchResult,
-} from '../src/search/run';
+  effectiveSampleSize,
+  logPotential,
+  multinomialIndices,
+  normalizedWeights,
+  summarize,
+} from '../src/search/fk';
+import { budgetRefusal, createRun, finishRound, requestStop, setBudget, startRound } from '../src/search/run';
 import { deriveSeed, SeedStream } from '../src/search/seeds';
 import { averagedRanks } from '../src/search/selection';
-import { SpecError, type AlgorithmSpec, type SearchSpec } from '../src/search/spec';
-import type { BatchOutcome, BatchRequest, Candidate, CandidateOutcome, Op } from '../src/search/types';
+import { SpecError, type AlgorithmSpec } from '../src/search/spec';
+import type { Op } from '../src/search/types';
+import { assertRefused, drive, GEN, MODEL, problemsOf, result, score, searchRounds, SIGMA_MAX, SIGMA_MIN, spec, type RoundLog } from './drive';
+import { FakeServer, type Scorer } from './fake-server';
 import { gmmModelInfo } from './fixtures';
 
-const SIGMA_MAX = 80;
-const SIGMA_MIN = 0.002;
-/** One Heun generation of 10 steps ending at sigma = 0: 2 * 10 - 1 NFEs. */
-const GEN = 19;
-
-const MODEL = gmmModelInfo({
-  sigmaMin: SIGMA_MIN,
-  sigmaMax: SIGMA_MAX,
-  maxBatch: 8,
-  maxConcurrency: 4,
-  verifiers: ['v', 'a', 'b'].map((name) => ({ name, kind: 'fake', needsCondition: false, xpredSigma: 0 })),
-});
-
-function spec(algorithm: AlgorithmSpec, overrides: Partial<SearchSpec> = {}): SearchSpec {
-  return { model: 'gmm', condition: {}, algorithm, verifiers: ['v'], budgetNfe: 1000, seed: 7, ...overrides };
-}
-
-type Scorer = (candidate: Candidate, verifier: string) => number;
-
-const VERIFIER_SALT: Record<string, number> = { v: 11, a: 12, b: 13 };
-
-/** A uniform in [0, 1) that depends on the whole lineage (noise seed, perturbations, renoise seeds) and the verifier. */
-const hashScore: Scorer = (candidate, verifier) => {
-  const { noise, ops } = candidate.lineage;
-  const parts = [
-    ...noise.perturbations.flatMap((p) => [p.seed, Math.round(p.cosine * 1e6)]),
-    ...ops.flatMap((op) => ('renoise' in op ? [op.renoise.seed] : [])),
-  ];
-  return deriveSeed(noise.seed, VERIFIER_SALT[verifier] ?? 99, ...parts) / 2 ** 53;
-};
-
-function evaluator(scorer: Scorer = hashScore): (batch: BatchRequest) => BatchOutcome {
-  return (batch) => ({
-    serverId: 'fake',
-    verifierTimings: batch.verifiers.map((verifier) => ({ verifier, calls: batch.candidates.length, seconds: 0.001 })),
-    outcomes: batch.candidates.map((c) => ({
-      id: c.id,
-      scores: Object.fromEntries(batch.verifiers.map((v) => [v, scorer(c, v)])),
-      nfeLogical: candidateNfe(c, SIGMA_MAX),
-      nfeExecuted: candidateNfe(c, SIGMA_MAX),
-    })),
-  });
-}
-
-interface RoundLog {
-  phase: RunState['phase'];
-  candidates: Candidate[];
-  verify: boolean;
-  batches: BatchRequest[];
-  outcomes: Map<string, CandidateOutcome>;
-}
-
-type Order = 'as-is' | 'reversed' | 'shuffled';
-
-/** A fixed permutation that depends on the length only, so reruns hand outcomes back the same way. */
-function shuffled<T>(items: T[]): T[] {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = deriveSeed(out.length, i) % (i + 1);
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
-}
-
-function reorder(batches: BatchOutcome[], order: Order): BatchOutcome[] {
-  if (order === 'as-is') return batches;
-  if (order === 'reversed') return [...batches].reverse().map((b) => ({ ...b, outcomes: [...b.outcomes].reverse() }));
-  return shuffled(batches).map((b) => ({ ...b, outcomes: shuffled(b.outcomes) }));
-}
-
-interface DriveOptions {
-  scorer?: Scorer;
-  order?: Order;
-  log?: RoundLog[];
-  /** Called on the run between startRound and finishRound (to stop it or change its budget). */
-  during?: (run: RunState, round: number) => RunState;
-}
-
-function drive(run: RunState, options: DriveOptions = {}): RunState {
-  const evaluate = evaluator(options.scorer);
-  let state = run;
-  for (let round = 1; state.phase !== 'done'; round++) {
-    const started = startRound(state);
-    const outcomes = started.batches.map((b) => evaluate(b));
-    options.log?.push({
-      phase: started.run.phase,
-      candidates: started.run.inFlight,
-      verify: started.run.inFlightVerified,
-      batches: started.batches,
-      outcomes: new Map(outcomes.flatMap((o) => o.outcomes).map((o) => [o.id, o])),
-    });
-    const inFlight = options.during ? options.during(started.run, round) : started.run;
-    state = finishRound(inFlight, reorder(outcomes, options.order ?? 'as-is'));
-  }
-  return state;
-}
-
-function result(algorithm: AlgorithmSpec, overrides: Partial<SearchSpec> = {}, options: DriveOptions = {}, model = MODEL): SearchResult {
-  return drive(createRun(spec(algorithm, overrides), model), options).result!;
-}
-
-function problemsOf(make: () => unknown): string[] {
-  try {
-    make();
-  } catch (error) {
-    assert.ok(error instanceof SpecError, `expected a SpecError, got ${error}`);
-    return error.problems;
-  }
-  assert.fail('expected the spec to be refused');
-}
-
-function assertRefused(algorithm: AlgorithmSpec, pattern: RegExp, overrides: Partial<SearchSpec> = {}): void {
-  const problems = problemsOf(() => createRun(spec(algorithm, overrides), MODEL));
-  assert.ok(problems.some((p) => pattern.test(p)), `no problem matches ${pattern}: ${JSON.stringify(problems)}`);
-}
-
-const score = (log: RoundLog, id: string, verifier = 'v'): number => log.outcomes.get(id)!.scores[verifier];
-
-function searchRounds(log: RoundLog[]): RoundLog[] {
-  return log.filter((r) => r.phase === 'search');
-}
+const FULL_SOLVE: Op = { solve: { sigmaFrom: SIGMA_MAX, sigmaTo: 0, solver: 'heun', steps: 10 } };
 
 describe('zero-order search', () => {
   const N = 4;
@@ -157,28 +34,30 @@ describe('zero-order search', () => {
 
     const first = rounds[0].candidates;
     assert.equal(first.length, 1);
-    assert.deepEqual(first[0].lineage.noise, { seed: deriveSeed(7, SeedStream.zeroOrderPivot, 0), perturbations: [] });
-    assert.deepEqual(first[0].lineage.ops, [{ solve: { sigmaFrom: SIGMA_MAX, sigmaTo: 0, solver: 'heun', steps: 10 } }]);
+    const pivotNoise = { seed: deriveSeed(7, SeedStream.zeroOrderPivot, 0), perturbations: [] };
+    assert.deepEqual(rounds[0].lineages.get(first[0].id), { noise: pivotNoise, ops: [FULL_SOLVE] });
 
-    let pivot = { candidate: first[0], score: score(rounds[0], first[0].id) };
+    let pivot = { id: first[0].id, lineage: rounds[0].lineages.get(first[0].id)!, score: score(rounds[0], first[0].id), noiseKey: rounds[0].outcomes.get(first[0].id)!.noiseKey };
     let moves = 0;
     let stays = 0;
     rounds.slice(1).forEach((round, iteration) => {
       assert.equal(round.candidates.length, N);
       const perturbationSeeds = new Set<number>();
       for (const [j, c] of round.candidates.entries()) {
-        const base = pivot.candidate.lineage.noise;
-        assert.equal(c.lineage.noise.seed, base.seed, 'a neighbour keeps the pivot seed');
-        assert.deepEqual(c.lineage.noise.perturbations.slice(0, -1), base.perturbations, "a neighbour extends the pivot's perturbations");
-        const added = c.lineage.noise.perturbations.at(-1)!;
-        assert.deepEqual(added, { seed: deriveSeed(7, SeedStream.zeroOrderNeighbour, iteration, j), cosine: T });
-        perturbationSeeds.add(added.seed);
-        assert.deepEqual(c.lineage.ops, first[0].lineage.ops);
+        const added = { seed: deriveSeed(7, SeedStream.zeroOrderNeighbour, iteration, j), cosine: T };
+        // On the wire: the pivot's noise by key, and one perturbation, however long the walk.
+        assert.deepEqual(c.base, { key: pivot.noiseKey });
+        assert.deepEqual(c.lineage.noise.perturbations, [added]);
+        const whole = round.lineages.get(c.id)!;
+        assert.equal(whole.noise.seed, pivot.lineage.noise.seed, 'a neighbour keeps the pivot seed');
+        assert.deepEqual(whole.noise.perturbations, [...pivot.lineage.noise.perturbations, added], "a neighbour extends the pivot's perturbations");
+        assert.deepEqual(whole.ops, [FULL_SOLVE]);
         assert.equal(c.scoreXpred, false);
+        perturbationSeeds.add(added.seed);
       }
       assert.equal(perturbationSeeds.size, N, 'distinct neighbours');
       const bestNeighbour = round.candidates
-        .map((candidate) => ({ candidate, score: score(round, candidate.id) }))
+        .map((c) => ({ id: c.id, lineage: round.lineages.get(c.id)!, score: score(round, c.id), noiseKey: round.outcomes.get(c.id)!.noiseKey }))
         .reduce((a, b) => (b.score > a.score ? b : a));
       if (bestNeighbour.score > pivot.score) {
         pivot = bestNeighbour;
@@ -187,9 +66,9 @@ describe('zero-order search', () => {
         stays++;
       }
     });
-    assert.ok(moves > 0, 'the walk moved at least once');
+    assert.ok(moves > 1, 'the walk moved more than once, so the wire check above covered a long chain');
     assert.ok(stays > 0, 'the walk stayed put at least once (pick another seed if the fake scores change)');
-    assert.deepEqual(done.best.noise, pivot.candidate.lineage.noise);
+    assert.deepEqual(done.best.noise, pivot.lineage.noise);
     assert.equal(done.best.searchScore, pivot.score);
     assert.equal(done.best.score, pivot.score, 'the final generation of the same noise scores the same');
     assert.equal(done.nfe.total, GEN * (2 + 6 * N));
@@ -200,31 +79,28 @@ describe('zero-order search', () => {
     const done = result({ name: 'zero-order', n: 2, t: T, restart: true }, { budgetNfe: GEN * 60 }, { log });
     const rounds = searchRounds(log);
     let restarts = 0;
-    let pivot: { candidate: Candidate; score: number } | null = null;
+    let pivot: number | null = null;
     const champions: number[] = [];
     for (const round of rounds) {
-      const scored = round.candidates.map((candidate) => ({ candidate, score: score(round, candidate.id) }));
+      const scores = round.candidates.map((c) => score(round, c.id));
       if (pivot === null) {
         assert.equal(round.candidates.length, 1, 'a (re)start proposes a lone pivot');
-        assert.deepEqual(round.candidates[0].lineage.noise, { seed: deriveSeed(7, SeedStream.zeroOrderPivot, restarts), perturbations: [] });
+        assert.deepEqual(round.lineages.get(round.candidates[0].id)!.noise, { seed: deriveSeed(7, SeedStream.zeroOrderPivot, restarts), perturbations: [] });
         assert.equal(round.candidates[0].id, `zo-pivot-${restarts}`);
-        pivot = scored[0];
+        pivot = scores[0];
         continue;
       }
-      for (const c of round.candidates) assert.equal(c.lineage.noise.seed, pivot.candidate.lineage.noise.seed);
-      const best = scored.reduce((a, b) => (b.score > a.score ? b : a));
-      if (best.score > pivot.score) {
+      const best = Math.max(...scores);
+      if (best > pivot) {
         pivot = best;
       } else {
-        champions.push(pivot.score);
+        champions.push(pivot);
         pivot = null;
         restarts++;
       }
     }
     assert.ok(restarts >= 2, `only ${restarts} restarts; the test wants a few`);
-    const pivotSeeds = new Set(rounds.filter((r) => r.candidates.length === 1 && r.candidates[0].id.startsWith('zo-pivot')).map((r) => r.candidates[0].lineage.noise.seed));
-    assert.equal(pivotSeeds.size, restarts + (pivot ? 1 : 0), 'every start has a new base seed');
-    const all = [...champions, ...(pivot ? [pivot.score] : [])];
+    const all = [...champions, ...(pivot !== null ? [pivot] : [])];
     assert.equal(done.best.searchScore, Math.max(...all));
     // The pivot only ever moves up, so the best of all starts is the best of everything evaluated.
     const everything = rounds.flatMap((r) => [...r.outcomes.values()].map((o) => o.scores.v));
@@ -239,7 +115,6 @@ describe('zero-order search', () => {
         const done = result({ name: 'zero-order', n: N, t: T }, { budgetNfe }, { log });
         const sizes = searchRounds(log).map((r) => r.candidates.length);
         assert.deepEqual(sizes, [1, N, N, ...(extra > 0 ? [extra] : [])], `budget ${budgetNfe}`);
-        assert.ok(done.nfe.total <= budgetNfe);
         assert.equal(done.nfe.total, budgetNfe - slack);
         assert.equal(done.nfe.final, GEN);
         assert.equal(done.candidates, 1 + 2 * N + extra);
@@ -264,22 +139,17 @@ describe('search over paths', () => {
     // Targets: 0.11 -> 0.08 -> 0.05 -> 0.02 -> -0.01, taken to 0 (below sigma_min): four rounds of 4 * 8.
     // Three rounds to sigma > 0: one Heun step (2 NFEs) plus the x-prediction (1): 32 * 3 = 96 each.
     // The last round to sigma = 0: one Heun step ending at 0 (1 NFE), no x-prediction: 32.
-    const expected = 4 * 20 + 3 * 32 * 3 + 32 * 1;
-    assert.equal(expected, 400);
-    const run = createRun(spec(PRESET, { budgetNfe: 400 }), MODEL);
-    const { name: _name, ...resolved } = PRESET;
-    assert.equal(pathsCost(run.plan, resolved), expected);
-    const done = drive(run).result!;
-    assert.deepEqual(done.nfe, { search: 400, final: 0, total: 400, executed: 400 });
+    const done = result(PRESET, { budgetNfe: 400 });
+    assert.deepEqual({ ...done.nfe, executed: 0 }, { search: 400, final: 0, total: 400, executed: 0, failed: 0 });
     assert.equal(done.candidates, 4 + 4 * 32);
     assert.equal(done.rounds, 5);
     assert.equal(result({ name: 'paths' }, { budgetNfe: 400 }).nfe.total, 400, 'with N sized by the budget, the defaults are the preset');
     assert.equal(result({ name: 'paths' }, { budgetNfe: 399 }).candidates, 3 + 3 * 32, 'N is as many paths as the budget pays for');
   });
 
-  it('starts with N unverified states at sigma_start, then extends the kept lineages with renoise and a backward solve, keeping the top N', () => {
+  it('starts with N unverified states at sigma_start, then extends the kept states with renoise and a backward solve, keeping the top N', () => {
     const log: RoundLog[] = [];
-    const done = drive(createRun(spec(PRESET, { budgetNfe: 400 }), MODEL), { log }).result!;
+    const done = result(PRESET, { budgetNfe: 400 }, { log });
     const rounds = searchRounds(log);
     assert.equal(rounds.length, 5);
 
@@ -288,19 +158,20 @@ describe('search over paths', () => {
     for (const batch of initial.batches) assert.deepEqual(batch.verifiers, []);
     assert.equal(initial.candidates.length, 4);
     initial.candidates.forEach((c, i) => {
-      assert.deepEqual(c.lineage.noise, { seed: deriveSeed(7, SeedStream.pathsNoise, i), perturbations: [] });
-      assert.deepEqual(c.lineage.ops, [{ solve: { sigmaFrom: SIGMA_MAX, sigmaTo: 0.11, solver: 'heun', steps: 10 } }]);
-      assert.equal(c.scoreXpred, false);
-      assert.ok(!c.paidOps);
+      assert.equal(c.base, undefined);
+      assert.deepEqual(c.lineage, {
+        noise: { seed: deriveSeed(7, SeedStream.pathsNoise, i), perturbations: [] },
+        ops: [{ solve: { sigmaFrom: SIGMA_MAX, sigmaTo: 0.11, solver: 'heun', steps: 10 } }],
+      });
     });
 
-    let kept: Candidate[] = initial.candidates;
+    let kept = initial.candidates.map((c) => ({ id: c.id, lineage: initial.lineages.get(c.id)!, key: initial.outcomes.get(c.id)!.key }));
     let sigma = 0.11;
-    const sigmas: number[] = [];
+    const targets: number[] = [];
     for (const [r, round] of rounds.slice(1).entries()) {
       const raw = sigma + 0.78 - 0.81;
       const target = raw < SIGMA_MIN ? 0 : raw;
-      sigmas.push(target);
+      targets.push(target);
       assert.equal(round.verify, true);
       for (const batch of round.batches) assert.deepEqual(batch.verifiers, ['v']);
       assert.equal(round.candidates.length, kept.length * 8);
@@ -308,31 +179,29 @@ describe('search over paths', () => {
         const b = Math.floor(index / 8);
         const j = index % 8;
         const parent = kept[b];
-        assert.deepEqual(c.lineage.noise, parent.lineage.noise);
-        const expectedOps: Op[] = [
-          ...parent.lineage.ops,
+        const added: Op[] = [
           { renoise: { sigmaFrom: sigma, sigmaTo: sigma + 0.78, seed: deriveSeed(7, SeedStream.pathsRenoise, r, b, j) } },
           { solve: { sigmaFrom: sigma + 0.78, sigmaTo: target, solver: 'heun', steps: 1 } },
         ];
-        assert.deepEqual(c.lineage.ops, expectedOps);
-        assert.equal(c.paidOps, parent.lineage.ops.length);
+        // On the wire: the kept state by key and the two new ops only.
+        assert.deepEqual(c.base, { key: parent.key });
+        assert.deepEqual(c.lineage.ops, added);
+        assert.deepEqual(round.lineages.get(c.id), { noise: parent.lineage.noise, ops: [...parent.lineage.ops, ...added] });
         assert.equal(c.scoreXpred, target > 0);
-        assert.equal(candidateNfe(c, SIGMA_MAX), target > 0 ? 3 : 1);
       });
-      kept = [...round.candidates]
-        .map((candidate, order) => ({ candidate, order, score: score(round, candidate.id) }))
+      kept = round.candidates
+        .map((c, order) => ({ id: c.id, lineage: round.lineages.get(c.id)!, key: round.outcomes.get(c.id)!.key, score: score(round, c.id), order }))
         .sort((x, y) => y.score - x.score || x.order - y.order)
-        .slice(0, 4)
-        .map((x) => x.candidate);
+        .slice(0, 4);
       sigma = target;
     }
-    assert.equal(sigmas.length, 4);
-    assert.ok(sigmas.slice(0, 3).every((s) => s > 0));
-    assert.equal(sigmas[3], 0, 'the walk ends at sigma = 0');
+    assert.equal(targets.length, 4);
+    assert.ok(targets.slice(0, 3).every((s) => s > 0));
+    assert.equal(targets[3], 0, 'the walk ends at sigma = 0');
     assert.equal(done.best.candidateId, kept[0].id);
     assert.equal(done.best.searchScore, score(rounds[4], kept[0].id));
     assert.deepEqual(done.best.scores, { v: score(rounds[4], kept[0].id) }, 'no final generation: the winner is a finished sample');
-    assert.equal(lastSigma(kept[0].lineage, SIGMA_MAX), 0);
+    assert.deepEqual(done.best.lineage, kept[0].lineage, 'the result carries the whole lineage, rebuilt from the recipe');
     assert.ok(!log.some((r) => r.phase === 'final'));
   });
 
@@ -363,40 +232,16 @@ describe('search over paths', () => {
   });
 });
 
+/** The Karras schedule, rho = 7, from 80 to 0.002 in n points, then 0: worked out here, not taken from src. */
+function karras(n: number): number[] {
+  const hi = 80 ** (1 / 7);
+  const lo = 0.002 ** (1 / 7);
+  return [...Array.from({ length: n }, (_, i) => (hi + (i / (n - 1)) * (lo - hi)) ** 7), 0];
+}
+
 describe('FK steering', () => {
-  const SIGMAS = karrasSigmas(10, SIGMA_MIN, SIGMA_MAX);
-
-  /** Checks a segment's new ops walk the schedule from sigmas[from] to sigmas[to] with ancestral Euler steps. */
-  function assertAncestral(ops: Op[], from: number, to: number): void {
-    let sigma = SIGMAS[from];
-    let step = from;
-    let solves = 0;
-    for (const op of ops) {
-      if ('solve' in op) {
-        assert.equal(op.solve.sigmaFrom, sigma);
-        assert.equal(op.solve.solver, 'euler');
-        assert.equal(op.solve.steps, 1);
-        assert.ok(op.solve.sigmaTo <= SIGMAS[step + 1] + 1e-12);
-        sigma = op.solve.sigmaTo;
-        solves++;
-        step++;
-        if (sigma === SIGMAS[step]) continue; // a deterministic step
-      } else {
-        assert.equal(op.renoise.sigmaFrom, sigma, 'a renoise follows the Euler step to sigma_down');
-        assert.ok(op.renoise.sigmaTo > op.renoise.sigmaFrom);
-        assert.equal(op.renoise.sigmaTo, SIGMAS[step]);
-        sigma = op.renoise.sigmaTo;
-      }
-    }
-    assert.equal(solves, to - from, 'one Euler step per schedule step');
-    assert.equal(sigma, SIGMAS[to]);
-  }
-
-  it('extends every particle by resampleEvery ancestral steps of the Karras schedule, down to sigma = 0', () => {
-    assert.equal(SIGMAS.length, 11);
-    assert.equal(SIGMAS[0], SIGMA_MAX);
-    assert.equal(SIGMAS[9], SIGMA_MIN);
-    assert.equal(SIGMAS[10], 0);
+  it('extends every particle by one euler_ancestral op of resampleEvery steps a segment, down to sigma = 0', () => {
+    const sigmas = karras(10);
     const log: RoundLog[] = [];
     const done = result({ name: 'fk', k: 4, resampleEvery: 3 }, {}, { log });
     const rounds = searchRounds(log);
@@ -404,85 +249,130 @@ describe('FK steering', () => {
     assert.equal(rounds.length, bounds.length);
     rounds.forEach((round, r) => {
       assert.equal(round.candidates.length, 4);
-      for (const [i, c] of round.candidates.entries()) {
-        assert.equal(c.id, `fk-${r}-${i}`);
-        if (r === 0) assert.equal(c.lineage.noise.seed, deriveSeed(7, SeedStream.fkNoise, i));
+      for (const [slot, c] of round.candidates.entries()) {
+        assert.equal(c.id, `fk-${r}-${slot}`);
+        assert.equal(c.lineage.ops.length, 1, 'one op a segment');
+        const op = (c.lineage.ops[0] as Extract<Op, { solve: unknown }>).solve;
+        const [from, to] = bounds[r];
+        assert.ok(Math.abs(op.sigmaFrom - sigmas[from]) <= 1e-12 * sigmas[from]);
+        assert.ok(Math.abs(op.sigmaTo - sigmas[to]) <= 1e-12 * sigmas[from]);
+        assert.equal(op.solver, 'euler_ancestral');
+        assert.equal(op.steps, to - from);
+        assert.equal(op.seed, deriveSeed(7, SeedStream.fkStep, r, slot));
+        assert.equal(c.scoreXpred, sigmas[to] > 0);
         if (r === 0) {
-          assert.equal(c.paidOps ?? 0, 0);
+          assert.equal(c.base, undefined);
+          assert.equal(c.lineage.noise.seed, deriveSeed(7, SeedStream.fkNoise, slot));
         } else {
-          const prefix = JSON.stringify(c.lineage.ops.slice(0, c.paidOps));
-          assert.ok(rounds[r - 1].candidates.some((p) => JSON.stringify(p.lineage.ops) === prefix), 'extends a particle of the previous segment');
+          // The parent state by key, flagged as x-predicted: its reward's denoiser call is the next step's.
+          assert.equal(c.base?.xpred, true);
+          const parents = rounds[r - 1].candidates.map((p) => rounds[r - 1].outcomes.get(p.id)!.key);
+          assert.ok(parents.includes(c.base!.key), 'extends a particle of the previous segment');
+          assert.equal(round.lineages.get(c.id)!.ops.length, r + 1);
         }
-        assertAncestral(c.lineage.ops.slice(c.paidOps ?? 0), bounds[r][0], bounds[r][1]);
-        assert.equal(c.scoreXpred, SIGMAS[bounds[r][1]] > 0);
       }
     });
-    assert.equal(lastSigma(rounds[3].candidates[0].lineage, SIGMA_MAX), 0);
     assert.ok(!log.some((r) => r.phase === 'final'), 'the winner is a finished sample');
+    assert.equal(done.best.lineage.ops.length, 4);
     assert.ok(Number.isFinite(done.best.searchScore));
   });
 
-  it('counts K * steps + K per resampling point above sigma = 0, as fkCost does', () => {
+  it('counts k * steps: the reward x-prediction at a resampling point is the next step, charged once', () => {
+    // k = 4, every 3 of 10 steps: segments [0,3) [3,6) [6,9) [9,10). Per particle: 3 + 1 (x-pred), then
+    // 3 - 1 (reused) + 1, 3 - 1 + 1, 1 - 1 = 4 + 3 + 3 + 0 = 10 = steps.
     const cases = [
-      { k: 4, resampleEvery: 3, steps: 10, expected: 4 * 10 + 4 * 3 },
-      { k: 8, resampleEvery: 2, steps: 10, expected: 8 * 10 + 8 * 4 },
-      { k: 3, resampleEvery: 1, steps: 5, expected: 3 * 5 + 3 * 4 },
-      { k: 5, resampleEvery: 20, steps: 10, expected: 5 * 10 },
+      { k: 4, resampleEvery: 3, steps: 10, expected: 40 },
+      { k: 8, resampleEvery: 2, steps: 10, expected: 80 },
+      { k: 3, resampleEvery: 1, steps: 5, expected: 15 },
+      { k: 5, resampleEvery: 20, steps: 10, expected: 50 },
     ];
     for (const { k, resampleEvery, steps, expected } of cases) {
-      const run = createRun(spec({ name: 'fk', k, resampleEvery }, { searchSampler: { steps } }), MODEL);
-      assert.equal(fkCost(run.plan, { k, resampleEvery, lambda: 10, potential: 'max', resampling: 'adaptive' }), expected);
-      const done = drive(run).result!;
-      assert.deepEqual(done.nfe, { search: expected, final: 0, total: expected, executed: expected }, `k ${k} every ${resampleEvery} of ${steps}`);
+      const done = result({ name: 'fk', k, resampleEvery }, { searchSampler: { steps } });
+      assert.deepEqual({ ...done.nfe, executed: 0 }, { search: expected, final: 0, total: expected, executed: 0, failed: 0 }, `k ${k} every ${resampleEvery} of ${steps}`);
     }
-    assertRefused({ name: 'fk', k: 4, resampleEvery: 3 }, /^budget: 51 NFEs cannot pay for FK steering with k = 4 particles over 10 steps, which costs 52 NFEs/, { budgetNfe: 51 });
+    assertRefused({ name: 'fk', k: 4, resampleEvery: 3 }, /^budget: 39 NFEs cannot pay for FK steering with k = 4 particles over 10 steps, which costs 40 NFEs/, { budgetNfe: 39 });
   });
 
   it('resampling hands the high-reward particles to the next segment', () => {
     const favoured = new Set([0, 1].map((i) => deriveSeed(7, SeedStream.fkNoise, i)));
-    const scorer: Scorer = (c) => (favoured.has(c.lineage.noise.seed) ? 1 : 0);
+    const scorer: Scorer = (lineage) => (favoured.has(lineage.noise.seed) ? 1 : 0);
     for (const resampling of ['multinomial', 'adaptive'] as const) {
       const log: RoundLog[] = [];
       const run = drive(createRun(spec({ name: 'fk', k: 6, lambda: 50, resampling, resampleEvery: 3 }), MODEL), { log, scorer });
       const rounds = searchRounds(log);
-      const firstOps = new Map(rounds[0].candidates.map((c) => [c.lineage.noise.seed, JSON.stringify(c.lineage.ops)]));
+      const favouredKeys = new Set(rounds[0].candidates.filter((c) => favoured.has(c.lineage.noise.seed)).map((c) => rounds[0].outcomes.get(c.id)!.key));
       for (const c of rounds[1].candidates) {
-        assert.ok(favoured.has(c.lineage.noise.seed), `${resampling}: particle ${c.id} descends from an unfavoured particle`);
-        assert.equal(JSON.stringify(c.lineage.ops.slice(0, c.paidOps)), firstOps.get(c.lineage.noise.seed), 'shares the favoured lineage as its prefix');
+        assert.ok(favouredKeys.has(c.base!.key), `${resampling}: particle ${c.id} descends from an unfavoured particle`);
+        assert.ok(favoured.has(rounds[1].lineages.get(c.id)!.noise.seed));
       }
-      const parents = new Set(rounds[1].candidates.map((c) => JSON.stringify(c.lineage.ops.slice(0, c.paidOps))));
-      assert.ok(parents.size < 6, 'high-reward particles were duplicated');
+      assert.ok(new Set(rounds[1].candidates.map((c) => c.base!.key)).size < 6, 'high-reward particles were duplicated');
       assert.ok(favoured.has(run.result!.best.noise.seed));
       assert.equal(run.result!.best.searchScore, 1);
-      assert.ok((run.algorithmState as { resamplings: number }).resamplings >= 1);
     }
   });
 
-  it('adaptive resampling leaves equal-reward particles alone (ESS = K); multinomial resamples at every point', () => {
+  it('adaptive resampling leaves equal-reward particles alone (ESS = k); multinomial resamples at every point', () => {
     const flat: Scorer = () => 0.5;
     const log: RoundLog[] = [];
-    const adaptive = drive(createRun(spec({ name: 'fk', k: 5, resampling: 'adaptive', resampleEvery: 3 }), MODEL), { log, scorer: flat });
-    assert.equal((adaptive.algorithmState as { resamplings: number }).resamplings, 0);
+    drive(createRun(spec({ name: 'fk', k: 5, resampling: 'adaptive', resampleEvery: 3 }), MODEL), { log, scorer: flat });
     const rounds = searchRounds(log);
     for (let r = 1; r < rounds.length; r++) {
       rounds[r].candidates.forEach((c, i) => {
-        assert.deepEqual(c.lineage.ops.slice(0, c.paidOps), rounds[r - 1].candidates[i].lineage.ops, `particle ${i} keeps its own lineage`);
+        assert.equal(c.base!.key, rounds[r - 1].outcomes.get(rounds[r - 1].candidates[i].id)!.key, `particle ${i} keeps its own lineage`);
       });
     }
     const multinomial = drive(createRun(spec({ name: 'fk', k: 5, resampling: 'multinomial', resampleEvery: 3 }), MODEL), { scorer: flat });
     assert.equal((multinomial.algorithmState as { resamplings: number }).resamplings, 3);
   });
 
-  it('runs every potential and refuses an unknown one', () => {
-    for (const potential of ['max', 'difference', 'sum'] as const) {
-      const done = result({ name: 'fk', k: 4, potential, resampling: 'multinomial' });
-      assert.equal(done.nfe.total, 4 * 10 + 4 * 4, potential);
-      assert.ok(done.best.searchScore >= 0 && done.best.searchScore < 1, potential);
-    }
+  it('computes each potential from the rewards so far, worked out by hand', () => {
+    // Rewards 0.2, then 0.5, then 0.3, with lambda = 2.
+    let summary = summarize(null, 0.2);
+    assert.equal(logPotential('max', 2, summary), 0.4);
+    assert.equal(logPotential('sum', 2, summary), 0.4);
+    assert.equal(logPotential('difference', 2, summary), 0.4, 'the first difference is against 0');
+    summary = summarize(summary, 0.5);
+    assert.equal(logPotential('max', 2, summary), 1.0);
+    assert.ok(Math.abs(logPotential('sum', 2, summary) - 1.4) < 1e-12);
+    assert.ok(Math.abs(logPotential('difference', 2, summary) - 0.6) < 1e-12);
+    summary = summarize(summary, 0.3);
+    assert.equal(logPotential('max', 2, summary), 1.0, 'max keeps the best reward, not the last');
+    assert.ok(Math.abs(logPotential('sum', 2, summary) - 2.0) < 1e-12);
+    assert.ok(Math.abs(logPotential('difference', 2, summary) - -0.4) < 1e-12, 'a falling reward gives a negative difference');
+  });
+
+  it('normalizes weights, measures the effective sample size and resamples by inversion, worked out by hand', () => {
+    // log weights ln 1, ln 3: weights 1/4, 3/4; ESS = 1 / (1/16 + 9/16) = 1.6.
+    const weights = normalizedWeights([0, Math.log(3)]);
+    assert.ok(Math.abs(weights[0] - 0.25) < 1e-12 && Math.abs(weights[1] - 0.75) < 1e-12);
+    assert.ok(Math.abs(effectiveSampleSize(weights) - 1.6) < 1e-12);
+    assert.ok(Math.abs(effectiveSampleSize([0.25, 0.25, 0.25, 0.25]) - 4) < 1e-12);
+    // Cumulative 0.125, 0.375, 1 (exact in binary): u < 0.125 -> 0; 0.125 <= u < 0.375 -> 1; else 2.
+    assert.deepEqual(multinomialIndices([0.125, 0.25, 0.625], [0.1, 0.125, 0.374, 0.375, 0.99]), [0, 1, 1, 2, 2]);
+    // Large log weights do not overflow: only differences matter.
+    const big = normalizedWeights([1000, 1000 + Math.log(3)]);
+    assert.ok(Math.abs(big[1] - 0.75) < 1e-12);
+  });
+
+  it('adaptive resampling fires exactly when the ESS falls below k / 2', () => {
+    // Two particles with max potential, lambda = 1: rewards r and 0 give weights e^r : 1, and
+    // ESS = (1 + e^r)^2 / (1 + e^2r), which is below 1 (= k / 2) for no finite r, so two particles never
+    // resample; four particles with one favoured: ESS = (3 + e^r)^2 / (3 + e^2r) < 2 exactly when
+    // e^2r - 6 e^r - 3 > 0, i.e. e^r > 3 + sqrt(12) = 6.46.
+    const favouredSeed = deriveSeed(7, SeedStream.fkNoise, 0);
+    const run = (lambda: number, k: number) =>
+      (drive(createRun(spec({ name: 'fk', k, lambda, resampling: 'adaptive', resampleEvery: 5 }), MODEL), { scorer: (l) => (l.noise.seed === favouredSeed ? 1 : 0) }).algorithmState as { resamplings: number }).resamplings;
+    assert.equal(run(50, 2), 0);
+    assert.equal(run(1.8, 4), 0, 'e^1.8 = 6.05: ESS 2.07 >= 2');
+    assert.equal(run(2.0, 4), 1, 'e^2 = 7.39: ESS 1.87 < 2');
+  });
+
+  it('refuses an unknown potential or resampling, and a model without an ancestral solver', () => {
     assertRefused({ name: 'fk', potential: 'min' as never }, /^potential: "min" is not one of max, difference, sum/);
     assertRefused({ name: 'fk', resampling: 'systematic' as never }, /^resampling: "systematic" is not one of multinomial, adaptive/);
     assertRefused({ name: 'fk', k: 0 }, /^k: 0 must be a whole number of at least 1/);
     assertRefused({ name: 'fk', lambda: -1 }, /^lambda: -1 must be a finite number >= 0/);
+    assertRefused({ name: 'fk', k: 2 }, /fk steers an euler_ancestral sampler, which model gmm does not offer/, {}, { ...MODEL, solvers: ['euler', 'heun'] });
   });
 });
 
@@ -490,9 +380,9 @@ describe('verifier ensembles', () => {
   it('random search picks the best mean rank and reports every verifier score', () => {
     const log: RoundLog[] = [];
     const done = result({ name: 'random', n: 30 }, { verifiers: ['a', 'b'] }, { log });
-    const round = searchRounds(log);
-    const candidates = round.flatMap((r) => r.candidates);
-    const outcomes = new Map(round.flatMap((r) => [...r.outcomes]));
+    const rounds = searchRounds(log);
+    const candidates = rounds.flatMap((r) => r.candidates);
+    const outcomes = new Map(rounds.flatMap((r) => [...r.outcomes]));
     const ranksA = averagedRanks(candidates.map((c) => outcomes.get(c.id)!.scores.a));
     const ranksB = averagedRanks(candidates.map((c) => outcomes.get(c.id)!.scores.b));
     const mean = ranksA.map((r, i) => (r + ranksB[i]) / 2);
@@ -500,38 +390,52 @@ describe('verifier ensembles', () => {
     assert.equal(done.best.candidateId, candidates[winner].id);
     assert.equal(done.best.searchScore, mean[winner]);
     assert.equal(done.best.score, mean[winner], 'with an ensemble the score is the mean rank');
-    assert.deepEqual(Object.keys(done.best.scores).sort(), ['a', 'b']);
     assert.deepEqual(done.best.scores, outcomes.get(candidates[winner].id)!.scores, 'the final generation of the winner scores as it did');
     assert.deepEqual(Object.keys(done.verifierCosts).sort(), ['a', 'b']);
-    // The fake verifiers disagree, so the mean rank is not just either one's best.
-    const bestA = ranksA.indexOf(30);
-    const bestB = ranksB.indexOf(30);
-    assert.ok(bestA !== bestB, 'the two fake verifiers should disagree on the best');
+    assert.notEqual(ranksA.indexOf(30), ranksB.indexOf(30), 'the two fake verifiers should disagree on the best');
   });
 });
 
 describe('determinism', () => {
-  const algorithms: Array<[AlgorithmSpec, number]> = [
-    [{ name: 'random', roundSize: 5 }, 1000],
-    [{ name: 'zero-order', n: 3, t: 0.7, restart: true }, 1000],
-    [{ name: 'paths', n: 3, m: 4 }, 1000],
-    [{ name: 'fk', k: 6, resampling: 'multinomial', potential: 'difference' }, 1000],
-    [{ name: 'fk', k: 6, resampling: 'adaptive', lambda: 30 }, 1000],
+  const algorithms: AlgorithmSpec[] = [
+    { name: 'random', roundSize: 5 },
+    { name: 'zero-order', n: 3, t: 0.7, restart: true },
+    { name: 'paths', n: 3, m: 4 },
+    { name: 'fk', k: 6, resampling: 'multinomial', potential: 'difference' },
+    { name: 'fk', k: 6, resampling: 'adaptive', lambda: 30 },
   ];
-  for (const [algorithm, budgetNfe] of algorithms) {
-    it(`${JSON.stringify(algorithm)}: the same best and NFEs whatever the batch size and outcome order`, () => {
-      const reference = result(algorithm, { budgetNfe });
+  for (const algorithm of algorithms) {
+    it(`${JSON.stringify(algorithm)}: the same best and NFEs whatever the batch size, outcome order or server restarts`, () => {
+      const reference = result(algorithm);
+      const same = (again: ReturnType<typeof result>, what: string) => {
+        assert.deepEqual(again.best, { ...reference.best, key: again.best.key }, what);
+        assert.deepEqual(again.nfe, reference.nfe, what);
+        assert.equal(again.candidates, reference.candidates, what);
+      };
       for (const maxBatch of [1, 3, 64]) {
-        for (const order of ['as-is', 'reversed', 'shuffled'] as const) {
-          const again = result(algorithm, { budgetNfe }, { order }, { ...MODEL, maxBatch });
-          assert.deepEqual(again.best, reference.best, `maxBatch ${maxBatch}, ${order}`);
-          assert.deepEqual(again.nfe, reference.nfe, `maxBatch ${maxBatch}, ${order}`);
-          assert.equal(again.candidates, reference.candidates);
-        }
+        for (const order of ['as-is', 'reversed', 'shuffled'] as const) same(result(algorithm, {}, { order }, { ...MODEL, maxBatch }), `maxBatch ${maxBatch}, ${order}`);
       }
-      assert.notDeepEqual(result(algorithm, { budgetNfe, seed: 8 }).best, reference.best, 'another seed gives another search');
+      const log: RoundLog[] = [];
+      same(result(algorithm, {}, { log, restartBefore: (i) => i % 2 === 0 }), 'a server that restarts every other round');
+      if (algorithm.name !== 'random') assert.ok(log.some((r) => r.resend), 'lost bases were sent again whole');
+      assert.notDeepEqual(result(algorithm, { seed: 8 }).best, reference.best, 'another seed gives another search');
     });
   }
+
+  it('sends a lost base again with the whole lineage, rebuilt from the recipe, and only the candidates that lost it', () => {
+    const log: RoundLog[] = [];
+    result({ name: 'fk', k: 4, resampleEvery: 2 }, {}, { log, restartBefore: (i) => i === 2 });
+    const resend = log.find((r) => r.resend)!;
+    const lost = log[log.indexOf(resend) - 1];
+    assert.ok([...lost.outcomes.values()].every((o) => o.error?.code === 'NOT_FOUND'));
+    const sent = resend.batches.flatMap((b) => b.candidates);
+    assert.equal(sent.length, 4);
+    for (const c of sent) {
+      assert.equal(c.base, undefined, 'no base: the whole lineage');
+      assert.equal(c.lineage.ops.length, 2, 'noise, segment 0 and segment 1: the whole lineage of a particle in its second segment');
+      assert.deepEqual(c.lineage.noise.perturbations, []);
+    }
+  });
 });
 
 describe('stop and budget changes', () => {
@@ -542,10 +446,10 @@ describe('stop and budget changes', () => {
     assert.equal(rounds.length, 2);
     assert.equal(done.stopped, true);
     assert.equal(done.candidates, 8);
-    assert.deepEqual(done.nfe, { search: 8 * GEN, final: GEN, total: 9 * GEN, executed: 9 * GEN });
-    const all = rounds.flatMap((r) => r.candidates.map((c) => ({ c, s: score(r, c.id) })));
+    assert.deepEqual({ ...done.nfe, executed: 0 }, { search: 8 * GEN, final: GEN, total: 9 * GEN, executed: 0, failed: 0 });
+    const all = rounds.flatMap((r) => r.candidates.map((c) => ({ id: c.id, s: score(r, c.id) })));
     const best = all.reduce((a, b) => (b.s > a.s ? b : a));
-    assert.equal(done.best.candidateId, best.c.id);
+    assert.equal(done.best.candidateId, best.id);
     assert.equal(done.best.searchScore, best.s);
     assert.equal(result({ name: 'random', roundSize: 4 }, { budgetNfe: 2000 }).stopped, false);
   });
@@ -561,41 +465,64 @@ describe('stop and budget changes', () => {
     assert.ok(raised.best.searchScore >= plain.best.searchScore);
   });
 
-  it(
-    'setBudget raises the budget of a random search without n, which then evaluates more candidates',
-    () => {
-      const raised = result({ name: 'random', roundSize: 2 }, { budgetNfe: 200 }, { during: (run, round) => (round === 1 ? setBudget(run, 2000) : run) });
-      assert.equal(raised.candidates, Math.floor((2000 - GEN) / GEN));
-    },
-  );
+  it('setBudget raises the budget of a random search without n, which then evaluates more candidates', () => {
+    const raised = result({ name: 'random', roundSize: 2 }, { budgetNfe: 200 }, { during: (run, round) => (round === 1 ? setBudget(run, 2000) : run) });
+    assert.equal(raised.candidates, Math.floor((2000 - GEN) / GEN));
+  });
 
   it('budgetRefusal refuses a budget below what is spent or committed, and anything after the end', () => {
+    const server = new FakeServer({ scorer: () => 0.5 });
     let run = createRun(spec({ name: 'random', roundSize: 4 }, { budgetNfe: 1000 }), MODEL);
     const first = startRound(run);
-    run = finishRound(first.run, first.batches.map(evaluator()));
+    run = finishRound(first.run, first.batches.map((b) => server.evaluate(b)));
     const second = startRound(run);
-    // 4 spent, 4 in flight, the final generation reserved.
-    const floor = 4 * GEN + 4 * GEN + GEN;
-    assert.equal(budgetRefusal(second.run, floor), null);
-    assert.match(budgetRefusal(second.run, floor - 1)!, new RegExp(`^budget: ${floor - 1} NFEs is below what is spent or committed \\(${floor} NFEs, the final generation included\\)`));
-    assert.throws(() => setBudget(second.run, floor - 1), (error: SpecError) => error instanceof SpecError && /below what is spent/.test(error.problems[0]));
+    // 4 candidates spent (4 * 19), 4 in flight (4 * 19), the final generation reserved (19): 171.
+    assert.equal(budgetRefusal(second.run, 171), null);
+    assert.match(budgetRefusal(second.run, 170)!, /^budget: 170 NFEs is below what is spent or committed \(171 NFEs, the final generation included\)/);
+    assert.throws(() => setBudget(second.run, 170), (error: SpecError) => error instanceof SpecError && /below what is spent/.test(error.problems[0]));
     assert.match(budgetRefusal(second.run, 1.5)!, /^budget: 1\.5 must be a whole number of NFEs/);
     assert.match(budgetRefusal(second.run, 0)!, /^budget: 0 must be a whole number/);
-    const lowered = setBudget(second.run, floor);
-    const done = drive(finishRound(lowered, second.batches.map(evaluator())));
+    const lowered = setBudget(second.run, 171);
+    const done = drive(finishRound(lowered, second.batches.map((b) => server.evaluate(b))), { server });
     assert.equal(done.result!.candidates, 8);
-    assert.equal(done.result!.nfe.total, floor);
+    assert.equal(done.result!.nfe.total, 171);
     assert.match(budgetRefusal(done, 5000)!, /^budget: the search is already done/);
   });
 
-  for (const algorithm of [{ name: 'paths', n: 2, m: 3 }, { name: 'fk', k: 4 }] as AlgorithmSpec[]) {
-    it(
-      `${algorithm.name}: a budget lowered to what is spent is never exceeded`,
-      () => {
-        const done = result(algorithm, { budgetNfe: 1000 }, { during: (run, round) => (round === 2 ? setBudget(run, budgetRefusalFloor(run)) : run) });
-        assert.ok(done.nfe.total <= done.budget.nfe, `spent ${done.nfe.total} of a budget of ${done.budget.nfe}`);
-      },
-    );
+  it('budgetRefusal counts the final generation once while it is in flight', () => {
+    const server = new FakeServer({ scorer: () => 0.5 });
+    let run = createRun(spec({ name: 'random', n: 3 }, { budgetNfe: 1000 }), MODEL);
+    const search = startRound(run);
+    run = finishRound(search.run, search.batches.map((b) => server.evaluate(b)));
+    const final = startRound(run);
+    assert.equal(final.run.phase, 'final');
+    // 3 candidates (57) and the final generation in flight (19): 76 is exactly what the search costs.
+    assert.equal(budgetRefusal(final.run, 76), null);
+    assert.match(budgetRefusal(final.run, 75)!, /\(76 NFEs/);
+    const done = finishRound(setBudget(final.run, 76), final.batches.map((b) => server.evaluate(b)));
+    assert.equal(done.result!.nfe.total, 76);
+  });
+
+  // Paths and FK keep one NFE to finish a state above sigma = 0 with an Euler step.
+  const floors: Array<[AlgorithmSpec, number]> = [
+    // Paths-2, M = 3: round 1 (initial, 2 * 20 = 40) spent, round 2 (2 * 3 * 3 = 18) in flight, 1 to finish.
+    [{ name: 'paths', n: 2, m: 3 }, 40 + 18 + 1],
+    // FK k = 4 every 2 of 10 steps: segment 0 (4 * (2 + 1) = 12) spent, segment 1 (4 * 2 = 8) in flight, 1 to finish.
+    [{ name: 'fk', k: 4, resampleEvery: 2 }, 12 + 8 + 1],
+  ];
+  for (const [algorithm, floor] of floors) {
+    it(`${algorithm.name}: a budget lowered to what is committed (${floor} NFEs, counted by hand) is taken and never exceeded`, () => {
+      const done = result(algorithm, { budgetNfe: 1000 }, {
+        during: (run, round) => {
+          if (round !== 2) return run;
+          assert.match(budgetRefusal(run, floor - 1)!, new RegExp(`\\(${floor} NFEs`));
+          return setBudget(run, floor);
+        },
+      });
+      assert.equal(done.budget.nfe, floor);
+      assert.equal(done.stopped, true);
+      assert.ok(done.nfe.total <= floor, `spent ${done.nfe.total} of a budget of ${floor}`);
+    });
   }
 
   it('a paths search stopped during its first (unverified) round says so, without blaming failed candidates', () => {
@@ -606,7 +533,27 @@ describe('stop and budget changes', () => {
   });
 });
 
-/** The lowest budget budgetRefusal accepts for a run with a round in flight (paths and FK keep 1 NFE to finish). */
-function budgetRefusalFloor(run: RunState): number {
-  return run.nfeSearch + run.inFlight.reduce((sum, c) => sum + candidateNfe(c, SIGMA_MAX), 0) + Math.max(run.plan.finalNfe, 1);
-}
+describe('what a verifier needs, refused before anything is spent', () => {
+  const SELFSUP = gmmModelInfo({ rho: 7, defaultSteps: 10, defaultSolver: 'heun' });
+  const withSelfsup = (overrides = {}) => ({ verifiers: ['gmm-selfsup'], condition: { classLabel: 3 }, ...overrides });
+
+  it('refuses FK steering with a self-supervised verifier: its first rewards come long before sigma 0.4', () => {
+    // Karras, 10 steps, rho 7: sigma_1 = 45.8, so the first resampling point (after 2 steps, at sigma_2)
+    // has only stepped from 80 and 45.8.
+    const sigmas = karras(10);
+    assert.ok(sigmas[1] > 40 && sigmas[1] < 50);
+    assertRefused({ name: 'fk', k: 4 }, /^verifier: gmm-selfsup compares the sample with the denoiser's x-prediction at sigma <= 0\.4, but fk scores its first candidates at sigma \d+(\.\d+)? after stepping only down to sigma 4\d\.\d+; use a verifier without one \(gmm-oracle, gmm-classifier\)/, withSelfsup(), SELFSUP);
+  });
+
+  it('refuses a one-step sampler with it (the only step starts at sigma_max) and takes a two-step one', () => {
+    assertRefused({ name: 'random' }, /verifier: gmm-selfsup .* random scores its candidates after stepping only down to sigma 80/, withSelfsup({ searchSampler: { steps: 1 } }), SELFSUP);
+    assert.doesNotThrow(() => createRun(spec({ name: 'random' }, withSelfsup({ searchSampler: { steps: 2 } })), SELFSUP));
+  });
+
+  it('takes paths, zero-order and random search with it, and FK with a verifier that needs no x-prediction', () => {
+    for (const algorithm of [{ name: 'paths' }, { name: 'zero-order' }, { name: 'random' }] as AlgorithmSpec[]) {
+      assert.doesNotThrow(() => createRun(spec(algorithm, withSelfsup()), SELFSUP), algorithm.name);
+    }
+    assert.doesNotThrow(() => createRun(spec({ name: 'fk', k: 4 }, { verifiers: ['gmm-oracle'], condition: { classLabel: 3 } }), SELFSUP));
+  });
+});

@@ -7,7 +7,8 @@ export function gmmModelInfo(overrides: Partial<ModelInfo> = {}): ModelInfo {
     latentShape: [16],
     sigmaMin: 0.002,
     sigmaMax: 80,
-    solvers: ['euler', 'heun'],
+    rho: 7,
+    solvers: ['euler', 'heun', 'euler_ancestral'],
     maxBatch: 64,
     maxConcurrency: 8,
     verifiers: [

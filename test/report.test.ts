@@ -96,7 +96,7 @@ function syntheticInput(): { campaign: CampaignRecord; searches: SearchRecord[];
               condition: spec.condition,
               seed,
               budget: { nfe: budgetNfe },
-              nfe: { search: nfeSearch, final: nfeFinal, total: nfeTotal, executed: nfeExecuted },
+              nfe: { search: nfeSearch, final: nfeFinal, total: nfeTotal, executed: nfeExecuted, failed: 0 },
               best: {
                 score: evaluation[verifiers[0]],
                 scores: evaluation,
@@ -107,6 +107,7 @@ function syntheticInput(): { campaign: CampaignRecord; searches: SearchRecord[];
                   noise: { seed: seed * 1000 + 7, perturbations: [] },
                   ops: [{ solve: { sigmaFrom: 80, sigmaTo: 0, solver: 'heun', steps: 10 } }],
                 },
+                key: '',
               },
               candidates: Math.round(nfeSearch / 19),
               failedCandidates: 0,

@@ -24,7 +24,7 @@ function result(seed: number, score: number): SearchResult {
     condition: { classLabel: 3, prompt: PROMPT, guidanceScale: 0.1 + 0.2 },
     seed,
     budget: { nfe: 400 },
-    nfe: { search: 380, final: 19, total: 399, executed: 399 },
+    nfe: { search: 380, final: 19, total: 399, executed: 399, failed: 19 },
     best: {
       score,
       scores: { 'gmm-classifier': score, clip: -1e-300 },
@@ -32,6 +32,7 @@ function result(seed: number, score: number): SearchResult {
       noise: { seed: 2 ** 53 - 1, perturbations: [] },
       candidateId: 'r0-c7',
       lineage: { noise: { seed: 2 ** 53 - 1, perturbations: [] }, ops: [{ solve: { sigmaFrom: 80, sigmaTo: 0.5, solver: 'heun', steps: 10 } }] },
+      key: 'AAECAwQFBgcICQoLDA0ODw',
     },
     candidates: 20,
     failedCandidates: 0,

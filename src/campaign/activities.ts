@@ -7,7 +7,8 @@ import * as path from 'node:path';
 import { classified } from '../activities';
 import type { Fleet } from '../fleet/client';
 import { samplePicture } from '../report/report';
-import type { SearchResult } from '../search/run';
+import { BASE_MISSING, type SearchResult } from '../search/run';
+import type { BatchRequest, CandidateOutcome, WireCandidate } from '../search/types';
 import { openStore } from '../store';
 import type { ResultsStore, SearchRecord, StoreConfig } from '../store/types';
 import { canonicalJson } from './hash';
@@ -49,6 +50,25 @@ function baseRecord(campaignId: string, item: CampaignItem, wallSeconds: number)
   };
 }
 
+/**
+ * The final sample, scored by the evaluation verifiers: by its key while a server holds it (no NFE), else
+ * recomputed from its whole lineage.
+ */
+async function evaluateFinalSample(fleet: Fleet, campaign: FinishedSearch['campaign'], item: CampaignItem, result: SearchResult): Promise<CandidateOutcome> {
+  const request = (candidate: WireCandidate): BatchRequest => ({
+    model: campaign.model,
+    condition: item.spec.condition,
+    verifiers: campaign.evaluation,
+    candidates: [candidate],
+    returnSamples: true,
+  });
+  if (result.best.key) {
+    const byKey = await fleet.evaluate(request({ id: 'evaluation', base: { key: result.best.key }, lineage: { noise: { seed: 0, perturbations: [] }, ops: [] }, scoreXpred: false }));
+    if (byKey.outcomes[0].error?.code !== BASE_MISSING) return byKey.outcomes[0];
+  }
+  return (await fleet.evaluate(request({ id: 'evaluation', lineage: result.best.lineage, scoreXpred: false }))).outcomes[0];
+}
+
 export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
   const stores = new Map<string, Promise<ResultsStore>>();
   const storeFor = (config: StoreConfig): Promise<ResultsStore> => {
@@ -69,14 +89,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
 
     /** Scores the final sample with the evaluation verifiers, saves its picture, and writes the search. */
     recordSearch: classified(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
-      const evaluated = await fleet.evaluate({
-        model: campaign.model,
-        condition: item.spec.condition,
-        verifiers: campaign.evaluation,
-        candidates: [{ id: 'evaluation', lineage: result.best.lineage, scoreXpred: false }],
-        returnSamples: true,
-      });
-      const outcome = evaluated.outcomes[0];
+      const outcome = await evaluateFinalSample(fleet, campaign, item, result);
       if (outcome.error) throw new Error(`evaluating the final sample failed: ${outcome.error.code}: ${outcome.error.message}`);
       const sample = outcome.sample ?? [];
       const file = pictureFile(campaign.folder, item.workflowId);

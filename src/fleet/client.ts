@@ -4,13 +4,16 @@
 import { readFileSync, existsSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import pLimit from 'p-limit';
+import { opsNfe } from '../search/nfe';
 import type { BatchOutcome, BatchRequest, CandidateOutcome, Condition, ModelInfo, PopulationMetrics } from '../search/types';
 import { classifyGrpcError, FleetError } from './errors';
 import { services } from './proto';
 
 export interface FleetOptions {
-  /** Deadline of one Evaluate call. */
+  /** Deadline of one Evaluate call, before what its NFEs add (`msPerNfe`). */
   callDeadlineMs?: number;
+  /** What each logical NFE of a batch adds to its deadline, so a big batch on a slow model is not cut short. */
+  msPerNfe?: number;
   /** Deadline of health checks and Describe calls. */
   probeDeadlineMs?: number;
   /** How soon an endpoint that failed is probed again. */
@@ -64,13 +67,22 @@ export function parseFleet(value: string): string[] {
   return addresses;
 }
 
-function unary<Req, Res>(client: grpc.Client, method: string, request: Req, deadlineMs: number, signal?: AbortSignal): Promise<Res> {
+/** One call with a deadline; an abort signal cancels it, and its listener goes when the call ends. */
+export function unary<Req, Res>(client: grpc.Client, method: string, request: Req, deadlineMs: number, signal?: AbortSignal): Promise<Res> {
   return new Promise((resolve, reject) => {
-    const call = (client as any)[method](request, { deadline: Date.now() + deadlineMs }, (error: grpc.ServiceError | null, response: Res) =>
-      error ? reject(error) : resolve(response),
-    );
-    signal?.addEventListener('abort', () => call.cancel(), { once: true });
+    const cancel = () => call.cancel();
+    const call = (client as any)[method](request, { deadline: Date.now() + deadlineMs }, (error: grpc.ServiceError | null, response: Res) => {
+      signal?.removeEventListener('abort', cancel);
+      if (error) reject(error);
+      else resolve(response);
+    });
+    signal?.addEventListener('abort', cancel, { once: true });
   });
+}
+
+/** Keys travel as bytes on the wire and as base64url text in outcomes, histories and state. */
+function keyText(bytes: Buffer | Uint8Array | undefined): string | undefined {
+  return bytes && bytes.length > 0 ? Buffer.from(bytes).toString('base64url') : undefined;
 }
 
 export function toModelInfo(d: any): ModelInfo {
@@ -79,6 +91,7 @@ export function toModelInfo(d: any): ModelInfo {
     latentShape: d.latentShape,
     sigmaMin: d.sigmaMin,
     sigmaMax: d.sigmaMax,
+    rho: d.rho,
     solvers: d.solvers.map((s: { name: string }) => s.name),
     maxBatch: d.maxBatch,
     maxConcurrency: d.maxConcurrency,
@@ -90,15 +103,27 @@ export function toModelInfo(d: any): ModelInfo {
   };
 }
 
+function toCondition(condition: Condition): object {
+  const { classLabel, prompt, guidanceScale } = condition;
+  // guidance_scale is optional on the wire: absent means the model's default, and 0 stays 0.
+  return {
+    ...(classLabel !== undefined ? { classLabel } : {}),
+    ...(prompt !== undefined ? { prompt } : {}),
+    ...(guidanceScale !== undefined ? { guidanceScale } : {}),
+  };
+}
+
 function toRequest(batch: BatchRequest): object {
+  const condition = toCondition(batch.condition);
   return {
     model: batch.model,
     verifiers: batch.verifiers,
     returnSamples: batch.returnSamples ?? false,
     candidates: batch.candidates.map((c) => ({
       id: c.id,
-      condition: batch.condition,
+      condition,
       scoreXpred: c.scoreXpred,
+      ...(c.base ? { base: Buffer.from(c.base.key, 'base64url') } : {}),
       lineage: {
         noise: c.lineage.noise,
         ops: c.lineage.ops.map((op) => ('solve' in op ? { solve: { ...op.solve, schedule: 'karras' } } : { renoise: op.renoise })),
@@ -111,17 +136,28 @@ function toOutcome(r: any): CandidateOutcome {
   const outcome: CandidateOutcome = { id: r.id, scores: { ...r.scores }, nfeLogical: r.nfeLogical, nfeExecuted: r.nfeExecuted };
   if (r.error && r.error.code) outcome.error = { code: r.error.code, message: r.error.message };
   if (r.sample && r.sample.length > 0) outcome.sample = r.sample;
+  const key = keyText(r.stateKey);
+  const noiseKey = keyText(r.noiseKey);
+  if (key) outcome.key = key;
+  if (noiseKey) outcome.noiseKey = noiseKey;
   return outcome;
+}
+
+/** Logical NFEs a batch asks of a server at most (its own ops and x-predictions): what its deadline scales with. */
+export function batchNfe(batch: BatchRequest): number {
+  return batch.candidates.reduce((sum, c) => sum + opsNfe(c.lineage.ops) + (c.scoreXpred ? 1 : 0), 0);
 }
 
 export class Fleet {
   private readonly endpoints: Endpoint[];
   private readonly callDeadlineMs: number;
+  private readonly msPerNfe: number;
   private readonly probeDeadlineMs: number;
   private readonly recheckMs: number;
 
   constructor(addresses: string[], options: FleetOptions = {}) {
     this.callDeadlineMs = options.callDeadlineMs ?? 60_000;
+    this.msPerNfe = options.msPerNfe ?? 20;
     this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
     this.recheckMs = options.recheckMs ?? 500;
     const { Denoiser, Verifier, Health } = services();
@@ -222,7 +258,8 @@ export class Fleet {
   /** Evaluates a batch end to end on one server; throws FleetError (classified) on failure. */
   async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
     return this.onEndpoint(batch.model, async (endpoint) => {
-      const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch), this.callDeadlineMs, signal);
+      const deadlineMs = this.callDeadlineMs + this.msPerNfe * batchNfe(batch);
+      const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch), deadlineMs, signal);
       return {
         outcomes: response.results.map(toOutcome),
         verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),

@@ -1,17 +1,11 @@
 // Errors are classified once, here: a gRPC status becomes a FleetError that says whether trying again
 // (on this or another endpoint) can help. Activities turn it into a Temporal failure in one place.
+// Retryable: the server is unreachable, overloaded, out of time or cancelled — waiting can fix it.
+// Everything else is the caller's mistake or a server bug (INTERNAL, UNKNOWN, DATA_LOSS), which the same
+// request would only hit again: it fails at once, with the cause.
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 
-const NON_RETRYABLE = new Set<Status>([
-  Status.INVALID_ARGUMENT,
-  Status.NOT_FOUND,
-  Status.FAILED_PRECONDITION,
-  Status.UNIMPLEMENTED,
-  Status.OUT_OF_RANGE,
-  Status.PERMISSION_DENIED,
-  Status.UNAUTHENTICATED,
-  Status.ALREADY_EXISTS,
-]);
+const RETRYABLE = new Set<Status>([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.CANCELLED]);
 
 export class FleetError extends Error {
   constructor(
@@ -31,8 +25,9 @@ function isServiceError(error: unknown): error is ServiceError {
 export function classifyGrpcError(error: unknown, endpoint: string): FleetError {
   if (error instanceof FleetError) return error;
   if (!isServiceError(error)) {
-    return new FleetError('UNKNOWN', `${endpoint}: ${String((error as Error)?.message ?? error)}`, true);
+    // Not a status from the server: the client itself failed on this request, and would again.
+    return new FleetError('INTERNAL', `${endpoint}: ${String((error as Error)?.message ?? error)}`, false);
   }
   const code = Status[error.code] ?? `CODE_${error.code}`;
-  return new FleetError(code, `${endpoint}: ${code}: ${error.details || error.message}`, !NON_RETRYABLE.has(error.code));
+  return new FleetError(code, `${endpoint}: ${code}: ${error.details || error.message}`, RETRYABLE.has(error.code));
 }

@@ -5,33 +5,39 @@
 // G = exp(lambda * (r_now - r_before)); sum, G = exp(lambda * sum of its rewards). Resampling: multinomial
 // at every resampling point, or adaptive, only when the effective sample size drops below k / 2. At
 // sigma = 0 the best particle wins.
-//
-// The stochastic sampler is Euler-ancestral written as lineage ops: an Euler step sigma_i -> sigma_down,
-// then renoise sigma_down -> sigma_{i+1}, with sigma_up^2 = sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2
-// and sigma_down^2 = sigma_{i+1}^2 - sigma_up^2 (k-diffusion's eta = 1). Schedule: Karras, rho = 7.
+// The stochastic sampler is Euler-ancestral (k-diffusion's eta = 1) on the Karras schedule of the search
+// sampler's steps; each segment between resampling points is one `euler_ancestral` solve op whose noise
+// stream is derived from (seed, segment, particle slot), so a particle's lineage grows by one small op a
+// segment and the state keeps only its slots. The reward's x-prediction at a resampling point is the
+// denoiser call the next Euler step needs, so it is computed once and counted once (the servers reuse it).
 // With an ensemble, a particle's reward is its mean rank among the particles, scaled to [0, 1].
-// Cost: k * steps (one NFE per Euler step) + k per resampling point above sigma = 0 (the x-prediction);
-// k is given, or as many particles as the budget pays for.
+// Cost: k * steps; k is given, or as many particles as the budget pays for.
 import type { Scored, SearchAlgorithm } from './algorithm';
+import { karrasSigmas } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
 import { rankPool, topK } from './selection';
 import { budgetProblems, type FkParams, type FkPotential, type FkResampling, type SearchPlan } from './spec';
-import type { Candidate, Op } from './types';
+import type { Candidate, Lineage, Op } from './types';
 
 /** k has no default: when not given, it is as many particles as the budget pays for. */
 export const FK_DEFAULTS = { lambda: 10, potential: 'max' as FkPotential, resampling: 'adaptive' as FkResampling, resampleEvery: 2 };
 export const FK_POTENTIALS: FkPotential[] = ['max', 'difference', 'sum'];
 export const FK_RESAMPLINGS: FkResampling[] = ['multinomial', 'adaptive'];
-const KARRAS_RHO = 7;
+export const ANCESTRAL_SOLVER = 'euler_ancestral';
 
 type Resolved = Required<Omit<FkParams, 'name'>>;
 
-interface Particle {
-  candidate: Candidate;
-  order: number;
-  scores: Record<string, number>;
-  /** Rewards at each resampling point so far, oldest first. */
-  rewards: number[];
+/** What the potentials need of a particle's rewards so far, kept in constant space. */
+export interface RewardSummary {
+  max: number;
+  sum: number;
+  last: number;
+  /** The reward before the last one; 0 before the second resampling point. */
+  previous: number;
+}
+
+interface Particle extends Scored {
+  rewards: RewardSummary;
 }
 
 export interface FkState {
@@ -39,6 +45,7 @@ export interface FkState {
   /** Index into the schedule of the sigma the particles are at. */
   step: number;
   segment: number;
+  /** Recipes are the particle's slot in each segment so far (the first one also names its noise). */
   particles: Particle[] | null;
   resamplings: number;
   done: boolean;
@@ -56,65 +63,67 @@ function resolve(params: FkParams, plan: SearchPlan): Resolved {
   return resolved;
 }
 
-export function karrasSigmas(steps: number, sigmaMin: number, sigmaMax: number): number[] {
-  const hi = sigmaMax ** (1 / KARRAS_RHO);
-  const lo = sigmaMin ** (1 / KARRAS_RHO);
-  const sigmas = Array.from({ length: steps }, (_, i) => (hi + (steps === 1 ? 0 : i / (steps - 1)) * (lo - hi)) ** KARRAS_RHO);
-  sigmas[0] = sigmaMax;
-  if (steps > 1) sigmas[steps - 1] = sigmaMin;
-  return [...sigmas, 0];
-}
-
 function schedule(plan: SearchPlan): number[] {
-  return karrasSigmas(plan.searchSampler.steps, plan.sigmaMin, plan.sigmaMax);
+  return [...karrasSigmas(plan.searchSampler.steps, plan.sigmaMin, plan.sigmaMax, plan.rho), 0];
 }
 
-function ancestralStep(plan: SearchPlan, from: number, to: number, seed: number): Op[] {
-  if (to === 0) return [{ solve: { sigmaFrom: from, sigmaTo: 0, solver: 'euler', steps: 1 } }];
-  const up = Math.min(to, Math.sqrt((to * to * (from * from - to * to)) / (from * from)));
-  const down = Math.sqrt(to * to - up * up);
-  // A step whose deterministic part would land below sigma_min stays deterministic.
-  if (down < plan.sigmaMin || up === 0) return [{ solve: { sigmaFrom: from, sigmaTo: to, solver: 'euler', steps: 1 } }];
-  return [
-    { solve: { sigmaFrom: from, sigmaTo: down, solver: 'euler', steps: 1 } },
-    { renoise: { sigmaFrom: down, sigmaTo: to, seed } },
-  ];
+/** The schedule index a segment starts at, and the one it ends at (resampleEvery steps, never past sigma = 0). */
+function segmentBounds(plan: SearchPlan, p: Resolved, segment: number): [number, number] {
+  const start = segment * p.resampleEvery;
+  return [start, Math.min(start + p.resampleEvery, plan.searchSampler.steps)];
 }
 
-/** Steps of the segment that starts at `step`: up to resampleEvery, never past sigma = 0. */
-function segmentEnd(plan: SearchPlan, p: Resolved, step: number): number {
-  return Math.min(step + p.resampleEvery, plan.searchSampler.steps);
+function segmentOp(plan: SearchPlan, p: Resolved, sigmas: number[], segment: number, slot: number): Op {
+  const [start, end] = segmentBounds(plan, p, segment);
+  const seed = deriveSeed(plan.spec.seed, SeedStream.fkStep, segment, slot);
+  return { solve: { sigmaFrom: sigmas[start], sigmaTo: sigmas[end], solver: ANCESTRAL_SOLVER, steps: end - start, seed } };
 }
 
-export function fkCost(plan: SearchPlan, p: Resolved): number {
-  const steps = plan.searchSampler.steps;
-  const resamplingPoints = Math.ceil(steps / p.resampleEvery) - 1;
-  return p.k * steps + p.k * resamplingPoints;
+function noiseOf(plan: SearchPlan, slot: number) {
+  return { seed: deriveSeed(plan.spec.seed, SeedStream.fkNoise, slot), perturbations: [] };
 }
 
-function logPotential(p: Resolved, rewards: number[]): number {
-  const now = rewards[rewards.length - 1];
-  if (p.potential === 'max') return p.lambda * Math.max(...rewards);
-  if (p.potential === 'sum') return p.lambda * rewards.reduce((a, b) => a + b, 0);
-  return p.lambda * (now - (rewards.length > 1 ? rewards[rewards.length - 2] : 0));
+/** k Euler steps each: a resampling point's x-prediction is the next step's denoiser call. */
+export function fkCost(plan: SearchPlan, p: Pick<Resolved, 'k'>): number {
+  return p.k * plan.searchSampler.steps;
 }
 
-function normalizedWeights(logWeights: number[]): number[] {
+export function summarize(before: RewardSummary | null, reward: number): RewardSummary {
+  if (!before) return { max: reward, sum: reward, last: reward, previous: 0 };
+  return { max: Math.max(before.max, reward), sum: before.sum + reward, last: reward, previous: before.last };
+}
+
+/** log G: max, lambda * the best reward so far; sum, lambda * their sum; difference, lambda * (r_now - r_before). */
+export function logPotential(potential: FkPotential, lambda: number, rewards: RewardSummary): number {
+  if (potential === 'max') return lambda * rewards.max;
+  if (potential === 'sum') return lambda * rewards.sum;
+  return lambda * (rewards.last - rewards.previous);
+}
+
+export function normalizedWeights(logWeights: number[]): number[] {
   const top = Math.max(...logWeights);
   const w = logWeights.map((l) => Math.exp(l - top));
   const total = w.reduce((a, b) => a + b, 0);
   return w.map((x) => x / total);
 }
 
-/** Multinomial resampling with uniforms derived from the seed: the same particles on every replay. */
-function multinomial(weights: number[], seed: number, segment: number): number[] {
+export function effectiveSampleSize(weights: number[]): number {
+  return 1 / weights.reduce((sum, w) => sum + w * w, 0);
+}
+
+/** Multinomial resampling by inversion: each uniform picks the first particle whose cumulative weight exceeds it. */
+export function multinomialIndices(weights: number[], uniforms: number[]): number[] {
   const cumulative: number[] = [];
   weights.reduce((sum, w, i) => (cumulative[i] = sum + w), 0);
-  return weights.map((_, i) => {
-    const u = deriveSeed(seed, SeedStream.fkResample, segment, i) / 2 ** 53;
+  return uniforms.map((u) => {
     const index = cumulative.findIndex((c) => u < c);
     return index === -1 ? weights.length - 1 : index;
   });
+}
+
+/** Derived from the seed, so a replay resamples the same way. */
+export function resamplingUniforms(seed: number, segment: number, k: number): number[] {
+  return Array.from({ length: k }, (_, i) => deriveSeed(seed, SeedStream.fkResample, segment, i) / 2 ** 53);
 }
 
 export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
@@ -129,6 +138,7 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     if (!(Number.isFinite(p.lambda) && p.lambda >= 0)) problems.push(`lambda: ${p.lambda} must be a finite number >= 0`);
     if (!FK_POTENTIALS.includes(p.potential)) problems.push(`potential: "${p.potential}" is not one of ${FK_POTENTIALS.join(', ')}`);
     if (!FK_RESAMPLINGS.includes(p.resampling)) problems.push(`resampling: "${p.resampling}" is not one of ${FK_RESAMPLINGS.join(', ')}`);
+    if (!plan.solvers.includes(ANCESTRAL_SOLVER)) problems.push(`algorithm: fk steers an ${ANCESTRAL_SOLVER} sampler, which model ${plan.spec.model} does not offer (${plan.solvers.join(', ')})`);
     if (problems.length === 0) problems.push(...budgetProblems(plan, fkCost(plan, p), `FK steering with k = ${p.k} particles over ${plan.searchSampler.steps} steps`));
     return problems;
   },
@@ -141,39 +151,53 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     if (state.done) return null;
     const p = state.params;
     const sigmas = schedule(plan);
-    const end = segmentEnd(plan, p, state.step);
-    const parents: Array<Pick<Particle, 'candidate'> | null> = state.particles ?? Array.from({ length: p.k }, () => null);
-    const candidates = parents.map((parent, i): Candidate => {
-      const noise = parent?.candidate.lineage.noise ?? { seed: deriveSeed(plan.spec.seed, SeedStream.fkNoise, i), perturbations: [] };
-      const ops = [...(parent?.candidate.lineage.ops ?? [])];
-      const paidOps = ops.length;
-      for (let s = state.step; s < end; s++) {
-        ops.push(...ancestralStep(plan, sigmas[s], sigmas[s + 1], deriveSeed(plan.spec.seed, SeedStream.fkStep, s, i, state.segment)));
-      }
-      return { id: `fk-${state.segment}-${i}`, lineage: { noise, ops }, scoreXpred: sigmas[end] > 0, paidOps };
+    const [, end] = segmentBounds(plan, p, state.segment);
+    const scoreXpred = sigmas[end] > 0;
+    // After a failure fewer particles live on: each survivor continues in its slot.
+    const candidates = Array.from({ length: state.particles?.length ?? p.k }, (_, slot): Candidate => {
+      const op = segmentOp(plan, p, sigmas, state.segment, slot);
+      const id = `fk-${state.segment}-${slot}`;
+      const parent = state.particles?.[slot];
+      if (!parent) return { id, lineage: { noise: noiseOf(plan, slot), ops: [op] }, scoreXpred, recipe: [slot] };
+      return {
+        id,
+        base: { key: parent.key, xpred: true },
+        lineage: { noise: { seed: 0, perturbations: [] }, ops: [op] },
+        scoreXpred,
+        recipe: [...(parent.recipe as number[]), slot],
+      };
     });
     return { candidates, verify: true };
   },
 
   observe(state, plan, evaluated) {
     const p = state.params;
-    const end = segmentEnd(plan, p, state.step);
+    const sigmas = schedule(plan);
+    const [, end] = segmentBounds(plan, p, state.segment);
     const parents = state.particles;
-    const alive = evaluated
-      .map((e, i) => ({ e, rewardsBefore: parents?.[i].rewards ?? [] }))
-      .filter(({ e }) => !e.outcome.error);
+    const alive = evaluated.map((e, slot) => ({ e, before: parents?.[slot]?.rewards ?? null })).filter(({ e }) => !e.outcome.error);
     if (alive.length === 0) return { ...state, particles: [], done: true };
-    const ranked = rankPool(alive.map(({ e }) => ({ candidate: e.candidate, order: e.order, scores: e.outcome.scores })), plan.spec.verifiers);
-    const scale = plan.spec.verifiers.length > 1 ? Math.max(1, ranked.length - 1) : 1;
-    const offset = plan.spec.verifiers.length > 1 ? 1 : 0;
-    let particles: Particle[] = ranked.map((r, i) => ({ candidate: r.candidate, order: r.order, scores: r.scores, rewards: [...alive[i].rewardsBefore, (r.value - offset) / scale] }));
+    const pool: Scored[] = alive.map(({ e }) => ({
+      id: e.candidate.id,
+      order: e.order,
+      scores: e.outcome.scores,
+      key: e.outcome.key ?? '',
+      noiseKey: '',
+      sigma: sigmas[end],
+      recipe: e.candidate.recipe,
+    }));
+    const ranked = rankPool(pool, plan.spec.verifiers);
+    const ensemble = plan.spec.verifiers.length > 1;
+    const scale = ensemble ? Math.max(1, ranked.length - 1) : 1;
+    const offset = ensemble ? 1 : 0;
+    let particles: Particle[] = ranked.map(({ value, ...scored }, i) => ({ ...scored, rewards: summarize(alive[i].before, (value - offset) / scale) }));
     const finished = end >= plan.searchSampler.steps;
     let resamplings = state.resamplings;
     if (!finished) {
-      const weights = normalizedWeights(particles.map((x) => logPotential(p, x.rewards)));
-      const ess = 1 / weights.reduce((sum, w) => sum + w * w, 0);
-      if (p.resampling === 'multinomial' || ess < particles.length / 2) {
-        particles = multinomial(weights, plan.spec.seed, state.segment).map((index) => particles[index]);
+      const weights = normalizedWeights(particles.map((x) => logPotential(p.potential, p.lambda, x.rewards)));
+      if (p.resampling === 'multinomial' || effectiveSampleSize(weights) < particles.length / 2) {
+        const picked = multinomialIndices(weights, resamplingUniforms(plan.spec.seed, state.segment, particles.length));
+        particles = picked.map((index) => particles[index]);
         resamplings++;
       }
     }
@@ -183,6 +207,24 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
   best(state, plan) {
     if (!state.particles || state.particles.length === 0) return null;
     const unique = [...new Map(state.particles.map((x) => [x.order, x])).values()];
-    return topK(unique as Scored[], plan.spec.verifiers, 1)[0] ?? null;
+    const best = topK(unique, plan.spec.verifiers, 1)[0];
+    if (!best) return null;
+    const { rewards: _rewards, ...ranked } = best as typeof best & Partial<Particle>;
+    return ranked;
+  },
+
+  lineage(plan, recipe) {
+    const p = resolve(plan.spec.algorithm as FkParams, plan);
+    const sigmas = schedule(plan);
+    const slots = recipe as number[];
+    const lineage: Lineage = { noise: noiseOf(plan, slots[0]), ops: slots.map((slot, segment) => segmentOp(plan, p, sigmas, segment, slot)) };
+    return lineage;
+  },
+
+  scoring(params, plan) {
+    const p = resolve(params, plan);
+    const sigmas = schedule(plan);
+    const [, end] = segmentBounds(plan, p, 0);
+    return { lowestStepSigma: sigmas[end - 1], firstScoredSigma: sigmas[end] };
   },
 };

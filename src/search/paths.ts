@@ -6,17 +6,24 @@
 // for twice. A target below the model's sigma_min is taken to 0.
 // Cost: N * solve(sigma_max -> sigma_start) + sum over rounds of N * M * (backward solve + x-prediction);
 // N is given, or as many paths as the budget pays for.
-import type { Scored, SearchAlgorithm } from './algorithm';
+import { scoredOf, type Scored, type SearchAlgorithm } from './algorithm';
 import { solveNfe } from './nfe';
+import { lowestStepSigma } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
-import { scoredOf, topK } from './selection';
+import { topK } from './selection';
 import { budgetProblems, type PathsParams, type SearchPlan } from './spec';
-import type { Candidate, SolveOp } from './types';
+import type { Candidate, Op, SolveOp } from './types';
 
 /** N has no default: when not given, it is as many paths as the budget pays for. */
 export const PATHS_DEFAULTS = { m: 8, sigmaStart: 0.11, deltaF: 0.78, deltaB: 0.81, backwardSteps: 1 } as const;
 
 type Resolved = Required<Omit<PathsParams, 'name'>>;
+
+/** A path: its initial noise's index, then the (kept-path index, perturbation index) it took each round. */
+interface PathRecipe {
+  i: number;
+  picks: number[];
+}
 
 export interface PathsState {
   params: Resolved;
@@ -52,6 +59,18 @@ function initialSolve(plan: SearchPlan, p: Resolved): SolveOp {
 
 function backwardSolve(plan: SearchPlan, p: Resolved, sigma: number): SolveOp {
   return { sigmaFrom: sigma + p.deltaF, sigmaTo: targetSigma(plan, p, sigma), solver: plan.searchSampler.solver, steps: p.backwardSteps };
+}
+
+/** Round `round` takes a kept path at `sigma` up by delta_f with fresh noise and back down by delta_b. */
+function roundOps(plan: SearchPlan, p: Resolved, round: number, sigma: number, b: number, j: number): Op[] {
+  return [
+    { renoise: { sigmaFrom: sigma, sigmaTo: sigma + p.deltaF, seed: deriveSeed(plan.spec.seed, SeedStream.pathsRenoise, round, b, j) } },
+    { solve: backwardSolve(plan, p, sigma) },
+  ];
+}
+
+function noiseOf(plan: SearchPlan, i: number) {
+  return { seed: deriveSeed(plan.spec.seed, SeedStream.pathsNoise, i), perturbations: [] };
 }
 
 /** Logical NFEs of the whole search, as the paper counts them. */
@@ -92,28 +111,26 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     const p = state.params;
     if (state.done) return null;
     if (!state.kept) {
-      const candidates = Array.from({ length: p.n }, (_, i) => ({
+      const candidates = Array.from({ length: p.n }, (_, i): Candidate => ({
         id: `paths-init-${i}`,
-        lineage: { noise: { seed: deriveSeed(plan.spec.seed, SeedStream.pathsNoise, i), perturbations: [] }, ops: [{ solve: initialSolve(plan, p) }] },
+        lineage: { noise: noiseOf(plan, i), ops: [{ solve: initialSolve(plan, p) }] },
         scoreXpred: false,
+        recipe: { i, picks: [] } satisfies PathRecipe,
       }));
       return { candidates, verify: false };
     }
     const to = targetSigma(plan, p, state.sigma);
     const candidates = state.kept.flatMap((path, b) =>
-      Array.from({ length: p.m }, (_, j): Candidate => ({
-        id: `paths-${state.round}-${b}-${j}`,
-        lineage: {
-          noise: path.candidate.lineage.noise,
-          ops: [
-            ...path.candidate.lineage.ops,
-            { renoise: { sigmaFrom: state.sigma, sigmaTo: state.sigma + p.deltaF, seed: deriveSeed(plan.spec.seed, SeedStream.pathsRenoise, state.round, b, j) } },
-            { solve: backwardSolve(plan, p, state.sigma) },
-          ],
-        },
-        scoreXpred: to > 0,
-        paidOps: path.candidate.lineage.ops.length,
-      })),
+      Array.from({ length: p.m }, (_, j): Candidate => {
+        const recipe = path.recipe as PathRecipe;
+        return {
+          id: `paths-${state.round}-${b}-${j}`,
+          base: { key: path.key },
+          lineage: { noise: { seed: 0, perturbations: [] }, ops: roundOps(plan, p, state.round, state.sigma, b, j) },
+          scoreXpred: to > 0,
+          recipe: { i: recipe.i, picks: [...recipe.picks, b, j] } satisfies PathRecipe,
+        };
+      }),
     );
     return { candidates, verify: true };
   },
@@ -122,16 +139,36 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     const p = state.params;
     if (!state.kept) {
       // Unverified initial states carry no scores; they only need to exist (and be cached).
-      const kept = evaluated.filter((e) => !e.outcome.error).map((e) => ({ candidate: e.candidate, order: e.order, scores: {} }));
+      const kept = evaluated.map((e) => scoredOf(e, p.sigmaStart)).filter((s): s is Scored => s !== null);
       return { ...state, kept, done: kept.length === 0 };
     }
-    const kept = topK(scoredOf(evaluated), plan.spec.verifiers, p.n);
     const sigma = targetSigma(plan, p, state.sigma);
+    const scored = evaluated.map((e) => scoredOf(e, sigma)).filter((s): s is Scored => s !== null);
+    const kept = topK(scored, plan.spec.verifiers, p.n).map(({ value: _value, ...path }) => path);
     return { ...state, round: state.round + 1, sigma, kept, done: sigma === 0 || kept.length === 0 };
   },
 
   best(state, plan) {
     if (!state.kept || state.round === 0) return null;
     return topK(state.kept, plan.spec.verifiers, 1)[0] ?? null;
+  },
+
+  lineage(plan, recipe) {
+    const p = resolve(plan.spec.algorithm as PathsParams, plan);
+    const { i, picks } = recipe as PathRecipe;
+    const ops: Op[] = [{ solve: initialSolve(plan, p) }];
+    let sigma = p.sigmaStart;
+    for (let round = 0; 2 * round < picks.length; round++) {
+      ops.push(...roundOps(plan, p, round, sigma, picks[2 * round], picks[2 * round + 1]));
+      sigma = targetSigma(plan, p, sigma);
+    }
+    return { noise: noiseOf(plan, i), ops };
+  },
+
+  scoring(params, plan) {
+    const p = resolve(params, plan);
+    const initial = lowestStepSigma(initialSolve(plan, p), plan.sigmaMin, plan.rho);
+    const backward = lowestStepSigma(backwardSolve(plan, p, p.sigmaStart), plan.sigmaMin, plan.rho);
+    return { lowestStepSigma: Math.min(initial, backward), firstScoredSigma: targetSigma(plan, p, p.sigmaStart) };
   },
 };

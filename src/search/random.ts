@@ -1,18 +1,22 @@
 // Random search (Ma et al. 2025, Sec. 3.2): best-of-N over i.i.d. initial noises, each solved to
 // sigma = 0 and scored by the verifiers. N is given, or as many as the budget pays for after the final
 // generation. Cost: N * generation + final.
-import type { SearchAlgorithm } from './algorithm';
+import type { Scored, SearchAlgorithm } from './algorithm';
+import { lowestStepSigma } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
-import { bestOf, scoredOf } from './selection';
+import { bestOf } from './selection';
 import { budgetProblems, fullSolve, type RandomSearchParams, type SearchPlan } from './spec';
-import type { Candidate } from './types';
+import type { Candidate, Lineage } from './types';
 
 export interface RandomSearchState {
   /** Null when N follows the budget, which a budget update may change mid-search. */
   n: number | null;
   next: number;
   roundSize: number;
-  /** Every scored candidate (an ensemble ranks within all of them); the noise is rebuilt from `order`. */
+  /**
+   * The scored candidates a winner can come from: all of them for an ensemble (it ranks within every
+   * candidate), only the best for one verifier, so the state does not grow with N.
+   */
   scored: Array<{ order: number; scores: Record<string, number> }>;
 }
 
@@ -22,15 +26,19 @@ function affordable(plan: SearchPlan): number {
   return Math.floor((plan.spec.budgetNfe - plan.finalNfe) / plan.generationNfe);
 }
 
-export function randomCandidate(plan: SearchPlan, index: number): Candidate {
+function noiseLineage(plan: SearchPlan, index: number): Lineage {
   return {
-    id: `random-${index}`,
-    lineage: {
-      noise: { seed: deriveSeed(plan.spec.seed, SeedStream.randomNoise, index), perturbations: [] },
-      ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }],
-    },
-    scoreXpred: false,
+    noise: { seed: deriveSeed(plan.spec.seed, SeedStream.randomNoise, index), perturbations: [] },
+    ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }],
   };
+}
+
+export function randomCandidate(plan: SearchPlan, index: number): Candidate {
+  return { id: `random-${index}`, lineage: noiseLineage(plan, index), scoreXpred: false, recipe: index };
+}
+
+function asScored({ order, scores }: { order: number; scores: Record<string, number> }): Scored {
+  return { id: `random-${order}`, order, scores, key: '', noiseKey: '', sigma: 0, recipe: order };
 }
 
 export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState> = {
@@ -62,18 +70,25 @@ export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState
     return { candidates: Array.from({ length: count }, (_, i) => randomCandidate(plan, state.next + i)), verify: true };
   },
 
-  observe(state, _plan, evaluated) {
-    return {
-      ...state,
-      next: state.next + evaluated.length,
-      scored: [...state.scored, ...scoredOf(evaluated).map(({ order, scores }) => ({ order, scores }))],
-    };
+  observe(state, plan, evaluated) {
+    const fresh = evaluated.filter((e) => !e.outcome.error).map((e) => ({ order: e.order, scores: e.outcome.scores }));
+    let scored = [...state.scored, ...fresh];
+    if (plan.spec.verifiers.length === 1 && scored.length > 1) {
+      const best = bestOf(scored.map((s) => asScored(s)), plan.spec.verifiers)!;
+      scored = [{ order: best.order, scores: best.scores }];
+    }
+    return { ...state, next: state.next + evaluated.length, scored };
   },
 
   best(state, plan) {
-    return bestOf(
-      state.scored.map(({ order, scores }) => ({ order, scores, candidate: randomCandidate(plan, order) })),
-      plan.spec.verifiers,
-    );
+    return bestOf(state.scored.map((s) => asScored(s)), plan.spec.verifiers);
+  },
+
+  lineage(plan, recipe) {
+    return noiseLineage(plan, recipe as number);
+  },
+
+  scoring(_params, plan) {
+    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan.sigmaMin, plan.rho), firstScoredSigma: 0 };
   },
 };

@@ -1,16 +1,22 @@
 // The generic driver core: one search as a pure state machine over rounds. Both drivers (the Temporal
 // workflow and the in-process loop) do only this: `startRound`, evaluate its batches anywhere, then
 // `finishRound` with the outcomes. Everything that decides the result lives here, so both drivers give
-// the same result for the same spec and seed whatever the batch size, worker count or retries.
+// the same result for the same spec and seed whatever the batch size, worker count, retries or failures.
+//
+// Payloads stay small whatever the length of a search: a candidate that continues an evaluated state
+// names it by the key its server returned and carries only its own new ops. When a server no longer holds
+// a base (restarted, evicted, another server), that candidate alone comes back NOT_FOUND at no cost and is
+// sent again with its whole lineage, rebuilt from the algorithm's compact recipe, in batches kept under
+// MAX_BATCH_BYTES; results do not change, only executed NFEs do.
 import type { Evaluated, SearchAlgorithm } from './algorithm';
 import { fkSteering } from './fk';
-import { candidateNfe, lastSigma } from './nfe';
+import { candidateNfe } from './nfe';
 import { pathSearch } from './paths';
 import { randomSearch } from './random';
 import type { Ranked } from './selection';
 import { fullSolve, planSearch, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
 import { zeroOrderSearch } from './zero-order';
-import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, Lineage, ModelInfo, NoiseRecipe } from './types';
+import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, Lineage, ModelInfo, NoiseRecipe, WireCandidate } from './types';
 
 const ALGORITHMS: Record<AlgorithmName, SearchAlgorithm<any, any>> = {
   random: randomSearch,
@@ -20,6 +26,12 @@ const ALGORITHMS: Record<AlgorithmName, SearchAlgorithm<any, any>> = {
 };
 
 export const ALGORITHM_NAMES = Object.keys(ALGORITHMS) as AlgorithmName[];
+
+/** A batch's candidates, as JSON, stay under this: Temporal refuses payloads over 2 MB and warns at 512 KB. */
+export const MAX_BATCH_BYTES = 192 * 1024;
+
+/** The per-candidate error of a candidate whose base the server does not hold. */
+export const BASE_MISSING = 'NOT_FOUND';
 
 export interface VerifierCost {
   calls: number;
@@ -33,7 +45,11 @@ export interface SearchResult {
   condition: SearchSpec['condition'];
   seed: number;
   budget: { nfe: number };
-  nfe: { search: number; final: number; total: number; executed: number };
+  /**
+   * Logical NFEs as the paper counts them (search + final = total), of which `failed` went to candidates
+   * that failed (what the servers spent on them before failing); `executed` is what servers really ran.
+   */
+  nfe: { search: number; final: number; total: number; executed: number; failed: number };
   best: {
     /** The verifier's score of the final sample; with an ensemble, the winner's mean rank in its pool. */
     score: number;
@@ -45,6 +61,8 @@ export interface SearchResult {
     candidateId: string;
     /** The lineage of the final sample: evaluate it again to score it with other verifiers. */
     lineage: Lineage;
+    /** The final sample's key on the servers that evaluated it: a cheap base while they hold it. */
+    key: string;
   };
   candidates: number;
   failedCandidates: number;
@@ -61,8 +79,17 @@ export interface SearchProgress {
   nfeSpent: number;
   budget: number;
   candidates: number;
+  failedCandidates: number;
   best: { score: number; scores: Record<string, number>; candidateId: string; noise: NoiseRecipe } | null;
   stopRequested: boolean;
+}
+
+/** A round whose candidates are not all settled: some go again with their whole lineage. */
+export interface Resending {
+  /** Outcomes already final, by candidate id. */
+  settled: CandidateOutcome[];
+  /** Candidates (by id) to send whole. */
+  ids: string[];
 }
 
 export interface RunState {
@@ -73,9 +100,14 @@ export interface RunState {
   proposed: number;
   inFlight: Candidate[];
   inFlightVerified: boolean;
+  resending: Resending | null;
   stopRequested: boolean;
+  /** What every search candidate proposed so far costs: the budget bounds it, so a search whose candidates fail still ends. */
+  nfeProposed: number;
+  /** Logical NFEs charged: a scored candidate's whole cost, a failed one's work before it failed. */
   nfeSearch: number;
   nfeFinal: number;
+  nfeFailed: number;
   nfeExecuted: number;
   candidates: number;
   failedCandidates: number;
@@ -100,6 +132,27 @@ function algorithmOf(plan: SearchPlan): SearchAlgorithm<unknown, unknown> {
   return ALGORITHMS[plan.spec.algorithm.name];
 }
 
+/**
+ * A verifier that compares the sample with an earlier x-prediction (self-supervised, xpredSigma > 0) can
+ * only score candidates whose trajectory has already evaluated the denoiser at or below that sigma.
+ */
+function verifierProblems(spec: SearchSpec, plan: SearchPlan, model: ModelInfo, algorithm: SearchAlgorithm<unknown, unknown>): string[] {
+  const needing = model.verifiers.filter((v) => spec.verifiers.includes(v.name) && v.xpredSigma > 0);
+  if (needing.length === 0) return [];
+  const { lowestStepSigma, firstScoredSigma } = algorithm.scoring(spec.algorithm, plan);
+  const plain = model.verifiers.filter((v) => !(v.xpredSigma > 0)).map((v) => v.name);
+  return needing
+    .filter((v) => lowestStepSigma > v.xpredSigma)
+    .map((v) => {
+      const where = firstScoredSigma > 0 ? `scores its first candidates at sigma ${round4(firstScoredSigma)}` : 'scores its candidates';
+      return `verifier: ${v.name} compares the sample with the denoiser's x-prediction at sigma <= ${v.xpredSigma}, but ${spec.algorithm.name} ${where} after stepping only down to sigma ${round4(lowestStepSigma)}; use a verifier without one (${plain.join(', ')})`;
+    });
+}
+
+function round4(x: number): number {
+  return Math.round(x * 1e4) / 1e4;
+}
+
 /** Validates the spec against the model; throws SpecError listing every problem. */
 export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
   const algorithm = ALGORITHMS[spec.algorithm?.name];
@@ -108,6 +161,7 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
   }
   const { plan, problems } = planSearch(spec, model, algorithm.finalGeneration);
   problems.push(...algorithm.validate(spec.algorithm, plan));
+  if (problems.length === 0) problems.push(...verifierProblems(spec, plan, model, algorithm));
   if (problems.length > 0) throw new SpecError(problems);
   return {
     plan,
@@ -117,9 +171,12 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
     proposed: 0,
     inFlight: [],
     inFlightVerified: true,
+    resending: null,
     stopRequested: false,
+    nfeProposed: 0,
     nfeSearch: 0,
     nfeFinal: 0,
+    nfeFailed: 0,
     nfeExecuted: 0,
     candidates: 0,
     failedCandidates: 0,
@@ -129,37 +186,64 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
   };
 }
 
-function toBatches(plan: SearchPlan, candidates: Candidate[], verify: boolean): BatchRequest[] {
+function wire(candidate: Candidate): WireCandidate {
+  const { id, base, lineage, scoreXpred } = candidate;
+  return base ? { id, base, lineage, scoreXpred } : { id, lineage, scoreXpred };
+}
+
+/** Batches of at most the model's max batch, and of at most MAX_BATCH_BYTES of candidates. */
+function toBatches(plan: SearchPlan, candidates: WireCandidate[], verify: boolean): BatchRequest[] {
   const batches: BatchRequest[] = [];
-  for (let i = 0; i < candidates.length; i += plan.maxBatch) {
-    batches.push({
-      model: plan.spec.model,
-      condition: plan.spec.condition,
-      verifiers: verify ? plan.spec.verifiers : [],
-      candidates: candidates.slice(i, i + plan.maxBatch),
-    });
+  let current: WireCandidate[] = [];
+  let bytes = 0;
+  for (const candidate of candidates) {
+    const size = JSON.stringify(candidate).length;
+    if (current.length > 0 && (current.length === plan.maxBatch || bytes + size > MAX_BATCH_BYTES)) {
+      batches.push({ model: plan.spec.model, condition: plan.spec.condition, verifiers: verify ? plan.spec.verifiers : [], candidates: current });
+      current = [];
+      bytes = 0;
+    }
+    current.push(candidate);
+    bytes += size;
   }
+  if (current.length > 0) batches.push({ model: plan.spec.model, condition: plan.spec.condition, verifiers: verify ? plan.spec.verifiers : [], candidates: current });
   return batches;
+}
+
+const NO_NOISE: NoiseRecipe = { seed: 0, perturbations: [] };
+
+/** The final candidate's recipe: the winner's, and how the final sample follows from it. */
+interface FinalRecipe {
+  winner: unknown;
+  /** True: the winner's noise solved with the final sampler; false: one Euler step from its state to 0. */
+  regenerate: boolean;
 }
 
 /**
  * The final generation: the winning noise solved again with the final sampler, or, for a winner that is
- * a state above sigma = 0 (a path search stopped early), one Euler step to sigma = 0; null when the
- * winner already is a finished sample.
+ * a state above sigma = 0 (a path search or FK steering stopped early), one Euler step to sigma = 0; null
+ * when the winner already is a finished sample.
  */
 function finalCandidate(plan: SearchPlan, best: Ranked): Candidate | null {
-  const { lineage } = best.candidate;
-  if (algorithmOf(plan).finalGeneration) {
-    return { id: 'final', lineage: { noise: lineage.noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.finalSampler) }] }, scoreXpred: false };
+  const regenerate = algorithmOf(plan).finalGeneration;
+  const recipe: FinalRecipe = { winner: best.recipe, regenerate };
+  if (regenerate) {
+    const ops = [{ solve: fullSolve(plan.sigmaMax, plan.finalSampler) }];
+    if (best.noiseKey) return { id: 'final', base: { key: best.noiseKey }, lineage: { noise: NO_NOISE, ops }, scoreXpred: false, recipe };
+    return { id: 'final', lineage: { noise: algorithmOf(plan).lineage(plan, best.recipe).noise, ops }, scoreXpred: false, recipe };
   }
-  const sigma = lastSigma(lineage, plan.sigmaMax);
-  if (sigma === 0) return null;
-  return {
-    id: 'final',
-    lineage: { noise: lineage.noise, ops: [...lineage.ops, { solve: { sigmaFrom: sigma, sigmaTo: 0, solver: 'euler', steps: 1 } }] },
-    scoreXpred: false,
-    paidOps: lineage.ops.length,
-  };
+  if (best.sigma === 0) return null;
+  const ops = [{ solve: { sigmaFrom: best.sigma, sigmaTo: 0, solver: 'euler' as const, steps: 1 } }];
+  return { id: 'final', base: { key: best.key }, lineage: { noise: NO_NOISE, ops }, scoreXpred: false, recipe };
+}
+
+/** The whole lineage of a candidate's state, from its recipe: what a server that lost its base recomputes. */
+function wholeLineage(run: RunState, candidate: Candidate): Lineage {
+  const algorithm = algorithmOf(run.plan);
+  if (run.phase !== 'final') return algorithm.lineage(run.plan, candidate.recipe);
+  const { winner, regenerate } = candidate.recipe as FinalRecipe;
+  const won = algorithm.lineage(run.plan, winner);
+  return regenerate ? { noise: won.noise, ops: candidate.lineage.ops } : { noise: won.noise, ops: [...won.ops, ...candidate.lineage.ops] };
 }
 
 function bestSoFar(run: RunState): Ranked | null {
@@ -180,8 +264,9 @@ export function budgetRefusal(run: RunState, budgetNfe: number): string | null {
   if (!Number.isInteger(budgetNfe) || budgetNfe < 1) return `budget: ${budgetNfe} must be a whole number of NFEs`;
   if (run.phase === 'done') return 'budget: the search is already done';
   // An algorithm without a final generation may be cut short above sigma = 0: keep its one finishing step.
+  // In the final phase the final generation is the round in flight, already committed.
   const finishing = algorithmOf(run.plan).finalGeneration ? run.plan.finalNfe : 1;
-  const floor = run.nfeSearch + run.inFlight.reduce((sum, c) => sum + candidateNfe(c, run.plan.sigmaMax), 0) + finishing;
+  const floor = run.nfeProposed + finishing;
   if (budgetNfe < floor) return `budget: ${budgetNfe} NFEs is below what is spent or committed (${floor} NFEs, the final generation included)`;
   return null;
 }
@@ -197,12 +282,16 @@ function noWinner(run: RunState): SearchFailure {
   return new SearchFailure(`every one of the ${run.candidates} candidates failed, so there is no best noise${cause}`);
 }
 
-/** Proposes the next round and splits it into batches no larger than the model's max batch. */
+/** Proposes the next round and splits it into batches; or sends again, whole, what a server lost the base of. */
 export function startRound(run: RunState): Round {
   if (run.phase === 'done') return { run, batches: [] };
   const { plan } = run;
+  if (run.resending) {
+    const again = run.inFlight.filter((c) => run.resending!.ids.includes(c.id));
+    return { run, batches: toBatches(plan, again.map((c) => ({ id: c.id, lineage: wholeLineage(run, c), scoreXpred: c.scoreXpred })), run.inFlightVerified) };
+  }
   if (run.phase === 'search') {
-    const nfeAvailable = plan.spec.budgetNfe - plan.finalNfe - run.nfeSearch;
+    const nfeAvailable = plan.spec.budgetNfe - plan.finalNfe - run.nfeProposed;
     const proposal = run.stopRequested ? null : algorithmOf(plan).propose(run.algorithmState, plan, nfeAvailable);
     if (proposal && proposal.candidates.length > 0) {
       const cost = proposal.candidates.reduce((sum, c) => sum + candidateNfe(c, plan.sigmaMax), 0);
@@ -210,8 +299,8 @@ export function startRound(run: RunState): Round {
         return startRound({ ...run, stopRequested: true });
       }
       return {
-        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify },
-        batches: toBatches(plan, proposal.candidates, proposal.verify),
+        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify, nfeProposed: run.nfeProposed + cost },
+        batches: toBatches(plan, proposal.candidates.map(wire), proposal.verify),
       };
     }
   }
@@ -221,8 +310,9 @@ export function startRound(run: RunState): Round {
   }
   if (!best) throw noWinner(run);
   const final = finalCandidate(plan, best);
-  if (!final) return { run: finish(run, best, best.scores, best.candidate.lineage), batches: [] };
-  return { run: { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true }, batches: toBatches(plan, [final], true) };
+  if (!final) return { run: finish(run, best, best.scores, algorithmOf(plan).lineage(plan, best.recipe), best.key), batches: [] };
+  const finalRun: RunState = { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true };
+  return { run: finalRun, batches: toBatches(plan, [wire(final)], true) };
 }
 
 function addVerifierCosts(costs: Record<string, VerifierCost>, batches: BatchOutcome[]): Record<string, VerifierCost> {
@@ -242,45 +332,59 @@ function withScoreChecked(outcome: CandidateOutcome, verifiers: string[]): Candi
   return { ...outcome, scores: {}, error: { code: 'INVALID_SCORE', message: `verifier ${bad} returned ${outcome.scores[bad]}` } };
 }
 
+/** A scored candidate costs what it proposed; a failed one what the server did for it before failing, no more. */
+function chargedNfe(run: RunState, e: Evaluated): number {
+  const cost = candidateNfe(e.candidate, run.plan.sigmaMax);
+  return e.outcome.error ? Math.min(cost, Math.max(0, e.outcome.nfeLogical)) : cost;
+}
+
 /** Hands the outcomes of every batch of the round back; outcome order does not matter. */
 export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
-  const byId = new Map(batches.flatMap((b) => b.outcomes).map((o) => [o.id, o]));
+  const byId = new Map([...(run.resending?.settled ?? []), ...batches.flatMap((b) => b.outcomes)].map((o) => [o.id, o]));
+  const resent = new Set(run.resending?.ids ?? []);
+  const verifierCosts = addVerifierCosts(run.verifierCosts, batches);
+  const nfeExecuted = run.nfeExecuted + batches.flatMap((b) => b.outcomes).reduce((sum, o) => sum + o.nfeExecuted, 0);
+  const lost = run.inFlight.filter((c) => c.base && !resent.has(c.id) && byId.get(c.id)?.error?.code === BASE_MISSING);
+  if (lost.length > 0) {
+    const settled = run.inFlight.filter((c) => !lost.includes(c)).map((c) => byId.get(c.id)).filter((o): o is CandidateOutcome => o !== undefined);
+    return { ...run, verifierCosts, nfeExecuted, resending: { settled, ids: lost.map((c) => c.id) } };
+  }
   const evaluated: Evaluated[] = run.inFlight.map((candidate, i) => {
     const outcome = byId.get(candidate.id);
     if (!outcome) throw new SearchFailure(`no outcome came back for candidate ${candidate.id}`);
     const checked = run.inFlightVerified ? withScoreChecked(outcome, run.plan.spec.verifiers) : outcome;
     return { candidate, order: run.proposed + i, outcome: checked };
   });
-  const nfeLogical = evaluated.reduce((sum, e) => sum + (e.outcome.error ? 0 : candidateNfe(e.candidate, run.plan.sigmaMax)), 0);
-  const nfeExecuted = run.nfeExecuted + evaluated.reduce((sum, e) => sum + e.outcome.nfeExecuted, 0);
-  const verifierCosts = addVerifierCosts(run.verifierCosts, batches);
   const failures = evaluated.filter((e) => e.outcome.error);
+  const charged = evaluated.reduce((sum, e) => sum + chargedNfe(run, e), 0);
+  const failedCharge = failures.reduce((sum, e) => sum + chargedNfe(run, e), 0);
+  const settledRun = { ...run, resending: null, verifierCosts, nfeExecuted };
 
   if (run.phase === 'final') {
-    const outcome = evaluated[0].outcome;
+    const { outcome } = evaluated[0];
     if (outcome.error) throw new SearchFailure(`the final generation failed: ${outcome.error.code}: ${outcome.error.message}`);
-    return finish({ ...run, nfeFinal: nfeLogical, nfeExecuted, verifierCosts }, bestSoFar(run)!, outcome.scores, evaluated[0].candidate.lineage);
+    const lineage = wholeLineage(run, evaluated[0].candidate);
+    return finish({ ...settledRun, nfeFinal: charged }, bestSoFar(run)!, outcome.scores, lineage, outcome.key ?? '');
   }
   return {
-    ...run,
+    ...settledRun,
     algorithmState: algorithmOf(run.plan).observe(run.algorithmState, run.plan, evaluated),
     proposed: run.proposed + evaluated.length,
     inFlight: [],
-    nfeSearch: run.nfeSearch + nfeLogical,
-    nfeExecuted,
+    nfeSearch: run.nfeSearch + charged,
+    nfeFailed: run.nfeFailed + failedCharge,
     candidates: run.candidates + evaluated.length,
     failedCandidates: run.failedCandidates + failures.length,
     firstFailure: run.firstFailure ?? failures[0]?.outcome.error ?? null,
-    verifierCosts,
   };
 }
 
-function finish(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage): RunState {
+function finish(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage, finalKey: string): RunState {
   const done = { ...run, inFlight: [] };
-  return { ...done, phase: 'done', result: buildResult(done, best, finalScores, finalLineage) };
+  return { ...done, phase: 'done', result: buildResult(done, best, finalScores, finalLineage, finalKey) };
 }
 
-function buildResult(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage): SearchResult {
+function buildResult(run: RunState, best: Ranked, finalScores: Record<string, number>, finalLineage: Lineage, finalKey: string): SearchResult {
   const { spec } = run.plan;
   const ensemble = spec.verifiers.length > 1;
   const verifierSeconds = Object.values(run.verifierCosts).reduce((sum, c) => sum + c.seconds, 0);
@@ -291,14 +395,15 @@ function buildResult(run: RunState, best: Ranked, finalScores: Record<string, nu
     condition: spec.condition,
     seed: spec.seed,
     budget: { nfe: spec.budgetNfe },
-    nfe: { search: run.nfeSearch, final: run.nfeFinal, total: run.nfeSearch + run.nfeFinal, executed: run.nfeExecuted },
+    nfe: { search: run.nfeSearch, final: run.nfeFinal, total: run.nfeSearch + run.nfeFinal, executed: run.nfeExecuted, failed: run.nfeFailed },
     best: {
       score: ensemble ? best.value : finalScores[spec.verifiers[0]],
       scores: finalScores,
       searchScore: best.value,
-      noise: best.candidate.lineage.noise,
-      candidateId: best.candidate.id,
+      noise: finalLineage.noise,
+      candidateId: best.id,
       lineage: finalLineage,
+      key: finalKey,
     },
     candidates: run.candidates,
     failedCandidates: run.failedCandidates,
@@ -317,7 +422,8 @@ export function progressOf(run: RunState): SearchProgress {
     nfeSpent: nfeSpent(run),
     budget: run.plan.spec.budgetNfe,
     candidates: run.candidates,
-    best: best && { score: best.value, scores: best.scores, candidateId: best.candidate.id, noise: best.candidate.lineage.noise },
+    failedCandidates: run.failedCandidates,
+    best: best && { score: best.value, scores: best.scores, candidateId: best.id, noise: algorithmOf(run.plan).lineage(run.plan, best.recipe).noise },
     stopRequested: run.stopRequested,
   };
 }

@@ -2,21 +2,11 @@
 // ensemble it is the mean of its per-verifier ranks within the pool being compared (Ma et al. 2025,
 // Sec. 4: rank by each verifier, then by the mean rank; tied scores share the mean of their ranks).
 // Higher wins; ties go to the earlier proposal. Failed candidates never reach a pool.
-import type { Evaluated, Scored } from './algorithm';
+import type { Scored } from './algorithm';
 
 export interface Ranked extends Scored {
   /** The verifier score (one verifier) or the mean rank within its pool (an ensemble; 1 = worst). */
   value: number;
-}
-
-export function toScored(evaluated: Evaluated): Scored | null {
-  const { outcome } = evaluated;
-  if (outcome.error) return null;
-  return { candidate: evaluated.candidate, order: evaluated.order, scores: outcome.scores };
-}
-
-export function scoredOf(evaluated: Evaluated[]): Scored[] {
-  return evaluated.map(toScored).filter((s): s is Scored => s !== null);
 }
 
 /** Ranks 1..n by ascending score; tied scores get the mean of the ranks they span. */

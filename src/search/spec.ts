@@ -73,6 +73,10 @@ export interface SearchPlan {
   spec: SearchSpec;
   sigmaMin: number;
   sigmaMax: number;
+  /** The Karras schedule's rho the servers step by. */
+  rho: number;
+  /** The solvers the model offers. */
+  solvers: string[];
   searchSampler: SamplerSpec;
   finalSampler: SamplerSpec;
   /** Cost of one full generation with the search sampler. */
@@ -81,6 +85,9 @@ export interface SearchPlan {
   finalNfe: number;
   maxBatch: number;
 }
+
+/** Solvers that map a noise to one sample: a search sampler must be one (FK steering brings its own). */
+export const DETERMINISTIC_SOLVERS: string[] = ['euler', 'heun'];
 
 export class SpecError extends Error {
   constructor(readonly problems: string[]) {
@@ -101,8 +108,9 @@ function resolveSampler(
 ): SamplerSpec {
   const solver = (requested?.solver ?? model.defaultSolver) as SolverName;
   const steps = requested?.steps ?? model.defaultSteps;
-  if (!model.solvers.includes(solver)) {
-    problems.push(`${field}.solver: "${solver}" is not offered by model ${model.model}; use one of ${model.solvers.join(', ')}`);
+  const deterministic = model.solvers.filter((s) => DETERMINISTIC_SOLVERS.includes(s));
+  if (!deterministic.includes(solver)) {
+    problems.push(`${field}.solver: "${solver}" is not a deterministic solver of model ${model.model}; use one of ${deterministic.join(', ')}`);
   }
   if (!Number.isInteger(steps) || steps < 1) {
     problems.push(`${field}.steps: ${steps} must be a whole number of at least 1`);
@@ -110,19 +118,22 @@ function resolveSampler(
   return { solver, steps };
 }
 
-function checkCondition(spec: SearchSpec, model: ModelInfo, problems: string[]): void {
-  const { classLabel, guidanceScale } = spec.condition;
-  const needsCondition = spec.verifiers.some(
-    (name) => model.verifiers.find((v) => v.name === name)?.needsCondition,
-  );
-  if (classLabel === undefined) {
-    if (needsCondition) problems.push(`class: verifier ${spec.verifiers.join(',')} scores against a class; give --class 0..${model.numClasses - 1}`);
+/** What is wrong with a condition for this model and these verifiers; [] when nothing is. */
+export function conditionProblems(condition: Condition, verifiers: string[], model: ModelInfo): string[] {
+  const problems: string[] = [];
+  const { classLabel, prompt, guidanceScale } = condition;
+  const needsCondition = verifiers.some((name) => model.verifiers.find((v) => v.name === name)?.needsCondition);
+  if (prompt !== undefined && model.numClasses > 0) {
+    problems.push(`prompt: model ${model.model} is class-conditional (${model.numClasses} classes) and takes no text prompt; give a class from 0 to ${model.numClasses - 1}`);
+  } else if (classLabel === undefined) {
+    if (needsCondition && prompt === undefined) problems.push(`class: verifier ${verifiers.join(',')} scores against a class; give --class 0..${model.numClasses - 1}`);
   } else if (!Number.isInteger(classLabel) || classLabel < 0 || classLabel >= model.numClasses) {
     problems.push(`class: ${classLabel} is not a class of model ${model.model}; use a whole number from 0 to ${model.numClasses - 1}`);
   }
   if (guidanceScale !== undefined && !(Number.isFinite(guidanceScale) && guidanceScale >= 0)) {
     problems.push(`guidance: ${guidanceScale} must be a finite number >= 0`);
   }
+  return problems;
 }
 
 function checkVerifiers(spec: SearchSpec, model: ModelInfo, problems: string[]): void {
@@ -149,7 +160,7 @@ export function planSearch(spec: SearchSpec, model: ModelInfo, finalGeneration: 
   const problems: string[] = [];
   if (spec.model !== model.model) problems.push(`model: "${spec.model}" is not the model described (${model.model})`);
   checkVerifiers(spec, model, problems);
-  checkCondition(spec, model, problems);
+  problems.push(...conditionProblems(spec.condition, spec.verifiers, model));
   if (!Number.isInteger(spec.seed) || spec.seed < 0 || spec.seed > MAX_SEED) {
     problems.push(`seed: ${spec.seed} must be a whole number from 0 to ${MAX_SEED}`);
   }
@@ -159,6 +170,8 @@ export function planSearch(spec: SearchSpec, model: ModelInfo, finalGeneration: 
     spec,
     sigmaMin: model.sigmaMin,
     sigmaMax: model.sigmaMax,
+    rho: model.rho,
+    solvers: model.solvers,
     searchSampler,
     finalSampler,
     generationNfe: solveNfe(fullSolve(model.sigmaMax, searchSampler)),

@@ -12,13 +12,15 @@ export interface NoiseRecipe {
   perturbations: Perturbation[];
 }
 
-export type SolverName = 'euler' | 'heun';
+export type SolverName = 'euler' | 'heun' | 'euler_ancestral';
 
 export interface SolveOp {
   sigmaFrom: number;
   sigmaTo: number;
   solver: SolverName;
   steps: number;
+  /** euler_ancestral only: the stream its per-step noises are drawn from. */
+  seed?: number;
 }
 
 export interface RenoiseOp {
@@ -38,16 +40,37 @@ export interface Lineage {
 export interface Condition {
   classLabel?: number;
   prompt?: string;
+  /** Unset: the model's default; 0: unconditional sampling. */
   guidanceScale?: number;
 }
 
-export interface Candidate {
+/** A state (or a noise) a server evaluated earlier, by the key it returned for it. */
+export interface StateRef {
+  key: string;
+  /** The server scored this state's x-prediction: a solve from it reuses that denoiser evaluation. */
+  xpred?: boolean;
+}
+
+/**
+ * What a batch carries for one candidate. Without a base, `lineage` is the whole lineage; with one, only
+ * what follows it (perturbations to add to a base noise, or the ops after a base state), so a request
+ * never grows with the length of a search.
+ */
+export interface WireCandidate {
   id: string;
+  base?: StateRef;
   lineage: Lineage;
   /** Score the clean x-prediction of the last state (one extra NFE) rather than the state. */
   scoreXpred: boolean;
-  /** Leading ops already paid for by an earlier evaluation of a parent state. */
-  paidOps?: number;
+}
+
+/**
+ * A candidate as an algorithm proposes it: what travels, plus its state's lineage in the algorithm's own
+ * compact form (`recipe`), from which the whole lineage is rebuilt when a server lost the base. The recipe
+ * never travels to a server.
+ */
+export interface Candidate extends WireCandidate {
+  recipe?: unknown;
 }
 
 export interface VerifierInfo {
@@ -63,6 +86,8 @@ export interface ModelInfo {
   latentShape: number[];
   sigmaMin: number;
   sigmaMax: number;
+  /** The Karras schedule's rho: solves space their steps by it. */
+  rho: number;
   solvers: string[];
   maxBatch: number;
   maxConcurrency: number;
@@ -81,11 +106,16 @@ export interface CandidateError {
 export interface CandidateOutcome {
   id: string;
   scores: Record<string, number>;
+  /** The candidate's own logical NFEs as the server counts them; for a failure, the work done before it failed. */
   nfeLogical: number;
   nfeExecuted: number;
   error?: CandidateError;
   /** The scored sample, when the request asked for samples. */
   sample?: number[];
+  /** The final state's key (before any x-prediction): what a later candidate names as its base. */
+  key?: string;
+  /** The candidate's noise's key, perturbations applied. */
+  noiseKey?: string;
 }
 
 export interface VerifierTiming {
@@ -98,7 +128,7 @@ export interface BatchRequest {
   model: string;
   condition: Condition;
   verifiers: string[];
-  candidates: Candidate[];
+  candidates: WireCandidate[];
   returnSamples?: boolean;
 }
 

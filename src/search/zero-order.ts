@@ -4,11 +4,12 @@
 // the pivot (servers apply it as a perturbation of the noise recipe); t plays the role of the step size
 // lambda. With `restart`, an iteration in which no neighbour beats the pivot starts again from a fresh
 // pivot. Cost: generations * (1 pivot + N per iteration, per restart) + final.
-import type { Scored, SearchAlgorithm } from './algorithm';
+import { scoredOf, type Scored, type SearchAlgorithm } from './algorithm';
+import { lowestStepSigma } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
-import { bestOf, scoredOf } from './selection';
+import { bestOf } from './selection';
 import { budgetProblems, fullSolve, type SearchPlan, type ZeroOrderParams } from './spec';
-import type { Candidate, NoiseRecipe } from './types';
+import type { Candidate, Lineage, NoiseRecipe } from './types';
 
 export interface ZeroOrderState {
   n: number;
@@ -16,16 +17,36 @@ export interface ZeroOrderState {
   restart: boolean;
   iteration: number;
   restarts: number;
-  /** The current pivot, scored; null until the first pivot of a (re)start is evaluated. */
+  /** The current pivot, scored (its recipe is its whole noise); null until a (re)start's first pivot is. */
   pivot: Scored | null;
-  /** The final pivot of each earlier start: the winner is the best of these and the current pivot. */
+  /**
+   * The final pivots of earlier starts the winner can come from: every one for an ensemble (it ranks within
+   * all of them), only the best for one verifier.
+   */
   champions: Scored[];
 }
 
 export const ZERO_ORDER_DEFAULTS = { n: 8, t: 0.9, restart: false } as const;
 
-function candidate(plan: SearchPlan, id: string, noise: NoiseRecipe): Candidate {
-  return { id, lineage: { noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] }, scoreXpred: false };
+function noiseLineage(plan: SearchPlan, noise: NoiseRecipe): Lineage {
+  return { noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] };
+}
+
+/** A neighbour travels as its pivot's noise (by key) plus one perturbation, whatever the pivot's history. */
+function neighbour(plan: SearchPlan, id: string, pivot: Scored, perturbation: NoiseRecipe['perturbations'][number]): Candidate {
+  const pivotNoise = pivot.recipe as NoiseRecipe;
+  return {
+    id,
+    base: { key: pivot.noiseKey },
+    lineage: { noise: { seed: 0, perturbations: [perturbation] }, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] },
+    scoreXpred: false,
+    recipe: { seed: pivotNoise.seed, perturbations: [...pivotNoise.perturbations, perturbation] },
+  };
+}
+
+function keepChampions(champions: Scored[], plan: SearchPlan): Scored[] {
+  if (plan.spec.verifiers.length > 1 || champions.length <= 1) return champions;
+  return [bestOf(champions, plan.spec.verifiers)!];
 }
 
 export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> = {
@@ -54,20 +75,19 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
     const affordable = Math.floor(nfeAvailable / plan.generationNfe);
     if (affordable <= 0) return null;
     if (!state.pivot) {
-      const seed = deriveSeed(plan.spec.seed, SeedStream.zeroOrderPivot, state.restarts);
-      return { candidates: [candidate(plan, `zo-pivot-${state.restarts}`, { seed, perturbations: [] })], verify: true };
+      const noise = { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderPivot, state.restarts), perturbations: [] };
+      return { candidates: [{ id: `zo-pivot-${state.restarts}`, lineage: noiseLineage(plan, noise), scoreXpred: false, recipe: noise }], verify: true };
     }
-    const pivotNoise = state.pivot.candidate.lineage.noise;
+    const pivot = state.pivot;
     const count = Math.min(state.n, affordable);
-    const neighbours = Array.from({ length: count }, (_, j) => {
-      const perturbation = { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderNeighbour, state.iteration, j), cosine: state.t };
-      return candidate(plan, `zo-${state.iteration}-${j}`, { seed: pivotNoise.seed, perturbations: [...pivotNoise.perturbations, perturbation] });
-    });
+    const neighbours = Array.from({ length: count }, (_, j) =>
+      neighbour(plan, `zo-${state.iteration}-${j}`, pivot, { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderNeighbour, state.iteration, j), cosine: state.t }),
+    );
     return { candidates: neighbours, verify: true };
   },
 
   observe(state, plan, evaluated) {
-    const scored = scoredOf(evaluated);
+    const scored = evaluated.map((e) => scoredOf(e, 0)).filter((s): s is Scored => s !== null);
     if (!state.pivot) {
       // A pivot that failed is replaced by the next fresh one.
       return scored.length > 0 ? { ...state, pivot: scored[0] } : { ...state, restarts: state.restarts + 1 };
@@ -77,10 +97,18 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
     const next = { ...state, iteration: state.iteration + 1 };
     if (moved) return { ...next, pivot: best };
     if (!state.restart) return next;
-    return { ...next, pivot: null, restarts: state.restarts + 1, champions: [...state.champions, state.pivot] };
+    return { ...next, pivot: null, restarts: state.restarts + 1, champions: keepChampions([...state.champions, state.pivot], plan) };
   },
 
   best(state, plan) {
     return bestOf(state.pivot ? [...state.champions, state.pivot] : state.champions, plan.spec.verifiers);
+  },
+
+  lineage(plan, recipe) {
+    return noiseLineage(plan, recipe as NoiseRecipe);
+  },
+
+  scoring(_params, plan) {
+    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan.sigmaMin, plan.rho), firstScoredSigma: 0 };
   },
 };
