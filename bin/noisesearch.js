@@ -15,7 +15,9 @@ require(entry)
   .then(
     (code) => process.exit(code),
     (error) => {
-      process.stderr.write(`${error && error.stack ? error.stack : error}\n`);
+      // A user-facing command prints one line; NOISESEARCH_DEBUG=1 shows the stack.
+      const text = process.env.NOISESEARCH_DEBUG ? (error && error.stack) || String(error) : String((error && error.message) || error).split('\n')[0];
+      process.stderr.write(`noisesearch: ${text}\n`);
       process.exit(1);
     },
   );

@@ -66,6 +66,28 @@ describe('campaign specs', () => {
     );
   });
 
+  it('checks every dataset item and every grid cell against the model before anything starts', () => {
+    const dir = tempDir('items');
+    assert.throws(() => resolveCampaign(campaignSpec(dir, 'items', { dataset: { kind: 'gmm-classes', classes: [1, 12, 3, 10] } }), MODEL, dir), (error: SpecError) => {
+      assert.deepEqual(
+        error.problems,
+        [
+          'dataset item 1 (class-12): class: 12 is not a class of model gmm; use a whole number from 0 to 9',
+          'dataset item 3 (class-10): class: 10 is not a class of model gmm; use a whole number from 0 to 9',
+        ],
+      );
+      return true;
+    });
+    assert.throws(
+      () => resolveCampaign(campaignSpec(dir, 'cells', { grid: { algorithms: ['random', { name: 'fk', k: 4 }], verifiers: ['gmm-oracle', 'gmm-selfsup'], budgets: [2000] } }), MODEL, dir),
+      (error: SpecError) => {
+        assert.equal(error.problems.length, 1, error.problems.join('\n'));
+        assert.match(error.problems[0], /^grid \(algorithms\[1\] fk, verifiers\[1\] gmm-selfsup, budgets\[0\] 2000\): verifier: gmm-selfsup compares the sample with the denoiser's x-prediction at sigma <= 0\.4, but fk scores its first candidates/);
+        return true;
+      },
+    );
+  });
+
   it('derives the campaign ID from its content, and expands the grid into one search per item, cell and seed', () => {
     const dir = tempDir('ids');
     const a = resolveCampaign(campaignSpec(dir, 'ids'), MODEL, dir);

@@ -123,10 +123,10 @@ function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Pro
     it('lets a done search replace a failed one', async () => {
       const id = uniqueId('campaign');
       await store.upsertSearch(failed(id, 'wf-1'));
-      assert.deepEqual(await store.doneWorkflowIds(id), []);
+      assert.deepEqual(await store.doneAmong(id, ['wf-1']), []);
       await store.upsertSearch(search(id, 'wf-1'));
       assert.deepEqual(await store.searches(id), [search(id, 'wf-1')]);
-      assert.deepEqual(await store.doneWorkflowIds(id), ['wf-1']);
+      assert.deepEqual(await store.doneAmong(id, ['wf-1']), ['wf-1']);
     });
 
     it('never lets a later failure overwrite a done search', async () => {
@@ -134,14 +134,14 @@ function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Pro
       await store.upsertSearch(search(id, 'wf-1'));
       await store.upsertSearch(failed(id, 'wf-1', { finishedAt: '2025-02-01T00:00:00.000Z' }));
       assert.deepEqual(await store.searches(id), [search(id, 'wf-1')]);
-      assert.deepEqual(await store.doneWorkflowIds(id), ['wf-1']);
+      assert.deepEqual(await store.doneAmong(id, ['wf-1']), ['wf-1']);
       // A failure may still replace a failure (the last attempt's error).
       await store.upsertSearch(failed(id, 'wf-2', { error: 'first' }));
       await store.upsertSearch(failed(id, 'wf-2', { error: 'second' }));
       assert.equal((await store.searches(id)).find((s) => s.workflowId === 'wf-2')?.error, 'second');
     });
 
-    it('lists done workflow IDs of one campaign only, and searches by finish time then workflow ID', async () => {
+    it('says which of a page of workflow IDs are done in one campaign only, and lists searches by finish time then workflow ID', async () => {
       const id = uniqueId('campaign');
       const other = uniqueId('campaign');
       await store.upsertSearch(search(id, 'wf-b', { finishedAt: '2025-01-02T00:00:00.000Z' }));
@@ -151,9 +151,10 @@ function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Pro
       await store.upsertSearch(search(id, 'wf-_', { finishedAt: '2025-01-03T00:00:00.000Z' }));
       await store.upsertSearch(search(other, 'wf-other'));
       assert.deepEqual((await store.searches(id)).map((s) => s.workflowId), ['wf-c', 'wf-a', 'wf-b', 'WF-Z', 'wf-_']);
-      // Byte order on both backends: upper case before '_' before lower case.
-      assert.deepEqual(await store.doneWorkflowIds(id), ['WF-Z', 'wf-_', 'wf-a', 'wf-b']);
-      assert.deepEqual(await store.doneWorkflowIds(other), ['wf-other']);
+      const page = ['wf-a', 'wf-b', 'wf-c', 'wf-other', 'WF-Z', 'wf-_', 'wf-missing', "wf-'quoted\"", 'wf-a'];
+      assert.deepEqual(await store.doneAmong(id, page), ['wf-a', 'wf-b', 'WF-Z', 'wf-_', 'wf-a'], 'in the order asked, failed and other campaigns left out');
+      assert.deepEqual(await store.doneAmong(other, page), ['wf-other']);
+      assert.deepEqual(await store.doneAmong(id, []), []);
       assert.deepEqual(await store.searches(uniqueId('none')), []);
     });
 
@@ -201,7 +202,7 @@ function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Pro
         const rows = await store.searches(id);
         assert.equal(rows.length, ids.length);
         assert.deepEqual(rows.map((r) => r.workflowId).sort(), ids);
-        assert.deepEqual((await store.doneWorkflowIds(id)).length, ids.filter((_, i) => i % 3 !== 0).length);
+        assert.deepEqual((await store.doneAmong(id, ids)).length, ids.filter((_, i) => i % 3 !== 0).length);
       } finally {
         await Promise.all([a.close(), b.close()]);
       }
@@ -271,7 +272,7 @@ describe('SQLite across threads', () => {
       const rows = await store.searches(id);
       assert.equal(rows.length, 50);
       // Each ID was written 'done' by two of the threads: whatever the interleaving, it ends done.
-      assert.equal((await store.doneWorkflowIds(id)).length, 50);
+      assert.equal((await store.doneAmong(id, rows.map((r) => r.workflowId))).length, 50);
     } finally {
       await store.close();
     }

@@ -41,6 +41,8 @@ export interface CampaignProgress {
   nfeSpent: number;
   cells: Record<string, CellCounts>;
   phase: 'searching' | 'metrics' | 'done';
+  /** The searches running now (in the progress query only): a client can ask Temporal whether they wait. */
+  runningIds?: string[];
 }
 
 export interface CampaignOptions {
@@ -49,6 +51,9 @@ export interface CampaignOptions {
   /** Where a continued-as-new run picks up. */
   carry?: { next: number; progress: CampaignProgress };
 }
+
+/** Searches asked about per donePage call: a page of workflow IDs stays far under 256 KB. */
+const DONE_PAGE = 500;
 
 export const campaignProgressQuery = defineQuery<CampaignProgress>('campaignProgress');
 
@@ -75,9 +80,21 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
     cells: Object.fromEntries(allCells(input).map((cell) => [cell, { total: perCell, done: 0, failed: 0, running: 0 }])),
     phase: 'searching',
   };
-  setHandler(campaignProgressQuery, () => progress);
+  const runningIds = new Set<string>();
+  setHandler(campaignProgressQuery, () => ({ ...progress, runningIds: [...runningIds] }));
 
-  const alreadyDone = new Set(await activities.openCampaign({ ...withoutItems, itemCount: input.items.length }));
+  await activities.openCampaign({ ...withoutItems, itemCount: input.items.length });
+  // Which searches are already in the store, a page at a time.
+  let page = { done: new Set<number>(), to: 0 };
+  const alreadyDone = async (index: number): Promise<boolean> => {
+    if (index >= page.to) {
+      const to = Math.min(total, index + DONE_PAGE);
+      const workflowIds = Array.from({ length: to - index }, (_, i) => campaignItem(input, index + i).workflowId);
+      const done = await activities.donePage({ store: input.store, campaignId: input.campaignId, workflowIds });
+      page = { done: new Set(done.map((i) => index + i)), to };
+    }
+    return page.done.has(index);
+  };
   const campaign = { campaignId: input.campaignId, model: input.model, evaluation: input.evaluation, store: input.store, folder: input.folder };
 
   let storeFailure: unknown;
@@ -85,6 +102,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
     const cell = progress.cells[item.cell];
     progress.running++;
     cell.running++;
+    runningIds.add(item.workflowId);
     const started = Date.now();
     try {
       const result = await executeChild(searchWorkflow, {
@@ -110,6 +128,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
     } finally {
       progress.running--;
       cell.running--;
+      runningIds.delete(item.workflowId);
     }
   };
 
@@ -118,7 +137,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
   try {
     for (; next < total; next++) {
       const item = campaignItem(input, next);
-      if (alreadyDone.has(item.workflowId)) {
+      if (await alreadyDone(next)) {
         progress.skipped++;
         progress.done++;
         progress.cells[item.cell].done++;

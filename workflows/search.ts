@@ -33,7 +33,10 @@ import {
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 
-const { evaluateBatch } = proxyActivities<Activities>({ startToCloseTimeout: '2 minutes', heartbeatTimeout: '15 seconds', retry: FLEET_RETRY });
+// A batch's own gRPC deadline scales with its cost (src/fleet); the heartbeat notices a worker that died,
+// and the start-to-close timeout is only a backstop. Retryable failures are retried for as long as they
+// last (src/retry.ts): a fleet outage pauses the search.
+const { evaluateBatch } = proxyActivities<Activities>({ startToCloseTimeout: '1 hour', heartbeatTimeout: '15 seconds', retry: FLEET_RETRY });
 // A Describe answers in milliseconds: a short timeout notices a worker that died during one.
 const { describeModel } = proxyActivities<Activities>({ startToCloseTimeout: '10 seconds', retry: FLEET_RETRY });
 

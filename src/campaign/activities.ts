@@ -78,13 +78,21 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
   };
 
   return {
-    /** Registers the campaign and says which of its searches are already in the store. */
-    openCampaign: classified(async (input: Omit<CampaignInput, 'items'> & { itemCount: number }): Promise<string[]> => {
+    /** Registers the campaign in the store. */
+    openCampaign: classified(async (input: Omit<CampaignInput, 'items'> & { itemCount: number }): Promise<void> => {
       const store = await storeFor(input.store);
       if (!(await store.getCampaign(input.campaignId))) {
         await store.upsertCampaign({ campaignId: input.campaignId, name: input.name, spec: input, createdAt: new Date().toISOString() });
       }
-      return store.doneWorkflowIds(input.campaignId);
+    }),
+
+    /**
+     * Which of a page of the campaign's searches are already done, as indices into the page: asked a page
+     * at a time, so no payload grows with the size of the campaign.
+     */
+    donePage: classified(async ({ store: config, campaignId, workflowIds }: { store: StoreConfig; campaignId: string; workflowIds: string[] }): Promise<number[]> => {
+      const done = new Set(await (await storeFor(config)).doneAmong(campaignId, workflowIds));
+      return workflowIds.flatMap((id, i) => (done.has(id) ? [i] : []));
     }),
 
     /** Scores the final sample with the evaluation verifiers, saves its picture, and writes the search. */

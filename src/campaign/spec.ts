@@ -7,7 +7,7 @@ import YAML from 'yaml';
 import { loadDataset, validateDatasetSpec } from '../datasets/load';
 import type { DatasetSpec } from '../datasets/types';
 import { ALGORITHM_NAMES, createRun } from '../search/run';
-import { SpecError, type AlgorithmSpec } from '../search/spec';
+import { conditionProblems, SpecError, type AlgorithmSpec } from '../search/spec';
 import type { ModelInfo } from '../search/types';
 import type { StoreConfig } from '../store/types';
 import { canonicalJson } from './hash';
@@ -31,6 +31,8 @@ export interface CampaignSpec {
 }
 
 export const DEFAULT_CONCURRENCY = 8;
+/** Item problems listed one by one before the rest are counted: a bad dataset file would list thousands. */
+const MAX_ITEM_PROBLEMS = 10;
 const MAX_CONCURRENCY = 500;
 
 export function readCampaignSpec(file: string): { spec: unknown; problems: string[] } {
@@ -98,7 +100,8 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const datasetProblems = validateDatasetSpec(spec.dataset, 'dataset');
   problems.push(...datasetProblems);
   const items = datasetProblems.length === 0 ? loadDataset(spec.dataset) : [];
-  if (datasetProblems.length === 0 && items.some((item) => item.condition.prompt !== undefined) && model.numClasses > 0) {
+  const promptsForClasses = items.some((item) => item.condition.prompt !== undefined) && model.numClasses > 0;
+  if (promptsForClasses) {
     problems.push(`dataset.kind: ${spec.dataset.kind} gives text prompts, but model ${model.model} is class-conditional (${model.numClasses} classes); use a text-to-image model, or a class dataset (gmm-classes, imagenet)`);
   }
   if (!isObject(spec.grid)) problems.push('grid: must be a mapping with algorithms, verifiers and budgets');
@@ -112,6 +115,11 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const concurrency = spec.concurrency ?? DEFAULT_CONCURRENCY;
   if (!isWhole(concurrency, 1) || concurrency > MAX_CONCURRENCY) problems.push(`concurrency: ${JSON.stringify(concurrency)} must be a whole number from 1 to ${MAX_CONCURRENCY}`);
 
+  // Every dataset item must be a condition the model takes, with every verifier it will be scored by.
+  const scoredBy = [...new Set([...verifierSets.flat(), ...evaluation])];
+  const badItems = promptsForClasses ? [] : items.flatMap((item, i) => conditionProblems(item.condition, scoredBy, model).map((problem) => `dataset item ${i} (${item.id}): ${problem}`));
+  problems.push(...badItems.slice(0, MAX_ITEM_PROBLEMS));
+  if (badItems.length > MAX_ITEM_PROBLEMS) problems.push(`dataset: ${badItems.length - MAX_ITEM_PROBLEMS} more item problems like these`);
   // Every grid cell must be a search the model can run: refused here, not hours later.
   const probe = items[0];
   if (probe) {

@@ -2,7 +2,7 @@
 // cancel it, export its results and write its report.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { type Client, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CampaignInput } from '../campaign/plan';
 import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
 import { stateDir } from '../embedded/paths';
@@ -12,12 +12,14 @@ import { exportSearches, openStore, type ExportFormat } from '../store';
 import type { StoreConfig } from '../store/types';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { startCampaign } from '../temporal/client';
+import { describeWait, fleetWait, type FleetWait } from '../temporal/waiting';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
 import { oneOf, parseFlags, UsageError } from './args';
 import { connectClient } from './control';
 import { openDeployment } from './deployment';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
+import { abortable, sleep } from './waiting';
 
 const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
 const HELP = `Benchmark campaigns: a dataset of conditions x a grid of algorithms, search verifiers and budgets.
@@ -73,6 +75,15 @@ function loadRecord(campaignId: string, storeFlag?: string): { input: CampaignIn
   return { input, store: input.store, folder: input.folder };
 }
 
+/** Whether any of the first few running searches waits for model servers. */
+async function runningWait(client: Client, runningIds: string[], stop: AbortSignal, sample = 3): Promise<FleetWait | null> {
+  for (const workflowId of runningIds.slice(0, sample)) {
+    const wait = await abortable(client, stop, () => fleetWait(client.workflow.getHandle(workflowId))).catch(() => null);
+    if (wait) return wait;
+  }
+  return null;
+}
+
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
@@ -81,19 +92,24 @@ export async function runCampaign(
   saveRecord(input);
   const deployment = await openDeployment({ temporal: true, ...options });
   try {
-    if (deployment.uiUrl) options.log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${input.campaignId}`);
-    const handle = await startCampaign(deployment.client!, input);
-    const display = new ProgressDisplay();
-    // One query at a time; the one in flight is aborted when the campaign ends, so that a query waiting on
-    // a worker that is gone (a closed workflow's sticky queue) neither delays the exit nor outlives the connection.
-    const stopPolling = new AbortController();
+    const url = deployment.workflowUrl(input.campaignId);
+    if (url) options.log(`Temporal UI: ${url}`);
     const client = deployment.client!;
+    const handle = await startCampaign(client, input);
+    const display = new ProgressDisplay();
+    // One query at a time, each with its own abort signal; the one in flight is aborted when the campaign
+    // ends, so that a query waiting on a worker that is gone (a closed workflow's sticky queue) neither
+    // delays the exit nor outlives the connection.
+    const stopPolling = new AbortController();
     const polling = (async () => {
-      while (!stopPolling.signal.aborted) {
-        await client
-          .withAbortSignal(stopPolling.signal, () => handle.query(campaignProgressQuery))
-          .then((p) => !stopPolling.signal.aborted && display.update(p), () => {});
-        await new Promise((resolve) => setTimeout(resolve, 500));
+      for (let tick = 0; !stopPolling.signal.aborted; tick++) {
+        const progress = await abortable(client, stopPolling.signal, () => handle.query(campaignProgressQuery)).catch(() => null);
+        if (progress && !stopPolling.signal.aborted) {
+          // Every few ticks, ask Temporal whether one of the running searches is retrying a failed call.
+          if (tick % 4 === 0) display.setWaiting(await runningWait(client, progress.runningIds ?? [], stopPolling.signal));
+          if (!stopPolling.signal.aborted) display.update(progress);
+        }
+        await sleep(500, stopPolling.signal);
       }
     })();
     const endPolling = async () => {
@@ -145,10 +161,12 @@ async function run(values: Record<string, unknown>, specFile: string): Promise<n
 async function status(values: Record<string, unknown>, campaignId: string): Promise<number> {
   const { input, store: storeConfig } = loadRecord(campaignId, values.store as string | undefined);
   let live: CampaignProgress | null = null;
+  let waiting: FleetWait | null = null;
   try {
     const client = await connectClient(values);
     try {
       live = await client.workflow.getHandle(campaignId).query(campaignProgressQuery);
+      waiting = await runningWait(client, live.runningIds ?? [], new AbortController().signal, live.runningIds?.length);
     } finally {
       await client.connection.close();
     }
@@ -169,6 +187,7 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
     }
     const width = Math.max(4, ...[...cells.keys()].map((c) => c.length));
     process.stdout.write(`campaign ${campaignId}: ${live ? `running (${live.phase})` : 'not running'}\n`);
+    if (waiting) process.stdout.write(`${describeWait(waiting)}\n`);
     process.stdout.write(`${'cell'.padEnd(width)}  ${'done'.padStart(6)}  ${'running'.padStart(7)}  ${'failed'.padStart(6)}  ${'total'.padStart(6)}\n`);
     for (const [cell, c] of [...cells.entries()].sort()) {
       process.stdout.write(`${cell.padEnd(width)}  ${String(c.done).padStart(6)}  ${String(c.running).padStart(7)}  ${String(c.failed).padStart(6)}  ${String(c.total).padStart(6)}\n`);

@@ -2,6 +2,7 @@
 import { Client, Connection, WorkflowUpdateFailedError } from '@temporalio/client';
 import { serviceStatus } from '../embedded/services';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { describeWait, fleetWait } from '../temporal/waiting';
 import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
 import { parseFlags, UsageError, wholeNumber } from './args';
 
@@ -9,7 +10,7 @@ const CONTROL_USAGE = 'noisesearch progress|stop ID | noisesearch budget ID NFES
 const CONTROL_HELP = `Controls a search that is running (ID: its workflow ID, as search prints it).
 
 Usage:
-  noisesearch progress ID       NFEs spent, budget, best so far, round (JSON)
+  noisesearch progress ID       NFEs spent, budget, best so far, round, and whether it waits for model servers (JSON)
   noisesearch stop ID           end the search after the round in flight, with the best so far
   noisesearch budget ID NFES    raise or lower the budget; refused below what is spent or committed
 
@@ -41,7 +42,10 @@ export function controlCommand(action: 'progress' | 'stop' | 'budget') {
     const client = await connectClient(values);
     try {
       const handle = client.workflow.getHandle(positionals[0]);
-      if (action === 'progress') process.stdout.write(`${JSON.stringify(await handle.query(progressQuery))}\n`);
+      if (action === 'progress') {
+        const [progress, waiting] = await Promise.all([handle.query(progressQuery), fleetWait(handle)]);
+        process.stdout.write(`${JSON.stringify({ ...progress, waiting: waiting && { ...waiting, message: describeWait(waiting) } })}\n`);
+      }
       else if (action === 'stop') {
         await handle.signal(stopSignal);
         process.stdout.write(`asked ${positionals[0]} to stop after its round in flight\n`);

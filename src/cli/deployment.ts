@@ -4,6 +4,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import { ensureEmbedded, stopEmbedded, type ServiceName } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
+import { ensureNamespace } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 
@@ -22,7 +23,9 @@ export interface Deployment {
   fleet: Fleet | null;
   client: Client | null;
   worker: Worker | null;
-  uiUrl?: string;
+  namespace: string;
+  /** The workflow's page in the embedded Temporal UI, in the namespace in use; undefined for a cluster. */
+  workflowUrl(workflowId: string): string | undefined;
   /** Runs `work` while the in-process worker (if any) polls, then stops the worker. */
   run<T>(work: Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -50,6 +53,8 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
   let nativeConnection: NativeConnection | null = null;
   if (options.temporal) {
     const connection = await Connection.connect({ address: temporalAddress });
+    // The embedded dev server is ours to set up: a namespace asked for is created. A cluster's are not.
+    if (embeddedTemporal) await ensureNamespace(connection, namespace);
     client = new Client({ connection, namespace });
     if (fleet && !options.noWorker) {
       nativeConnection = await NativeConnection.connect({ address: temporalAddress });
@@ -60,7 +65,8 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
     fleet,
     client,
     worker,
-    uiUrl,
+    namespace,
+    workflowUrl: (workflowId) => uiUrl && `${uiUrl}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(workflowId)}`,
     async run<T>(work: Promise<T>): Promise<T> {
       return worker ? worker.runUntil(work) : work;
     },

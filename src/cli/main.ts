@@ -145,16 +145,23 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
       return 2;
     }
-    process.stderr.write(`noisesearch ${name}: ${(error as Error).stack ?? error}\n`);
+    process.stderr.write(`noisesearch ${name}: ${failureLine(error)}\n`);
     return 1;
   }
+}
+
+/** One line for a failure a user cannot fix by changing the command: the stack only when asked for. */
+export function failureLine(error: unknown): string {
+  if (process.env.NOISESEARCH_DEBUG) return String((error as Error)?.stack ?? error);
+  const message = String((error as Error)?.message ?? error);
+  return message.split('\n')[0];
 }
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (error) => {
-      process.stderr.write(`${error?.stack ?? error}\n`);
+      process.stderr.write(`noisesearch: ${failureLine(error)}\n`);
       process.exit(1);
     },
   );

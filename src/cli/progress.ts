@@ -1,5 +1,7 @@
 // Campaign progress on the terminal: a live bar on a TTY, plain lines otherwise (CI logs, pipes).
 import type { CampaignProgress } from '../../workflows/campaign';
+import type { FleetWait } from '../temporal/waiting';
+import { reportWait } from './waiting';
 
 function duration(seconds: number): string {
   if (!Number.isFinite(seconds)) return '--:--';
@@ -7,7 +9,7 @@ function duration(seconds: number): string {
   return s >= 3600 ? `${Math.floor(s / 3600)}:${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}` : `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
-export function progressLine(p: CampaignProgress, elapsedSeconds: number, width = 24): string {
+export function progressLine(p: CampaignProgress, elapsedSeconds: number, width = 24, waiting = false): string {
   const finished = p.done + p.failed;
   const fraction = p.total > 0 ? finished / p.total : 1;
   const ranHere = finished - p.skipped;
@@ -15,18 +17,28 @@ export function progressLine(p: CampaignProgress, elapsedSeconds: number, width 
   const filled = Math.round(fraction * width);
   const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
   const phase = p.phase === 'metrics' ? ' · population metrics' : '';
-  return `[${bar}] ${finished}/${p.total} searches · ${p.running} running · ${p.failed} failed · ${p.nfeSpent.toLocaleString('en-US')} NFEs · ETA ${duration(eta)}${phase}`;
+  const stalled = waiting ? ' · waiting for model servers' : '';
+  return `[${bar}] ${finished}/${p.total} searches · ${p.running} running · ${p.failed} failed · ${p.nfeSpent.toLocaleString('en-US')} NFEs · ETA ${duration(eta)}${phase}${stalled}`;
 }
 
 export class ProgressDisplay {
   private lastPlain = '';
   private lastPlainAt = 0;
   private readonly started = Date.now();
+  private waiting: FleetWait | null = null;
 
   constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
 
+  /** A running search retries a failed call (the fleet is down): say so once, and again when it is over. */
+  setWaiting(wait: FleetWait | null): void {
+    if (Boolean(wait) !== Boolean(this.waiting) || (wait && wait.lastFailure !== this.waiting?.lastFailure)) {
+      if (this.out.isTTY) this.out.write('\r\x1b[2K');
+      this.waiting = reportWait(this.waiting, wait, (line) => this.out.write(`${line}\n`));
+    }
+  }
+
   update(progress: CampaignProgress): void {
-    const line = progressLine(progress, (Date.now() - this.started) / 1000);
+    const line = progressLine(progress, (Date.now() - this.started) / 1000, 24, this.waiting !== null);
     if (this.out.isTTY) {
       this.out.write(`\r\x1b[2K${line.slice(0, (this.out.columns ?? 120) - 1)}`);
       return;

@@ -2,7 +2,9 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
-import { runLocalSearch } from '../local';
+import { runLocalSearch, type FleetWait as LocalWait } from '../local';
+import type { FleetWait } from '../temporal/waiting';
+import { reportWait, watchingWaits } from './waiting';
 import { FK_DEFAULTS, FK_POTENTIALS, FK_RESAMPLINGS } from '../search/fk';
 import { PATHS_DEFAULTS } from '../search/paths';
 import { PRESET_NAMES, PRESETS, type Preset } from '../search/presets';
@@ -164,7 +166,7 @@ export function formatResult(result: SearchResult & { workflowId: string; driver
     `  model ${result.model} · class ${className} · ${result.algorithm} · verifier ${result.verifiers.join(',')} · seed ${result.seed}`,
     `  best score     ${result.best.score.toFixed(4)} (during search ${result.best.searchScore.toFixed(4)})${result.stopped ? ' (stopped early)' : ''}`,
     ...Object.entries(result.best.scores).map(([verifier, score]) => `    ${verifier.padEnd(16)} ${score.toFixed(4)}`),
-    `  NFEs           search ${result.nfe.search} + final ${result.nfe.final} = ${result.nfe.total} of ${result.budget.nfe} (executed ${result.nfe.executed})`,
+    `  NFEs           search ${result.nfe.search} + final ${result.nfe.final} = ${result.nfe.total} of ${result.budget.nfe} (executed ${result.nfe.executed}${result.nfe.failed > 0 ? `; ${result.nfe.failed} on failed candidates` : ''})`,
     `  candidates     ${result.candidates} (${result.failedCandidates} failed)`,
     `  verifier time  ${result.verifierSeconds.toFixed(4)} s (${Object.entries(result.verifierCosts).map(([v, c]) => `${v}: ${c.calls} calls, ${c.seconds.toFixed(4)} s`).join('; ')})`,
     `  best noise     ${JSON.stringify(result.best.noise)}`,
@@ -196,12 +198,17 @@ export async function searchCommand(argv: string[]): Promise<number> {
   try {
     let output: SearchResult & { workflowId: string; driver: string };
     if (local) {
-      const result = await runLocalSearch(spec, deployment.fleet!);
+      let waiting: FleetWait | null = null;
+      const onWaiting = (wait: LocalWait | null) => {
+        waiting = reportWait(waiting, wait && { activity: 'evaluate', attempt: wait.attempt, lastFailure: wait.error.message }, log);
+      };
+      const result = await runLocalSearch(spec, deployment.fleet!, { onWaiting });
       output = { workflowId: `local-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`, driver: 'local', ...result };
     } else {
       const handle = await startSearch(deployment.client!, spec, { workflowId: values['workflow-id'] as string | undefined });
-      if (deployment.uiUrl && !values.json) log(`Temporal UI: ${deployment.uiUrl}/namespaces/default/workflows/${handle.workflowId}`);
-      const result = await deployment.run(handle.result());
+      const url = deployment.workflowUrl(handle.workflowId);
+      if (url && !values.json) log(`Temporal UI: ${url}`);
+      const result = await deployment.run(watchingWaits(deployment.client!, handle, log, handle.result()));
       output = { workflowId: handle.workflowId, driver: 'temporal', ...result };
     }
     process.stdout.write(values.json ? `${JSON.stringify(output)}\n` : `${formatResult(output)}\n`);

@@ -12,7 +12,7 @@ const SQL = {
   upsertCellMetrics: upsertStatement(CELL_METRICS, 'postgres'),
   getCampaign: numbered(QUERIES.getCampaign),
   searches: numbered(QUERIES.searches),
-  doneWorkflowIds: numbered(QUERIES.doneWorkflowIds),
+  doneAmong: `SELECT workflow_id FROM searches WHERE campaign_id = $1 AND status = 'done' AND workflow_id IN (SELECT json_array_elements_text($2::json))`,
   cellMetrics: numbered(QUERIES.cellMetrics),
 };
 
@@ -69,8 +69,9 @@ export class PostgresStore implements ResultsStore {
     return (await this.query('searches', [campaignId])).map(searchFromRow);
   }
 
-  async doneWorkflowIds(campaignId: string): Promise<string[]> {
-    return (await this.query('doneWorkflowIds', [campaignId])).map((r) => r.workflow_id as string);
+  async doneAmong(campaignId: string, workflowIds: string[]): Promise<string[]> {
+    const done = new Set((await this.query('doneAmong', [campaignId, JSON.stringify(workflowIds)])).map((r) => r.workflow_id as string));
+    return workflowIds.filter((id) => done.has(id));
   }
 
   async upsertCellMetrics(metrics: CellMetricsRecord): Promise<void> {

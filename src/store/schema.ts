@@ -197,7 +197,8 @@ export function cellMetricsFromRow(row: Row): CellMetricsRecord {
 export const QUERIES = {
   getCampaign: `SELECT * FROM campaigns WHERE campaign_id = ?`,
   searches: `SELECT * FROM searches WHERE campaign_id = ? ORDER BY finished_at, workflow_id`,
-  doneWorkflowIds: `SELECT workflow_id FROM searches WHERE campaign_id = ? AND status = 'done' ORDER BY workflow_id`,
+  // The candidate IDs travel as one JSON array parameter, so a page of hundreds needs no statement of its own.
+  doneAmong: `SELECT workflow_id FROM searches WHERE campaign_id = ? AND status = 'done' AND workflow_id IN (SELECT value FROM json_each(?))`,
   cellMetrics: `SELECT * FROM cell_metrics WHERE campaign_id = ? ORDER BY cell`,
 };
 

@@ -60,8 +60,9 @@ export class SqliteStore implements ResultsStore {
     return (this.statement('searches').all(campaignId) as Row[]).map(searchFromRow);
   }
 
-  async doneWorkflowIds(campaignId: string): Promise<string[]> {
-    return (this.statement('doneWorkflowIds').all(campaignId) as Row[]).map((r) => r.workflow_id as string);
+  async doneAmong(campaignId: string, workflowIds: string[]): Promise<string[]> {
+    const done = new Set((this.statement('doneAmong').all(campaignId, JSON.stringify(workflowIds)) as Row[]).map((r) => r.workflow_id as string));
+    return workflowIds.filter((id) => done.has(id));
   }
 
   async upsertCellMetrics(metrics: CellMetricsRecord): Promise<void> {

@@ -59,8 +59,8 @@ export interface ResultsStore {
   getCampaign(campaignId: string): Promise<CampaignRecord | null>;
   upsertSearch(record: SearchRecord): Promise<void>;
   searches(campaignId: string): Promise<SearchRecord[]>;
-  /** Workflow IDs whose search is done (failed ones are not). */
-  doneWorkflowIds(campaignId: string): Promise<string[]>;
+  /** Those of `workflowIds` whose search is done (failed ones are not), in the order given. */
+  doneAmong(campaignId: string, workflowIds: string[]): Promise<string[]>;
   upsertCellMetrics(metrics: CellMetricsRecord): Promise<void>;
   cellMetrics(campaignId: string): Promise<CellMetricsRecord[]>;
   close(): Promise<void>;

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
-import { Client, WorkflowExecutionAlreadyStartedError, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, type WorkflowHandle } from '@temporalio/client';
+import { status as GrpcStatus } from '@grpc/grpc-js';
+import { Client, type Connection, WorkflowExecutionAlreadyStartedError, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, type WorkflowHandle } from '@temporalio/client';
+import { msToTs } from '@temporalio/common/lib/time';
 import { canonicalJson } from '../campaign/hash';
 import type { CampaignInput } from '../campaign/plan';
 import { campaignWorkflow } from '../../workflows/campaign';
@@ -15,6 +17,29 @@ export function configHash(value: unknown): string {
 /** The same spec gets the same ID, so starting it again attaches to the search already running. */
 export function searchWorkflowId(spec: SearchSpec): string {
   return `search-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`;
+}
+
+const NAMESPACE_RETENTION = '3 days';
+
+/** Registers the namespace unless it exists, and waits until the server knows it (bounded). */
+export async function ensureNamespace(connection: Connection, namespace: string, timeoutMs = 30_000): Promise<void> {
+  const exists = () =>
+    connection.workflowService.describeNamespace({ namespace }).then(
+      () => true,
+      (error: { code?: number }) => {
+        if (error.code === GrpcStatus.NOT_FOUND) return false;
+        throw error;
+      },
+    );
+  if (await exists()) return;
+  await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: msToTs(NAMESPACE_RETENTION) }).catch((error: { code?: number }) => {
+    if (error.code !== GrpcStatus.ALREADY_EXISTS) throw error;
+  });
+  const deadline = Date.now() + timeoutMs;
+  while (!(await exists())) {
+    if (Date.now() > deadline) throw new Error(`namespace ${namespace} was registered but is not served after ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 /** Whether the namespace has every Noisesearch* search attribute, so workflows may keep them current. */
