@@ -4,7 +4,8 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Fleet } from './fleet/client';
 import { FleetError } from './fleet/errors';
-import type { BatchOutcome, BatchRequest, ModelInfo } from './search/types';
+import { packOutcome, unpackBatch, type PackedBatch, type PackedOutcome } from './search/packing';
+import type { ModelInfo } from './search/types';
 
 const HEARTBEAT_EVERY_MS = 1_000;
 
@@ -34,11 +35,13 @@ export function createActivities({ fleet }: ActivityDependencies) {
   return {
     describeModel: classified((model: string): Promise<ModelInfo> => fleet.describe(model)),
 
-    evaluateBatch: classified(async (batch: BatchRequest): Promise<BatchOutcome> => {
+    /** One batch, packed as it travels through Temporal (src/search/packing.ts). */
+    evaluateBatch: classified(async (packed: PackedBatch): Promise<PackedOutcome> => {
+      const batch = unpackBatch(packed);
       const context = Context.current();
       const heartbeat = setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
       try {
-        return await fleet.evaluate(batch, context.cancellationSignal);
+        return packOutcome(await fleet.evaluate(batch, context.cancellationSignal), batch);
       } finally {
         clearInterval(heartbeat);
       }

@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { after, describe, it } from 'node:test';
+import { writeFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
 import { PROJECT_ROOT } from '../src/embedded/paths';
-import { tempDir } from './helpers';
+import { stopServer, tempDir, waitUntil, withFaultyServer, withModelServer } from './helpers';
 
 const BIN = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
 
@@ -15,18 +16,21 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[], home: string): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, NOISESEARCH_HOME: home, TEMPORAL_ADDRESS: '' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+/** A running `noisesearch`: what it printed so far, and its exit. */
+function cliProcess(args: string[], home: string) {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, NOISESEARCH_HOME: home, TEMPORAL_ADDRESS: '', NOISESEARCH_DEBUG: '' } });
+  const output = { stdout: '', stderr: '' };
+  child.stdout.on('data', (d) => (output.stdout += d));
+  child.stderr.on('data', (d) => (output.stderr += d));
+  const done = new Promise<Run>((resolve) => child.on('close', (code) => resolve({ code: code ?? -1, ...output })));
+  return { child, output, done };
 }
 
-describe('noisesearch CLI', () => {
+function cli(args: string[], home: string): Promise<Run> {
+  return cliProcess(args, home).done;
+}
+
+describe('noisesearch CLI', { timeout: 600_000 }, () => {
   const home = tempDir('cli');
   after(async () => {
     await cli(['server', 'stop'], home);
@@ -110,5 +114,86 @@ describe('noisesearch CLI', () => {
     const stop = await cli(['server', 'stop'], home);
     assert.match(stop.stdout, /stopped temporal, modelServer/);
     assert.equal((await cli(['server', 'status'], home)).code, 3);
+  });
+
+  it('takes --guidance 0 as unconditional sampling, not the model default', async () => {
+    const args = ['search', '--class', '3', '--budget', '400', '--seed', '2', '--verifier', 'gmm-oracle', '--json', '--local'];
+    const unconditional = JSON.parse((await cli([...args, '--guidance', '0'], home)).stdout);
+    const plain = JSON.parse((await cli(args, home)).stdout);
+    const explicitDefault = JSON.parse((await cli([...args, '--guidance', '1'], home)).stdout);
+    assert.deepEqual(plain.best, explicitDefault.best, 'the default guidance is 1');
+    assert.notEqual(unconditional.best.score, plain.best.score, 'guidance 0 samples another distribution');
+  });
+
+  it('links the Temporal UI in the namespace in use', async () => {
+    const run = await cli(['search', '--class', '3', '--budget', '400', '--namespace', 'noisesearch-cli-test'], home);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /Temporal UI: http:\/\/127\.0\.0\.1:\d+\/namespaces\/noisesearch-cli-test\/workflows\/search-gmm-random-/);
+  });
+});
+
+describe('noisesearch CLI under failure', { timeout: 600_000 }, () => {
+  const home = tempDir('cli-failure');
+  let failing: Awaited<ReturnType<typeof withModelServer>>;
+  before(async () => {
+    failing = await withFaultyServer({ seed: 1, rules: [{ fail: { code: 'INTERNAL', message: 'injected', stage: 'score' } }] });
+  });
+  after(async () => {
+    await stopServer(failing);
+    await cli(['server', 'stop'], home);
+  });
+
+  it('ends a search whose every candidate fails with one line on stderr and exit code 1, through either driver', async () => {
+    for (const driver of [['--local'], []]) {
+      const run = await cli(['search', '--class', '3', '--budget', '400', '--fleet', failing.address, ...driver], home);
+      assert.equal(run.code, 1, run.stderr);
+      const lines = run.stderr.trim().split('\n').filter((line) => !line.startsWith('Temporal UI'));
+      assert.equal(lines.length, 1, run.stderr);
+      assert.match(lines[0], /every one of the 20 candidates failed, so there is no best noise \(first failure: INTERNAL: .*injected/);
+      assert.doesNotMatch(run.stderr, /\n\s+at /, 'no stack trace');
+      assert.equal(run.stdout, '');
+    }
+  });
+
+  it('says it waits for model servers that went down, and finishes when they are back', async () => {
+    for (const driver of [['--local'], []]) {
+      const server = await withModelServer(['--faults', JSON.stringify({ seed: 1, rules: [{ latency_ms: 150 }] }), '--allow-fault-injection']);
+      const port = Number(server.address.split(':')[1]);
+      const search = cliProcess(['search', '--class', '3', '--algorithm', 'fk', '--k', '8', '--steps', '40', '--budget', '2000', '--fleet', server.address, ...driver], home);
+      let restarted: Awaited<ReturnType<typeof withModelServer>> | undefined;
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        await stopServer(server, 'SIGKILL');
+        await waitUntil('the waiting line', async () => /waiting for model servers .*UNAVAILABLE/.test(search.output.stderr), 30_000, 100);
+        restarted = await withModelServer([], port);
+        const run = await search.done;
+        assert.equal(run.code, 0, run.stderr);
+        assert.match(run.stderr, /model servers answer again; the search goes on/);
+        assert.match(run.stdout, /best score/);
+      } finally {
+        search.child.kill('SIGKILL');
+        await stopServer(restarted);
+      }
+    }
+  });
+
+  it('prints no MaxListenersExceededWarning over a campaign of many progress polls', async () => {
+    const slow = await withFaultyServer({ seed: 1, rules: [{ latency_ms: 400 }] });
+    try {
+      const spec = path.join(home, 'slow.json');
+      writeFileSync(spec, JSON.stringify({
+        name: 'slow',
+        dataset: { kind: 'gmm-classes', classes: [1, 2] },
+        grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400] },
+        seeds: [0, 1, 2],
+        concurrency: 1,
+        results: { folder: path.join(home, 'slow') },
+      }));
+      const run = await cli(['campaign', 'run', spec, '--fleet', slow.address], home);
+      assert.equal(run.code, 0, run.stderr);
+      assert.doesNotMatch(run.stderr, /MaxListenersExceededWarning/);
+    } finally {
+      await stopServer(slow);
+    }
   });
 });

@@ -60,3 +60,19 @@ export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.
   child.kill(signal);
   await exited;
 }
+
+/** Polls `probe` until it returns a value (not null/undefined/false), failing after `timeoutMs`: no wait in a test is unbounded. */
+export async function waitUntil<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== null && value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+/** A model server that injects the faults given (servers/README.md, "Fault injection"). */
+export function withFaultyServer(faults: object, extraArgs: string[] = [], port?: number) {
+  return withModelServer(['--allow-fault-injection', '--faults', JSON.stringify(faults), ...extraArgs], port);
+}

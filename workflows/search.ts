@@ -30,6 +30,7 @@ import {
   type SearchProgress,
   type SearchResult,
 } from '../src/search/run';
+import { packBatch, unpackOutcome } from '../src/search/packing';
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 
@@ -100,7 +101,7 @@ export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOp
       const round = startRound(run);
       run = round.run;
       if (round.batches.length > 0) {
-        const outcomes = await Promise.all(round.batches.map((batch) => evaluateBatch(batch)));
+        const outcomes = await Promise.all(round.batches.map(async (batch) => unpackOutcome(await evaluateBatch(packBatch(batch)), batch)));
         run = finishRound(run, outcomes);
         roundsThisRun++;
       }

@@ -32,6 +32,8 @@ export interface Proposal {
   candidates: Candidate[];
   /** False for a round that only advances states (they are cached on the servers), with no verifier. */
   verify: boolean;
+  /** The candidates' noises will be bases of later candidates (zero-order's neighbours). */
+  noiseKeys?: boolean;
 }
 
 /** What a search needs of the verifiers it is given, to refuse a combination before spending anything. */

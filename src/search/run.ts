@@ -100,6 +100,8 @@ export interface RunState {
   proposed: number;
   inFlight: Candidate[];
   inFlightVerified: boolean;
+  /** The round in flight wants its candidates' noise keys back. */
+  inFlightNoiseKeys: boolean;
   resending: Resending | null;
   stopRequested: boolean;
   /** What every search candidate proposed so far costs: the budget bounds it, so a search whose candidates fail still ends. */
@@ -171,6 +173,7 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
     proposed: 0,
     inFlight: [],
     inFlightVerified: true,
+    inFlightNoiseKeys: false,
     resending: null,
     stopRequested: false,
     nfeProposed: 0,
@@ -192,21 +195,28 @@ function wire(candidate: Candidate): WireCandidate {
 }
 
 /** Batches of at most the model's max batch, and of at most MAX_BATCH_BYTES of candidates. */
-function toBatches(plan: SearchPlan, candidates: WireCandidate[], verify: boolean): BatchRequest[] {
+function toBatches(plan: SearchPlan, candidates: WireCandidate[], verify: boolean, noiseKeys = false): BatchRequest[] {
+  const batch = (members: WireCandidate[]): BatchRequest => ({
+    model: plan.spec.model,
+    condition: plan.spec.condition,
+    verifiers: verify ? plan.spec.verifiers : [],
+    candidates: members,
+    ...(noiseKeys ? { noiseKeys } : {}),
+  });
   const batches: BatchRequest[] = [];
   let current: WireCandidate[] = [];
   let bytes = 0;
   for (const candidate of candidates) {
     const size = JSON.stringify(candidate).length;
     if (current.length > 0 && (current.length === plan.maxBatch || bytes + size > MAX_BATCH_BYTES)) {
-      batches.push({ model: plan.spec.model, condition: plan.spec.condition, verifiers: verify ? plan.spec.verifiers : [], candidates: current });
+      batches.push(batch(current));
       current = [];
       bytes = 0;
     }
     current.push(candidate);
     bytes += size;
   }
-  if (current.length > 0) batches.push({ model: plan.spec.model, condition: plan.spec.condition, verifiers: verify ? plan.spec.verifiers : [], candidates: current });
+  if (current.length > 0) batches.push(batch(current));
   return batches;
 }
 
@@ -288,7 +298,7 @@ export function startRound(run: RunState): Round {
   const { plan } = run;
   if (run.resending) {
     const again = run.inFlight.filter((c) => run.resending!.ids.includes(c.id));
-    return { run, batches: toBatches(plan, again.map((c) => ({ id: c.id, lineage: wholeLineage(run, c), scoreXpred: c.scoreXpred })), run.inFlightVerified) };
+    return { run, batches: toBatches(plan, again.map((c) => ({ id: c.id, lineage: wholeLineage(run, c), scoreXpred: c.scoreXpred })), run.inFlightVerified, run.inFlightNoiseKeys) };
   }
   if (run.phase === 'search') {
     const nfeAvailable = plan.spec.budgetNfe - plan.finalNfe - run.nfeProposed;
@@ -299,8 +309,8 @@ export function startRound(run: RunState): Round {
         return startRound({ ...run, stopRequested: true });
       }
       return {
-        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify, nfeProposed: run.nfeProposed + cost },
-        batches: toBatches(plan, proposal.candidates.map(wire), proposal.verify),
+        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify, inFlightNoiseKeys: proposal.noiseKeys ?? false, nfeProposed: run.nfeProposed + cost },
+        batches: toBatches(plan, proposal.candidates.map(wire), proposal.verify, proposal.noiseKeys),
       };
     }
   }
@@ -311,7 +321,7 @@ export function startRound(run: RunState): Round {
   if (!best) throw noWinner(run);
   const final = finalCandidate(plan, best);
   if (!final) return { run: finish(run, best, best.scores, algorithmOf(plan).lineage(plan, best.recipe), best.key), batches: [] };
-  const finalRun: RunState = { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true };
+  const finalRun: RunState = { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true, inFlightNoiseKeys: false };
   return { run: finalRun, batches: toBatches(plan, [wire(final)], true) };
 }
 

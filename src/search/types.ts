@@ -130,6 +130,8 @@ export interface BatchRequest {
   verifiers: string[];
   candidates: WireCandidate[];
   returnSamples?: boolean;
+  /** The algorithm will name these candidates' noises as bases: bring their noise keys back. */
+  noiseKeys?: boolean;
 }
 
 export interface PopulationMetrics {
@@ -142,5 +144,6 @@ export interface PopulationMetrics {
 export interface BatchOutcome {
   outcomes: CandidateOutcome[];
   verifierTimings: VerifierTiming[];
-  serverId: string;
+  /** The server that answered (not carried through Temporal: nothing decides on it). */
+  serverId?: string;
 }

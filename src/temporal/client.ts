@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { Client, type Connection, WorkflowExecutionAlreadyStartedError, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, type WorkflowHandle } from '@temporalio/client';
+import { Client, type Connection, WorkflowExecutionAlreadyStartedError, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, type WorkflowHandle, type WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { msToTs } from '@temporalio/common/lib/time';
 import { canonicalJson } from '../campaign/hash';
 import type { CampaignInput } from '../campaign/plan';
@@ -61,7 +61,7 @@ export async function startSearch(
   client: Client,
   spec: SearchSpec,
   options: StartSearchOptions = {},
-): Promise<WorkflowHandle<typeof searchWorkflow>> {
+): Promise<WorkflowHandleWithFirstExecutionRunId<typeof searchWorkflow>> {
   const { workflowId, taskQueue, ...workflowOptions } = options;
   const indexed = workflowOptions.indexed ?? (await hasSearchAttributes(client));
   return client.workflow.start(searchWorkflow, {

@@ -1,51 +1,113 @@
-// Records one workflow history per algorithm for the replay tests (test/replay.test.ts), so that a
-// change which breaks workflow determinism fails CI. Rerun after an intended change of the workflow's
-// commands: `npm run record-histories`.
+// Records workflow histories for the replay tests (test/replay.test.ts), so that a change which breaks
+// workflow determinism fails CI: one search per algorithm; one search that takes a budget update and a
+// stop signal and continues as new with them; and a small campaign with its child searches. Rerun after
+// an intended change of the workflows' commands: `npm run record-histories`.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
+import type { CampaignInput } from '../campaign/plan';
 import { PROJECT_ROOT, TEMPORAL_BIN } from '../embedded/paths';
 import { startModelServer, startTemporal, stopProcess } from '../embedded/processes';
 import { Fleet } from '../fleet/client';
 import type { SearchSpec } from '../search/spec';
-import { startSearch } from './client';
+import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
+import { startCampaign, startSearch } from './client';
 import { createSearchWorker, installQuietRuntime } from './worker';
 
 export const HISTORY_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
 
-export const RECORDED: Record<string, SearchSpec & { continueAsNewEveryRounds?: number }> = {
+const SEARCHES: Record<string, SearchSpec> = {
   random: { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random', roundSize: 8 }, verifiers: ['gmm-classifier'], budgetNfe: 400, seed: 1 },
   'zero-order': { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'zero-order', n: 4, restart: true }, verifiers: ['gmm-classifier', 'gmm-oracle'], budgetNfe: 400, seed: 2 },
   paths: { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'paths', n: 2, m: 3 }, verifiers: ['gmm-classifier'], budgetNfe: 400, seed: 3 },
   fk: { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'fk', k: 4 }, verifiers: ['gmm-oracle'], budgetNfe: 400, seed: 4 },
 };
 
+/** The names of the recorded histories, one file each. */
+export const RECORDED = [...Object.keys(SEARCHES), 'control', 'campaign'];
+
+interface Recorder {
+  client: Client;
+  taskQueue: string;
+  dir: string;
+}
+
+async function roundAtLeast(handle: WorkflowHandle, round: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (((await handle.query(progressQuery))?.round ?? 0) < round) {
+    if (Date.now() > deadline) throw new Error(`round ${round} never came`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** A search that takes a raised budget and a stop, then continues as new carrying both (its first run is recorded). */
+async function control({ client, taskQueue }: Recorder): Promise<{ workflowId: string; runId: string }> {
+  const spec: SearchSpec = { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random', roundSize: 4 }, verifiers: ['gmm-classifier'], budgetNfe: 4000, seed: 6 };
+  const handle = await startSearch(client, spec, { taskQueue, workflowId: 'history-control', continueAsNewEveryRounds: 3 });
+  await roundAtLeast(handle, 1);
+  await handle.executeUpdate(setBudgetUpdate, { args: [5000] });
+  // During round 3: the run stops asking for more, but first continues as new with the stop in its state.
+  await roundAtLeast(handle, 3);
+  await handle.signal(stopSignal);
+  await handle.result();
+  return { workflowId: handle.workflowId, runId: handle.firstExecutionRunId };
+}
+
+async function campaign({ client, taskQueue, dir }: Recorder): Promise<{ workflowId: string }> {
+  const input: CampaignInput = {
+    campaignId: 'history-campaign',
+    name: 'history',
+    model: 'gmm',
+    items: [1, 4].map((c) => ({ id: `class-${c}`, label: `class ${c}`, condition: { classLabel: c } })),
+    algorithms: [{ name: 'random' }, { name: 'paths', n: 2, m: 2 }],
+    verifierSets: [['gmm-classifier']],
+    budgets: [400],
+    seeds: [0],
+    evaluation: ['gmm-oracle', 'gmm-classifier'],
+    concurrency: 2,
+    store: { kind: 'sqlite', path: path.join(dir, 'results.sqlite') },
+    folder: path.join(dir, 'campaign'),
+  };
+  const handle = await startCampaign(client, input, { taskQueue });
+  await handle.result();
+  return { workflowId: handle.workflowId };
+}
+
 async function main(): Promise<void> {
   installQuietRuntime('ERROR');
   const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-record-'));
   const [temporal, server] = await Promise.all([
     startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') }),
-    startModelServer({ logFile: path.join(dir, 'server.log') }),
+    // Slow rounds leave time to signal and update a search between them.
+    startModelServer({ logFile: path.join(dir, 'server.log'), extraArgs: ['--allow-fault-injection', '--faults', JSON.stringify({ seed: 0, rules: [{ latency_ms: 300 }] })] }),
   ]);
   const fleet = new Fleet([server.address]);
   const connection = await Connection.connect({ address: temporal.address });
   const nativeConnection = await NativeConnection.connect({ address: temporal.address });
   const client = new Client({ connection });
-  const worker = await createSearchWorker({ connection: nativeConnection, fleet, taskQueue: 'record' });
+  const taskQueue = 'record';
+  const worker = await createSearchWorker({ connection: nativeConnection, fleet, taskQueue });
   const running = worker.run();
+  const recorder = { client, taskQueue, dir };
+  const save = (name: string, workflowId: string, runId?: string) => {
+    // The CLI writes the canonical proto3 JSON of a history, the form historyFromJSON reads back.
+    const json = execFileSync(TEMPORAL_BIN, ['workflow', 'show', '--address', temporal.address, '--workflow-id', workflowId, ...(runId ? ['--run-id', runId] : []), '--output', 'json']);
+    writeFileSync(path.join(HISTORY_DIR, `${name}.json`), json);
+    console.log(`recorded ${name}`);
+  };
   try {
     mkdirSync(HISTORY_DIR, { recursive: true });
-    for (const [name, spec] of Object.entries(RECORDED)) {
-      const handle = await startSearch(client, spec, { taskQueue: 'record', workflowId: `history-${name}` });
+    for (const [name, spec] of Object.entries(SEARCHES)) {
+      const handle = await startSearch(client, spec, { taskQueue, workflowId: `history-${name}` });
       await handle.result();
-      // The CLI writes the canonical proto3 JSON of a history, the form historyFromJSON reads back.
-      const json = execFileSync(TEMPORAL_BIN, ['workflow', 'show', '--address', temporal.address, '--workflow-id', handle.workflowId, '--output', 'json']);
-      writeFileSync(path.join(HISTORY_DIR, `${name}.json`), json);
-      console.log(`recorded ${name}`);
+      save(name, handle.workflowId);
     }
+    const controlled = await control(recorder);
+    save('control', controlled.workflowId, controlled.runId);
+    save('campaign', (await campaign(recorder)).workflowId);
   } finally {
     worker.shutdown();
     await running;
