@@ -534,7 +534,7 @@ describe('stop and budget changes', () => {
 });
 
 describe('what a verifier needs, refused before anything is spent', () => {
-  const SELFSUP = gmmModelInfo({ rho: 7, defaultSteps: 10, defaultSolver: 'heun' });
+  const SELFSUP = gmmModelInfo({ sigmaMin: SIGMA_MIN, sigmaMax: SIGMA_MAX, rho: 7, defaultSteps: 10, defaultSolver: 'heun' });
   const withSelfsup = (overrides = {}) => ({ verifiers: ['gmm-selfsup'], condition: { classLabel: 3 }, ...overrides });
 
   it('refuses FK steering with a self-supervised verifier: its first rewards come long before sigma 0.4', () => {

@@ -71,17 +71,20 @@ describe('failed work is charged and every search ends', () => {
     assert.equal(half.nfe.failed, 0, 'refused candidates cost nothing');
   });
 
-  it('FK steering: all fail, and odd slots fail at every segment until one particle is left', () => {
+  it('FK steering: all fail, and odd slots fail at every segment while resampling refills the population', () => {
     // k = 4 over 10 steps, every 2: segment 0 costs 2 steps + 1 x-prediction = 3 per particle.
     const algorithm: AlgorithmSpec = { name: 'fk', k: 4, resampleEvery: 2 };
     const all = expectNoWinner(algorithm, 40, failing(everything, 'denoised', () => 3));
     assert.deepEqual([all.candidates, all.nfeSearch], [4, 12]);
-    // Segment 0: 4 particles (12 NFEs), slots 1 and 3 fail (6). Segment 1: 2 particles, 2 - 1 + 1 = 2 each
-    // (4), slot 1 fails (2). Segments 2 and 3: one particle, 2 each; segment 4 ends at 0: 2 - 1 = 1.
-    const half = drive(createRun(spec(algorithm, { budgetNfe: 40 }), MODEL), { server: failing(odd, 'denoised', () => 3) }).result!;
-    assert.deepEqual([half.candidates, half.failedCandidates], [4 + 2 + 1 + 1 + 1, 3]);
-    assert.deepEqual({ ...half.nfe, executed: 0 }, { search: 12 + 4 + 2 + 2 + 1, final: 0, total: 21, executed: 0, failed: 6 + 2 });
-    assert.equal(half.best.lineage.ops.length, 5);
+    // Every segment, slots 1 and 3 fail and the two survivors are resampled back to four particles.
+    // Segment 0: 4 * 3 = 12 (6 failed); segments 1 to 3: 4 * (2 - 1 + 1) = 8 each (4 failed); segment 4
+    // ends at 0: 4 * (2 - 1) = 4 (2 failed).
+    const half = drive(createRun(spec(algorithm, { budgetNfe: 40 }), MODEL), { server: failing(odd, 'denoised', () => 3) });
+    const result = half.result!;
+    assert.deepEqual([result.candidates, result.failedCandidates], [20, 10]);
+    assert.deepEqual({ ...result.nfe, executed: 0 }, { search: 40, final: 0, total: 40, executed: 0, failed: 6 + 3 * 4 + 2 });
+    assert.equal((half.algorithmState as { resamplings: number }).resamplings, 4, 'every resampling point resampled');
+    assert.equal(Number(result.best.candidateId.split('-')[2]) % 2, 0);
   });
 
   it('never charges a failed candidate more than it costs, whatever the server reports', () => {

@@ -21,7 +21,7 @@ const ALGORITHMS: AlgorithmSpec[] = [
   { name: 'random' },
   { name: 'zero-order', n: 4 },
   { name: 'paths', n: 2, m: 3 },
-  { name: 'fk', k: 4 },
+  { name: 'fk', k: 8 },
 ];
 
 function spec(algorithm: AlgorithmSpec, overrides: Partial<SearchSpec> = {}): SearchSpec {

@@ -153,7 +153,7 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     const sigmas = schedule(plan);
     const [, end] = segmentBounds(plan, p, state.segment);
     const scoreXpred = sigmas[end] > 0;
-    // After a failure fewer particles live on: each survivor continues in its slot.
+    // After a failure at the last resampling point fewer particles live on: each continues in its slot.
     const candidates = Array.from({ length: state.particles?.length ?? p.k }, (_, slot): Candidate => {
       const op = segmentOp(plan, p, sigmas, state.segment, slot);
       const id = `fk-${state.segment}-${slot}`;
@@ -195,8 +195,10 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     let resamplings = state.resamplings;
     if (!finished) {
       const weights = normalizedWeights(particles.map((x) => logPotential(p.potential, p.lambda, x.rewards)));
-      if (p.resampling === 'multinomial' || effectiveSampleSize(weights) < particles.length / 2) {
-        const picked = multinomialIndices(weights, resamplingUniforms(plan.spec.seed, state.segment, particles.length));
+      // A failed particle has weight 0: resampling from the survivors brings the population back to k.
+      const lost = particles.length < p.k;
+      if (p.resampling === 'multinomial' || lost || effectiveSampleSize(weights) < particles.length / 2) {
+        const picked = multinomialIndices(weights, resamplingUniforms(plan.spec.seed, state.segment, p.k));
         particles = picked.map((index) => particles[index]);
         resamplings++;
       }
