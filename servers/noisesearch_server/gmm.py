@@ -1,8 +1,8 @@
 """An exact diffusion model: a class-conditional Gaussian mixture with a closed-form denoiser.
 
-Every per-row reduction below is an elementwise product summed over a contiguous last axis (or a Python
-loop over the tiny rank), never a BLAS call: BLAS picks kernels by batch size, and a candidate's result
-must not depend on the batch it was evaluated in.
+Every per-row reduction below is an elementwise product summed over a contiguous last axis, or a Python
+loop over a small axis in a fixed order, never a BLAS call: BLAS picks kernels by batch size, and a
+candidate's result must not depend on the batch it was evaluated in.
 """
 
 from __future__ import annotations
@@ -61,13 +61,24 @@ def logsumexp(values: np.ndarray) -> np.ndarray:
     return np.log(np.exp(values - safe_peak).sum(axis=-1)) + safe_peak[..., 0]
 
 
-def row_sum(values: np.ndarray, axis: int) -> np.ndarray:
-    """Sum over `axis` after moving it last and contiguous, so the summation order is fixed per row."""
-    return np.ascontiguousarray(np.moveaxis(values, axis, -1)).sum(axis=-1)
+def rows_times(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """values (B, M) times table (M, N), accumulated over m in a fixed order."""
+    total = values[:, 0, None] * table[0]
+    for m in range(1, len(table)):
+        total += values[:, m, None] * table[m]
+    return total
+
+
+def row_contract(values: np.ndarray, table_t: np.ndarray) -> np.ndarray:
+    """values (B, M) times table_t.T, with table_t (N, M) contiguous: products summed over the last axis."""
+    return (values[:, None, :] * table_t[None]).sum(axis=-1)
 
 
 class GaussianMixture:
     """Component k: N(mu_k, s^2 I + U_k U_k^T); equal weights within a class, equal class priors."""
+
+    # Rows per denoiser pass: its (rows, dim, K (1 + rank)) product then stays in a core's cache.
+    DENOISE_ROWS = 128
 
     def __init__(self, config: GmmConfig) -> None:
         self.config = config
@@ -83,9 +94,16 @@ class GaussianMixture:
         )
         self.component_class = np.repeat(np.arange(config.num_classes), config.components_per_class)
         self.factor_gram = np.einsum("kid,kjd->kij", self.factors, self.factors)
+        factor_columns = [self.factors[:, j, :] for j in range(config.rank)]
+        # x . [mu_k, u_k0, u_k1, ...] as one (D, K (1 + rank)) table, and its transpose for the way back.
+        self._input_table = np.ascontiguousarray(np.concatenate([self.means.T] + [u.T for u in factor_columns], axis=1))
+        self._output_table = np.ascontiguousarray(np.concatenate([self.means] + factor_columns, axis=0).T)
+        self._mean_norms = (self.means * self.means).sum(axis=-1)
+        self._mean_projections = [(self.means * u).sum(axis=-1) for u in factor_columns]
         features = np.random.default_rng([config.seed, 1])
         self.feature_weights = features.standard_normal((config.feature_count, config.dim)) / math.sqrt(config.dim)
         self.feature_bias = features.standard_normal(config.feature_count) * 0.5
+        self._feature_table = np.ascontiguousarray(self.feature_weights.T)
         self.spec = ModelSpec(
             name="gmm",
             latent_shape=(config.dim,),
@@ -96,57 +114,81 @@ class GaussianMixture:
             default_solver=config.default_solver,
             default_steps=config.default_steps,
             default_guidance_scale=config.default_guidance_scale,
-            identity="gmm:" + repr(sorted(asdict(config).items())),
+            # numpy keeps its random streams only within a version: a new numpy is a new model.
+            identity=f"gmm:numpy={np.__version__}:" + repr(sorted(asdict(config).items())),
         )
 
-    def component_terms(self, x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, K), and E[x0 | x_sigma, k] as (B, K, D).
+    def _noise_terms(self, sigma: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """a = s^2 + sigma^2, (a I_r + U^T U)^-1 per component, and log det(Sigma_k + sigma^2 I) per component.
 
-        Woodbury: (a I + U U^T)^-1 = (I - U (a I_r + U^T U)^-1 U^T) / a with a = s^2 + sigma^2, and the
-        matrix determinant lemma: det(a I + U U^T) = a^(D - r) det(a I_r + U^T U).
+        Woodbury: (a I + U U^T)^-1 = (I - U (a I_r + U^T U)^-1 U^T) / a, and the matrix determinant lemma:
+        det(a I + U U^T) = a^(D - r) det(a I_r + U^T U).
         """
         config = self.config
         a = config.isotropic_std**2 + sigma * sigma
         small = a * np.eye(config.rank) + self.factor_gram
-        small_inverse = np.linalg.inv(small)
         log_det = (config.dim - config.rank) * math.log(a) + np.linalg.slogdet(small)[1]
+        return a, np.linalg.inv(small), log_det
 
-        diff = x[:, None, :] - self.means[None]
-        projections = [(diff * self.factors[None, :, j, :]).sum(axis=-1) for j in range(config.rank)]
+    def _component_log_densities(self, x: np.ndarray, noise_terms) -> tuple[np.ndarray, list[np.ndarray]]:
+        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, K), and the Woodbury coefficients
+        c_j = (a I_r + U^T U)^-1 U^T (x - mu_k) as `rank` arrays (B, K). |x - mu_k|^2 and U^T (x - mu_k) come
+        from x . mu_k and x . u_kj, so that no (B, K, D) array is ever formed."""
+        config = self.config
+        a, small_inverse, log_det = noise_terms
+        components = len(self.means)
+        products = rows_times(x, self._input_table)
+        squared = (x * x).sum(axis=-1, keepdims=True) - 2 * products[:, :components] + self._mean_norms
+        projections = [
+            products[:, (j + 1) * components : (j + 2) * components] - self._mean_projections[j]
+            for j in range(config.rank)
+        ]
         coefficients = [
             sum(small_inverse[None, :, j, i] * projections[i] for i in range(config.rank))
             for j in range(config.rank)
         ]
-        quadratic = ((diff * diff).sum(axis=-1) - sum(p * c for p, c in zip(projections, coefficients))) / a
+        quadratic = (squared - sum(p * c for p, c in zip(projections, coefficients))) / a
         log_density = -0.5 * (quadratic + log_det[None] + config.dim * math.log(2 * math.pi))
-
-        low_rank = sum(coefficients[j][..., None] * self.factors[None, :, j, :] for j in range(config.rank))
-        whitened = (diff - low_rank) / a
-        # mu_k + Sigma_k (Sigma_k + sigma^2 I)^-1 (x - mu_k) = x - sigma^2 (Sigma_k + sigma^2 I)^-1 (x - mu_k)
-        posterior_means = x[:, None, :] - (sigma * sigma) * whitened
-        return log_density, posterior_means
+        return log_density, coefficients
 
     def denoise(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         """E[x0 | x_sigma] per row, guided: D_uncond + w (D_cond - D_uncond); negative labels are unconditional."""
-        log_density, posterior_means = self.component_terms(x, sigma)
+        noise_terms = self._noise_terms(sigma)
+        rows = self.DENOISE_ROWS
+        if len(x) <= rows:
+            return self._denoise_rows(x, sigma, noise_terms, labels, guidance)
+        return np.concatenate([
+            self._denoise_rows(x[i : i + rows], sigma, noise_terms, labels[i : i + rows], guidance[i : i + rows])
+            for i in range(0, len(x), rows)
+        ])
+
+    def _denoise_rows(
+        self, x: np.ndarray, sigma: float, noise_terms, labels: np.ndarray, guidance: np.ndarray
+    ) -> np.ndarray:
+        """Per component, E[x0 | x_sigma, k] = x - sigma^2 (Sigma_k + sigma^2 I)^-1 (x - mu_k). The mixture is linear
+        in the responsibilities, so guidance mixes the responsibilities rather than two denoised batches."""
+        log_density, coefficients = self._component_log_densities(x, noise_terms)
         unconditional = labels < 0
         in_class = unconditional[:, None] | (self.component_class[None, :] == labels[:, None])
-        conditional_mean = _mix(np.where(in_class, log_density, -np.inf), posterior_means)
-        if np.all(unconditional | (guidance == 1.0)):
-            return conditional_mean
-        unconditional_mean = _mix(log_density, posterior_means)
-        guided = unconditional_mean + guidance[:, None] * (conditional_mean - unconditional_mean)
-        plain = (unconditional | (guidance == 1.0))[:, None]
-        return np.where(plain, conditional_mean, guided)
+        weights = _softmax(np.where(in_class, log_density, -np.inf))
+        plain = unconditional | (guidance == 1.0)
+        if not np.all(plain):
+            unconditional_weights = _softmax(log_density)
+            guided = unconditional_weights + guidance[:, None] * (weights - unconditional_weights)
+            weights = np.where(plain[:, None], weights, guided)
+        # sum_k w_k (mu_k + U_k c_k): the responsibility-weighted means and low-rank corrections, at once.
+        weighted = np.concatenate([weights] + [weights * c for c in coefficients], axis=1)
+        mixed = row_contract(weighted, self._output_table)
+        return x - (sigma * sigma / noise_terms[0]) * (x - mixed)
 
     def class_log_densities(self, x: np.ndarray) -> np.ndarray:
         """log p(x | c) under the data distribution, as (B, C)."""
-        log_density, _ = self.component_terms(x, 0.0)
+        log_density, _ = self._component_log_densities(x, self._noise_terms(0.0))
         per_class = log_density.reshape(len(x), self.config.num_classes, self.config.components_per_class)
         return logsumexp(per_class) - math.log(self.config.components_per_class)
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh((x[:, None, :] * self.feature_weights[None]).sum(axis=-1) + self.feature_bias)
+        return np.tanh(rows_times(x, self._feature_table) + self.feature_bias)
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Exact draws x0 ~ p(x | c) for the tests and the benchmark."""
@@ -159,10 +201,9 @@ class GaussianMixture:
         return self.means[components] + isotropic + low_rank
 
 
-def _mix(logits: np.ndarray, posterior_means: np.ndarray) -> np.ndarray:
+def _softmax(logits: np.ndarray) -> np.ndarray:
     weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    weights = weights / weights.sum(axis=-1, keepdims=True)
-    return row_sum(weights[:, :, None] * posterior_means, axis=1)
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 class OracleVerifier:
@@ -232,15 +273,13 @@ class GmmPopulation:
     come from `Generator([seed, 3, c + 1])`, so they depend only on the class and the count.
     """
 
-    CHUNK = 4096  # rows per feature call: the (rows, features, dim) broadcast stays a few MB
-
     def __init__(self, model: GaussianMixture) -> None:
         self.model = model
         self.num_classes = model.config.num_classes
         self.feature_dim = model.config.feature_count
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.model.features(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+        return self.model.features(x)
 
     def class_log_posteriors(self, x: np.ndarray) -> np.ndarray:
         class_log_densities = self.model.class_log_densities(x)

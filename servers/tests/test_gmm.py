@@ -1,3 +1,6 @@
+import tomllib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,13 +57,67 @@ def test_best_of_64_noises_by_classifier_beats_the_mean(model):
     assert scores.max() > scores.mean() + 0.1
 
 
+def dense_component_log_densities(model, x, sigma):
+    """log N(x; mu_k, s^2 I + U_k U_k^T + sigma^2 I) with each covariance written out as a full matrix."""
+    dim = model.config.dim
+    columns = []
+    for mean, factor in zip(model.means, model.factors):
+        covariance = (model.config.isotropic_std**2 + sigma**2) * np.eye(dim) + factor.T @ factor
+        diff = x - mean
+        quadratic = np.einsum("bi,bi->b", diff, np.linalg.solve(covariance, diff.T).T)
+        columns.append(-0.5 * (quadratic + np.linalg.slogdet(covariance)[1] + dim * np.log(2 * np.pi)))
+    return np.stack(columns, axis=1)
+
+
+def dense_class_log_densities(model, x):
+    per_component = dense_component_log_densities(model, x, 0.0).reshape(len(x), model.config.num_classes, -1)
+    return np.logaddexp.reduce(per_component, axis=-1) - np.log(model.config.components_per_class)
+
+
+def dense_denoiser(model, x, sigma, in_class):
+    """E[x0 | x] = sum_k p(k | x) (mu_k + Sigma_k (Sigma_k + sigma^2 I)^-1 (x - mu_k)), over the allowed components."""
+    log_density = np.where(in_class, dense_component_log_densities(model, x, sigma), -np.inf)
+    weights = np.exp(log_density - np.logaddexp.reduce(log_density, axis=1, keepdims=True))
+    dim = model.config.dim
+    result = np.zeros_like(x)
+    for k, (mean, factor) in enumerate(zip(model.means, model.factors)):
+        covariance = model.config.isotropic_std**2 * np.eye(dim) + factor.T @ factor
+        posterior_mean = mean + (covariance @ np.linalg.solve(covariance + sigma**2 * np.eye(dim), (x - mean).T)).T
+        result += weights[:, k, None] * posterior_mean
+    return result
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.4, 3.0, 20.0])
+def test_denoiser_matches_the_dense_posterior_mean(model, sigma):
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 3, 9, -1, 3, -1])
+    x = model.sample(np.abs(labels), rng) + sigma * rng.standard_normal((len(labels), model.config.dim))
+    components = model.config.components_per_class * model.config.num_classes
+    all_components = np.ones((len(x), components), dtype=bool)
+    in_class = (np.arange(components)[None] // model.config.components_per_class == labels[:, None]) | (labels[:, None] < 0)
+    conditional = dense_denoiser(model, x, sigma, in_class)
+    unconditional = dense_denoiser(model, x, sigma, all_components)
+    guidance = np.array([1.0, 2.5, 0.0, 3.0, 1.0, 0.0])
+    expected = np.where(
+        ((labels < 0) | (guidance == 1.0))[:, None], conditional, unconditional + guidance[:, None] * (conditional - unconditional)
+    )
+    np.testing.assert_allclose(model.denoise(x, sigma, labels, guidance), expected, rtol=1e-9, atol=1e-9)
+
+
 def test_verifiers_agree_with_their_definitions(model):
     rng = np.random.default_rng(3)
-    x = model.sample(np.array([0, 5]), rng)
+    labels = np.array([0, 5, 5, 9])
+    x = model.sample(labels, rng)
     oracle, classifier, selfsup = gmm_verifiers(model)
-    labels = np.array([0, 5])
-    per_class = model.class_log_densities(x)
-    np.testing.assert_allclose(oracle.score(x, labels, None), per_class[[0, 1], labels])
-    posterior = np.exp(per_class[[0, 1], labels]) / np.exp(per_class).sum(axis=1)
-    np.testing.assert_allclose(np.exp(classifier.score(x, labels, None)), posterior)
+    per_class = dense_class_log_densities(model, x)
+    rows = np.arange(len(x))
+    np.testing.assert_allclose(oracle.score(x, labels, None), per_class[rows, labels], rtol=1e-10)
+    posterior = np.exp(per_class[rows, labels]) / np.exp(per_class).sum(axis=1)
+    np.testing.assert_allclose(np.exp(classifier.score(x, labels, None)), posterior, rtol=1e-10)
     np.testing.assert_allclose(selfsup.score(x, labels, x), 1.0)
+
+
+def test_numpy_is_pinned_to_the_version_in_the_model_identity(model):
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert f"numpy=={np.__version__}" in pyproject["project"]["dependencies"]
+    assert f"numpy={np.__version__}:" in model.spec.identity
