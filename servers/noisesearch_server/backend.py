@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .lineage import Candidate, Condition
+from .lineage import Cancellation, Candidate, Condition
 from .population import PopulationResult
 
 
@@ -56,6 +56,10 @@ class DiffusionModel(Protocol):
         ...
 
 
+class ConfigError(ValueError):
+    """Start-up configuration that cannot work; the message says how to fix it."""
+
+
 class RequestError(Exception):
     """The whole call is bad; `code` is a gRPC status name."""
 
@@ -87,6 +91,7 @@ class EvaluateRequest:
     candidates: tuple[Candidate, ...]
     verifiers: tuple[str, ...]
     return_samples: bool = False
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 @dataclass
@@ -101,6 +106,9 @@ class CandidateResult:
     resumed_from_cache: bool = False
     # This candidate's share of each verifier's batched call, so merged requests split their cost fairly.
     verifier_seconds: dict[str, float] = field(default_factory=dict)
+    # Empty until the candidate got that far: its final state, and its noise after its perturbations.
+    state_key: bytes = b""
+    noise_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -156,12 +164,22 @@ class Backend(ABC):
     def evaluate(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]: ...
 
     @abstractmethod
+    def final_state_keys(self, request: EvaluateRequest) -> list[tuple[str, bytes]]:
+        """(id, key of the final state) of each candidate that passes validation: what fault injection
+        decides by, so that a candidate is hit the same way in any request."""
+
+    @abstractmethod
     def score(self, request: ScoreRequest) -> ScoreResponse: ...
 
     @abstractmethod
     def population(self, request: PopulationRequest) -> PopulationResult:
         """Fréchet distance and Inception Score of the samples against the true distribution (population.py);
         raise RequestError for a bad request (INVALID_ARGUMENT naming the field) or an unsupported model."""
+
+
+def describe_failure(failure: BaseException) -> str:
+    """The cause of an unexpected failure, as it reaches the client."""
+    return f"{type(failure).__name__}: {failure}"
 
 
 def summarize_timings(results: list[CandidateResult]) -> tuple[VerifierTiming, ...]:

@@ -11,7 +11,7 @@ import time
 from .backend import EvaluateRequest
 from .diffusion_backend import DiffusionBackend
 from .gmm import GaussianMixture, GmmConfig, gmm_verifiers
-from .lineage import Candidate, Condition, Lineage, NoiseRecipe, Solve, lineage_nfe
+from .lineage import Candidate, Condition, Lineage, NoiseRecipe, Solve, solve_nfe
 
 BATCH_SIZES = (1, 16, 64)
 SEARCH_CANDIDATES = 105
@@ -38,9 +38,9 @@ def main() -> None:
     def run(engine: DiffusionBackend, size: int, verifiers: tuple[str, ...] = ()) -> int:
         candidates = tuple(full_generation(next(seeds), config) for _ in range(size))
         engine.evaluate([EvaluateRequest(model.spec.name, candidates, verifiers)])
-        return sum(lineage_nfe(c.lineage.ops, c.score_xpred) for c in candidates)
+        return sum(solve_nfe(c.lineage.ops[0]) for c in candidates)
 
-    nfe_per_generation = lineage_nfe((full_generation(0, config).lineage.ops[0],), False)
+    nfe_per_generation = solve_nfe(full_generation(0, config).lineage.ops[0])
     print(f"gmm: dim {config.dim}, {config.num_classes} classes x {config.components_per_class} components, "
           f"rank {config.rank}; {config.default_solver} {config.default_steps} steps = {nfe_per_generation} NFEs")
     print(f"{'batch':>6} {'candidate-NFE/s':>16} {'ms/batch':>9}")

@@ -15,7 +15,7 @@ from .backend import (
     VerifierSpec,
 )
 from .population import PopulationResult
-from .lineage import Candidate, Condition, Lineage, NoiseRecipe, Op, Perturbation, Renoise, Solve
+from .lineage import Cancellation, Candidate, Condition, Lineage, NoiseRecipe, Op, Perturbation, Renoise, Solve
 from .proto import load
 
 pb, _ = load()
@@ -26,7 +26,7 @@ def decode_condition(message) -> Condition:
     return Condition(
         class_label=message.class_label if kind == "class_label" else None,
         prompt=message.prompt if kind == "prompt" else None,
-        guidance_scale=message.guidance_scale,
+        guidance_scale=message.guidance_scale if message.HasField("guidance_scale") else None,
     )
 
 
@@ -34,7 +34,7 @@ def decode_op(message) -> Op | None:
     kind = message.WhichOneof("op")
     if kind == "solve":
         s = message.solve
-        return Solve(s.sigma_from, s.sigma_to, s.solver, s.steps, s.schedule)
+        return Solve(s.sigma_from, s.sigma_to, s.solver, s.steps, s.schedule, s.seed)
     if kind == "renoise":
         r = message.renoise
         return Renoise(r.sigma_from, r.sigma_to, r.seed)
@@ -57,15 +57,17 @@ def decode_candidate(message) -> Candidate:
         lineage=decode_lineage(message.lineage),
         condition=decode_condition(message.condition),
         score_xpred=message.score_xpred,
+        base=message.base,
     )
 
 
-def decode_evaluate_request(message) -> EvaluateRequest:
+def decode_evaluate_request(message, cancellation: Cancellation) -> EvaluateRequest:
     return EvaluateRequest(
         model=message.model,
         candidates=tuple(decode_candidate(c) for c in message.candidates),
         verifiers=tuple(message.verifiers),
         return_samples=message.return_samples,
+        cancellation=cancellation,
     )
 
 
@@ -112,6 +114,7 @@ def encode_description(description: Description):
         num_classes=model.num_classes,
         default_guidance_scale=model.default_guidance_scale,
         server_id=description.server_id,
+        rho=model.rho,
     )
 
 
@@ -135,6 +138,8 @@ def encode_evaluate_response(response: EvaluateResponse, server_seconds: float, 
             nfe_logical=result.nfe_logical,
             nfe_executed=result.nfe_executed,
             final_sigma=result.final_sigma,
+            state_key=result.state_key,
+            noise_key=result.noise_key,
         )
         if result.error is not None:
             message.error.code = result.error.code

@@ -12,6 +12,7 @@ from .backend import (
     UNCONDITIONAL,
     Backend,
     CandidateResult,
+    ConfigError,
     Description,
     DiffusionModel,
     EvaluateRequest,
@@ -27,17 +28,16 @@ from .backend import (
     summarize_timings,
 )
 from .engine import SOLVERS, Engine, TrajectoryCache
-from .lineage import Job
+from .faults import FaultPlan
+from .lineage import Candidate, Job, Solve, ops_nfe
 from .population import PopulationModel, PopulationResult, population_metrics
 from .validation import validate_candidate
 
 
 # Bounds a Population call (the reference is 20x the samples) to about a second on the engine thread.
 MAX_POPULATION_SAMPLES = 10_000
-
-
-class ConfigError(ValueError):
-    """Start-up configuration that cannot work; the message says how to fix it."""
+MAX_SCORE_SAMPLES = 10_000
+DEFAULT_MAX_REQUEST_NFE = 1_000_000
 
 
 class DiffusionBackend(Backend):
@@ -50,7 +50,11 @@ class DiffusionBackend(Backend):
         max_concurrency: int,
         cache_entries: int,
         population: PopulationModel | None = None,
+        max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE,
+        faults: FaultPlan | None = None,
     ) -> None:
+        if max_request_nfe < 1:
+            raise ConfigError(f"max_request_nfe must be >= 1, got {max_request_nfe}")
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if max_concurrency < 1:
@@ -60,6 +64,8 @@ class DiffusionBackend(Backend):
         names = [v.spec.name for v in verifiers]
         if len(set(names)) != len(names):
             raise ConfigError(f"verifier names must be unique, got {names}")
+        if faults is not None:
+            faults.check_verifiers(names)
         probe_sigmas = {v.spec.xpred_sigma for v in verifiers if v.spec.kind == "self-supervised"}
         if len(probe_sigmas) > 1:
             raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
@@ -68,9 +74,10 @@ class DiffusionBackend(Backend):
         self.verifiers = {v.spec.name: v for v in verifiers}
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
+        self.max_request_nfe = max_request_nfe
         self.server_id = str(uuid.uuid4())
         self.cache = TrajectoryCache(cache_entries)
-        self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None)
+        self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None, faults)
 
     def describe(self) -> Description:
         return Description(
@@ -104,6 +111,27 @@ class DiffusionBackend(Backend):
                 f"candidates: got {len(request.candidates)}, more than max_batch {self.max_batch}; split the request",
             )
         self._check_verifiers(request.verifiers)
+        cost = sum(_logical_nfe_bound(candidate) for candidate in request.candidates)
+        if cost > self.max_request_nfe:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"candidates: the request costs up to {cost} logical NFEs, more than this server's limit "
+                f"{self.max_request_nfe} (--max-request-nfe); split it into smaller requests",
+            )
+
+    def _validate(self, request: EvaluateRequest) -> list[Job | CandidateError]:
+        verifier_specs = tuple(self.verifiers[name].spec for name in dict.fromkeys(request.verifiers))
+        return [
+            validate_candidate(
+                candidate, i, self.model.spec, SOLVERS, verifier_specs, request.return_samples, request.cancellation
+            )
+            for i, candidate in enumerate(request.candidates)
+        ]
+
+    def final_state_keys(self, request: EvaluateRequest) -> list[tuple[str, bytes]]:
+        return [
+            (job.candidate_id, self.engine.final_key(job)) for job in self._validate(request) if isinstance(job, Job)
+        ]
 
     def evaluate(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]:
         """Runs the valid candidates of all requests as one engine batch."""
@@ -116,12 +144,8 @@ class DiffusionBackend(Backend):
             except RequestError as error:
                 request_results.append(error)
                 continue
-            verifier_specs = tuple(self.verifiers[name].spec for name in dict.fromkeys(request.verifiers))
             results: list[CandidateResult | None] = []
-            for i, candidate in enumerate(request.candidates):
-                outcome = validate_candidate(
-                    candidate, i, self.model.spec, SOLVERS, verifier_specs, request.return_samples
-                )
+            for i, (candidate, outcome) in enumerate(zip(request.candidates, self._validate(request))):
                 if isinstance(outcome, Job):
                     jobs.append(outcome)
                     slots.append((r, i))
@@ -155,6 +179,11 @@ class DiffusionBackend(Backend):
         size = math.prod(spec.latent_shape)
         needs_condition = [n for n in names if self.verifiers[n].spec.needs_condition]
         needs_xpred = [n for n in names if self.verifiers[n].spec.kind == "self-supervised"]
+        if len(request.samples) > MAX_SCORE_SAMPLES:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"samples: got {len(request.samples)}, more than {MAX_SCORE_SAMPLES}; split the request",
+            )
         labels = []
         for i, sample in enumerate(request.samples):
             path = f"samples[{i}]"
@@ -212,6 +241,14 @@ class DiffusionBackend(Backend):
         if not (math.isfinite(result.frechet_distance) and math.isfinite(result.inception_score)):
             raise RequestError("INTERNAL", f"population metrics are not finite: {result}")
         return result
+
+
+def _logical_nfe_bound(candidate: Candidate) -> int:
+    """What the candidate would cost if valid; a bound, since a base's sigma is not known before the run."""
+    ops = candidate.lineage.ops
+    ends_above_zero = not ops or ops[-1] is None or ops[-1].sigma_to > 0
+    xpred = 1 if candidate.score_xpred and ends_above_zero else 0
+    return ops_nfe(tuple(op for op in ops if isinstance(op, Solve))) + xpred
 
 
 def _check_sample_values(path: str, sample: Sample, spec: ModelSpec) -> None:

@@ -1,18 +1,35 @@
-"""Batch evaluation of trajectories: resume from the cache, run ops grouped by signature, score."""
+"""Batch evaluation of trajectories: resume from the cache, run ops grouped by signature, score.
+
+A bad row never fails its batch: a batched model or verifier call that raises is retried one row at a
+time, and only the rows that fail on their own get an error. Rows that failed, or whose request was
+abandoned, stay in their group's arrays as NaN and are left out of every later model call.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .backend import UNCONDITIONAL, CandidateError, CandidateResult, DiffusionModel, ModelSpec, Verifier
-from .lineage import Job, Op, Renoise, Solve, lineage_nfe, needs_xpred_eval, prefix_keys, root_key, solve_nfe
-from .rng import materialize_noise, renoise_eps
+from .backend import (
+    UNCONDITIONAL,
+    CandidateError,
+    CandidateResult,
+    DiffusionModel,
+    ModelSpec,
+    Verifier,
+    describe_failure,
+)
+from .faults import FaultPlan, InjectedFault
+from .lineage import Job, Op, Renoise, Solve, chain_keys, ops_nfe, solve_nfe
+from .rng import ancestral_stream, base_noise, perturb, renoise_eps
+from .validation import same_sigma
 
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun", "euler_ancestral")
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> np.ndarray:
@@ -38,11 +55,29 @@ def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
     return (x - denoised) / sigma
 
 
+def ancestral_step(sigma: float, sigma_next: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of k-diffusion's get_ancestral_step with eta = 1."""
+    sigma_up = min(sigma_next, math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+
+
 @dataclass(frozen=True)
 class CacheEntry:
-    x: np.ndarray
+    """A state; for a noise (a lineage's root), `values` is the unit noise n and the state is sigma * n,
+    so perturbing a cached noise gives exactly what materializing the whole recipe gives."""
+
+    values: np.ndarray
     sigma: float
-    probe: np.ndarray | None
+    is_noise: bool
+    noise_key: bytes
+    # (class label, guidance); guidance is None for unconditional states, which do not depend on it.
+    condition: tuple[int | None, float | None]
+    probe: np.ndarray | None = None
+    # D(x, sigma) when a candidate scored this state's x-prediction: the next solve's first evaluation.
+    xpred: np.ndarray | None = None
+
+    def state(self) -> np.ndarray:
+        return self.sigma * self.values if self.is_noise else self.values.copy()
 
 
 class TrajectoryCache:
@@ -61,28 +96,50 @@ class TrajectoryCache:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, x: np.ndarray, sigma: float, probe: np.ndarray | None) -> None:
+    def put(self, key: bytes, entry: CacheEntry) -> None:
         if self.capacity == 0:
             return
-        x = x.copy()
-        x.flags.writeable = False
-        self._entries[key] = CacheEntry(x, sigma, probe)
+        for array in (entry.values, entry.probe, entry.xpred):
+            if array is not None:
+                array.flags.writeable = False
+        self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
+
+    def attach_xpred(self, key: bytes, xpred: np.ndarray) -> None:
+        """Keeps D(x, sigma) with a held state; a state evicted meanwhile simply loses the reuse."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.xpred is None:
+            self.put(key, replace(entry, xpred=xpred.copy()))
+
+
+def _condition(job: Job) -> tuple[int | None, float | None]:
+    return job.class_label, None if job.class_label is None else job.guidance
 
 
 @dataclass
 class _Trajectory:
     job: Job
-    keys: list[bytes]
+    noise_key: bytes
+    op_keys: list[bytes]
+    final_key: bytes
     x: np.ndarray
     sigma: float
-    probe: np.ndarray | None
     next_op: int
+    probe: np.ndarray | None
+    xpred: np.ndarray | None
     resumed: bool
+    nfe_logical: int
     nfe_executed: int = 0
     error: CandidateError | None = None
+    sample: np.ndarray | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    verifier_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
 
     @property
     def pending_op(self) -> Op | None:
@@ -90,11 +147,21 @@ class _Trajectory:
             return None
         return self.job.ops[self.next_op]
 
+    @property
+    def path(self) -> str:
+        return f"candidates[{self.job.index}]"
+
 
 def _signature(op: Op) -> tuple:
     if isinstance(op, Renoise):
         return ("renoise", op.sigma_from, op.sigma_to)
     return ("solve", op.sigma_from, op.sigma_to, op.solver, op.steps, op.schedule)
+
+
+_ABANDONED = {
+    "CANCELLED": "the client cancelled the request",
+    "DEADLINE_EXCEEDED": "the request's deadline passed",
+}
 
 
 class Engine:
@@ -104,6 +171,7 @@ class Engine:
         verifiers: dict[str, Verifier],
         cache: TrajectoryCache,
         probe_sigma: float | None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.model = model
         self.spec = model.spec
@@ -111,27 +179,184 @@ class Engine:
         self.cache = cache
         # The self-supervised verifiers compare the sample with the first x-prediction at or below this.
         self.probe_sigma = probe_sigma
+        self.faults = faults
         self.dim = int(np.prod(self.spec.latent_shape))
 
-    def run(self, jobs: list[Job]) -> list[CandidateResult]:
-        trajectories = [self._resume(job) for job in jobs]
-        self._advance_all(trajectories)
-        samples = self._scored_samples(trajectories)
-        results = [self._result(t, sample) for t, sample in zip(trajectories, samples)]
-        self._score(trajectories, samples, results)
-        return results
+    def final_key(self, job: Job) -> bytes:
+        return job.final_key(self.spec.identity)
 
-    def _resume(self, job: Job) -> _Trajectory:
-        keys = prefix_keys(root_key(self.spec.identity, job.class_label, job.guidance, job.noise), job.ops)
-        for done in range(len(keys), 0, -1):
-            entry = self.cache.get(keys[done - 1])
+    def run(self, jobs: list[Job]) -> list[CandidateResult]:
+        started = [self._start(job) for job in jobs]
+        trajectories = [t for t in started if isinstance(t, _Trajectory)]
+        self._advance_all(trajectories)
+        self._xpredict(trajectories)
+        self._inject_score_failures(trajectories)
+        self._score(trajectories)
+        return [self._result(t) if isinstance(t, _Trajectory) else t for t in started]
+
+    # Starting: refusals, the base, the longest cached prefix.
+
+    def _start(self, job: Job) -> _Trajectory | CandidateResult:
+        noise_keys, op_keys = chain_keys(job.start_key(self.spec.identity), job.perturbations, job.ops)
+        final_key = op_keys[-1] if op_keys else noise_keys[-1]
+        path = f"candidates[{job.index}]"
+        injected = self.faults.failure("validate", job.candidate_id, final_key) if self.faults else None
+        if injected is not None:
+            return CandidateResult(id=job.candidate_id, error=injected)
+        base = None
+        if job.base is not None:
+            base = self.cache.get(job.base)
+            if base is None:
+                return CandidateResult(
+                    id=job.candidate_id,
+                    error=CandidateError(
+                        "NOT_FOUND",
+                        f"{path}.base: not held by this server (it restarted, evicted it, or another server made "
+                        f"it); send the whole lineage",
+                    ),
+                )
+            problem = self._base_problem(job, base, path)
+            if problem is not None:
+                return CandidateResult(id=job.candidate_id, error=CandidateError("INVALID_ARGUMENT", problem))
+
+        def trajectory(entry: CacheEntry, next_op: int, resumed: bool, xpred: np.ndarray | None) -> _Trajectory:
+            return _Trajectory(
+                job, entry.noise_key, op_keys, final_key, entry.state(), entry.sigma, next_op, entry.probe, xpred,
+                resumed, nfe_logical=ops_nfe(job.ops[:next_op]),
+            )
+
+        for done in range(len(op_keys), 0, -1):
+            entry = self.cache.get(op_keys[done - 1])
             if entry is not None:
-                return _Trajectory(job, keys, entry.x.copy(), entry.sigma, entry.probe, done, resumed=True)
-        noise = materialize_noise(job.noise, self.dim)
-        return _Trajectory(job, keys, self.spec.sigma_max * noise, self.spec.sigma_max, None, 0, resumed=False)
+                return trajectory(entry, done, True, entry.xpred)
+        for done in range(len(noise_keys), 0, -1):
+            entry = base if done == 1 and base is not None else self.cache.get(noise_keys[done - 1])
+            if entry is None:
+                continue
+            if not entry.is_noise or done == len(noise_keys):
+                return trajectory(entry, 0, True, entry.xpred)
+            noise = perturb(entry.values, job.perturbations[done - 1 :])
+            return trajectory(self._cache_noise(job, noise_keys[-1], noise), 0, True, None)
+        assert job.noise_seed is not None
+        noise = perturb(base_noise(job.noise_seed, self.dim), job.perturbations)
+        return trajectory(self._cache_noise(job, noise_keys[-1], noise), 0, False, None)
+
+    def _cache_noise(self, job: Job, key: bytes, noise: np.ndarray) -> CacheEntry:
+        entry = CacheEntry(noise, self.spec.sigma_max, True, key, _condition(job))
+        self.cache.put(key, entry)
+        return entry
+
+    def _base_problem(self, job: Job, base: CacheEntry, path: str) -> str | None:
+        if base.condition != _condition(job):
+            return (
+                f"{path}.condition: got class {job.class_label} with guidance {_condition(job)[1]}, but the base was "
+                f"made with class {base.condition[0]} and guidance {base.condition[1]}; send the base's condition"
+            )
+        if job.perturbations and not base.is_noise:
+            return (
+                f"{path}.lineage.noise.perturbations: the base is a state at sigma {base.sigma!r}, not a noise; "
+                f"perturb a noise_key base, or send no perturbations"
+            )
+        if job.ops and not same_sigma(job.ops[0].sigma_from, base.sigma):
+            kind = "solve" if isinstance(job.ops[0], Solve) else "renoise"
+            return (
+                f"{path}.lineage.ops[0].{kind}.sigma_from: got {job.ops[0].sigma_from!r}; want {base.sigma!r} "
+                f"(the base's sigma): ops continue the base"
+            )
+        return None
+
+    # Abandoned requests and isolated calls.
+
+    def _drop_abandoned(self, trajectories: list[_Trajectory]) -> None:
+        now = time.monotonic()
+        for trajectory in trajectories:
+            if not trajectory.alive:
+                continue
+            reason = trajectory.job.cancellation.reason(now)
+            if reason is not None:
+                trajectory.error = CandidateError(
+                    reason, f"{trajectory.path}: {_ABANDONED[reason]}; stopped after {trajectory.nfe_logical} NFEs"
+                )
+
+    def _isolated(
+        self,
+        members: list[_Trajectory],
+        rows: list[int],
+        call: Callable[[np.ndarray], np.ndarray],
+        *,
+        fault_stage: str,
+        what: str,
+        counts_nfe: bool,
+    ) -> tuple[list[int], np.ndarray | None]:
+        """call(row indices) -> one output per row. When the batched call raises, each row is tried alone and
+        only the rows that still raise fail. Returns the rows that succeeded and their outputs."""
+
+        def attempt(subset: list[int]) -> np.ndarray:
+            if self.faults is not None:
+                candidates = [(members[i].job.candidate_id, members[i].final_key) for i in subset]
+                injected = self.faults.raises(fault_stage, candidates)
+                if injected is not None:
+                    raise InjectedFault(injected)
+            if counts_nfe:
+                for i in subset:
+                    members[i].nfe_executed += 1
+            return call(np.array(subset))
+
+        def fail(i: int, failure: Exception) -> None:
+            members[i].error = CandidateError("INTERNAL", f"{members[i].path}: {what} failed: {describe_failure(failure)}")
+
+        try:
+            return rows, attempt(rows)
+        except Exception as failure:
+            if len(rows) == 1:
+                fail(rows[0], failure)
+                return [], None
+        succeeded, outputs = [], []
+        for i in rows:
+            try:
+                outputs.append(attempt([i]))
+            except Exception as failure:
+                fail(i, failure)
+                continue
+            succeeded.append(i)
+        return succeeded, np.concatenate(outputs) if outputs else None
+
+    def _conditioning(self, members: list[_Trajectory]) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.array([UNCONDITIONAL if t.job.class_label is None else t.job.class_label for t in members])
+        guidance = np.array([t.job.guidance for t in members], dtype=np.float64)
+        return labels, guidance
+
+    def _denoise(
+        self,
+        stage: str,
+        members: list[_Trajectory],
+        x: np.ndarray,
+        sigma: float,
+        conditioning: tuple[np.ndarray, np.ndarray],
+        rows: list[int] | None = None,
+    ) -> np.ndarray:
+        """D(x, sigma) for `rows` (default: every live row); NaN elsewhere."""
+        labels, guidance = conditioning
+        rows = [i for i, t in enumerate(members) if t.alive] if rows is None else rows
+        denoised = np.full_like(x, np.nan)
+        if not rows:
+            return denoised
+
+        def call(subset: np.ndarray) -> np.ndarray:
+            batch = x if len(subset) == len(x) else x[subset]
+            return self.model.denoise(batch, float(sigma), labels[subset], guidance[subset])
+
+        what = "x-prediction" if stage == "xpred" else "solve"
+        succeeded, outputs = self._isolated(members, rows, call, fault_stage=stage, what=what, counts_nfe=True)
+        if succeeded:
+            denoised[succeeded] = outputs
+        return denoised
+
+    # Ops.
 
     def _advance_all(self, trajectories: list[_Trajectory]) -> None:
         while True:
+            self._drop_abandoned(trajectories)
             groups: dict[tuple, list[_Trajectory]] = {}
             for trajectory in trajectories:
                 op = trajectory.pending_op
@@ -140,126 +365,178 @@ class Engine:
             if not groups:
                 return
             for members in groups.values():
-                self._run_group(members)
+                self._drop_abandoned(members)
+                members = [t for t in members if t.alive]
+                if members:
+                    self._run_group(members)
 
     def _run_group(self, members: list[_Trajectory]) -> None:
         op = members[0].pending_op
         x = np.stack([t.x for t in members])
-        try:
-            if isinstance(op, Solve):
-                x = self._solve(op, x, members)
-            else:
-                x = self._renoise(op, x, members)
-        except Exception as failure:  # a model fault fails this group's candidates, not the whole batch
-            for trajectory in members:
-                trajectory.error = CandidateError("INTERNAL", f"{type(op).__name__.lower()} failed: {failure}")
-            return
+        x = self._solve(op, x, members) if isinstance(op, Solve) else self._renoise(op, x, members)
         for row, trajectory in enumerate(members):
+            if not trajectory.alive:
+                continue
             trajectory.x = x[row]
             trajectory.sigma = op.sigma_to
+            trajectory.xpred = None
             trajectory.next_op += 1
-            self.cache.put(trajectory.keys[trajectory.next_op - 1], trajectory.x, trajectory.sigma, trajectory.probe)
-
-    def _conditioning(self, members: list[_Trajectory]) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.array([UNCONDITIONAL if t.job.class_label is None else t.job.class_label for t in members])
-        guidance = np.array([t.job.guidance for t in members], dtype=np.float64)
-        return labels, guidance
+            if isinstance(op, Solve):
+                trajectory.nfe_logical += solve_nfe(op)
+            self.cache.put(
+                trajectory.op_keys[trajectory.next_op - 1],
+                CacheEntry(
+                    trajectory.x.copy(), trajectory.sigma, False, trajectory.noise_key, _condition(trajectory.job),
+                    trajectory.probe,
+                ),
+            )
 
     def _solve(self, op: Solve, x: np.ndarray, members: list[_Trajectory]) -> np.ndarray:
-        labels, guidance = self._conditioning(members)
+        conditioning = self._conditioning(members)
         sigmas = solve_sigmas(op, self.spec)
-
-        def denoise(x_at: np.ndarray, sigma: float) -> np.ndarray:
-            return self.model.denoise(x_at, float(sigma), labels, guidance)
-
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            denoised = denoise(x, sigma)
+        ancestral = op.solver == "euler_ancestral"
+        streams = [ancestral_stream(t.pending_op.seed) for t in members] if ancestral else []
+        for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            if step > 0:
+                self._drop_abandoned(members)
+            if not any(t.alive for t in members):
+                break
+            denoised = self._first_denoise(members, x, sigma, conditioning) if step == 0 else (
+                self._denoise("solve", members, x, sigma, conditioning)
+            )
             self._record_probe(members, sigma, denoised)
             d = to_d(x, sigma, denoised)
-            dt = sigma_next - sigma
-            if op.solver == "euler" or sigma_next == 0:
-                x = x + d * dt
-            else:
-                x_euler = x + d * dt
-                d_next = to_d(x_euler, sigma_next, denoise(x_euler, sigma_next))
-                x = x + (d + d_next) / 2 * dt
-        for trajectory in members:
-            trajectory.nfe_executed += solve_nfe(op)
+            if op.solver == "heun" and sigma_next > 0:
+                x_euler = x + d * (sigma_next - sigma)
+                d_next = to_d(x_euler, sigma_next, self._denoise("solve", members, x_euler, sigma_next, conditioning))
+                x = x + (d + d_next) / 2 * (sigma_next - sigma)
+                continue
+            if ancestral:
+                # Every step draws its row, used or not, so that row t always belongs to step t.
+                eps = np.stack([stream.standard_normal(self.dim) for stream in streams])
+                sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
+                if sigma_next > 0 and sigma_up > 0 and sigma_down >= self.spec.sigma_min:
+                    x = x + d * (sigma_down - sigma)
+                    x = x + sigma_up * eps
+                    continue
+            x = x + d * (sigma_next - sigma)
         return x
+
+    def _first_denoise(
+        self, members: list[_Trajectory], x: np.ndarray, sigma: float, conditioning: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """A state whose x-prediction was scored already reuses it: the same numbers, one evaluation fewer.
+        Only at exactly its sigma: validation lets a solve start within a relative 1e-9 of it."""
+        reused = [i for i, t in enumerate(members) if t.alive and t.xpred is not None and t.sigma == sigma]
+        fresh = [i for i, t in enumerate(members) if t.alive and i not in reused]
+        denoised = self._denoise("solve", members, x, sigma, conditioning, fresh)
+        for i in reused:
+            denoised[i] = members[i].xpred
+        return denoised
 
     def _record_probe(self, members: list[_Trajectory], sigma: float, denoised: np.ndarray) -> None:
         if self.probe_sigma is None or sigma > self.probe_sigma:
             return
         for row, trajectory in enumerate(members):
-            if trajectory.probe is None:
+            if trajectory.alive and trajectory.probe is None:
                 trajectory.probe = denoised[row].copy()
 
     def _renoise(self, op: Renoise, x: np.ndarray, members: list[_Trajectory]) -> np.ndarray:
-        eps = np.stack([renoise_eps(t.job.ops[t.next_op].seed, self.dim) for t in members])
+        eps = np.stack([renoise_eps(t.pending_op.seed, self.dim) for t in members])
         return x + np.sqrt(op.sigma_to**2 - op.sigma_from**2) * eps
 
-    def _scored_samples(self, trajectories: list[_Trajectory]) -> list[np.ndarray]:
-        samples = [t.x for t in trajectories]
-        by_sigma: dict[float, list[int]] = {}
-        for index, trajectory in enumerate(trajectories):
-            if trajectory.error is None and needs_xpred_eval(trajectory.job.ops, trajectory.job.score_xpred):
-                by_sigma.setdefault(trajectory.sigma, []).append(index)
-        for sigma, indices in by_sigma.items():
-            members = [trajectories[i] for i in indices]
-            labels, guidance = self._conditioning(members)
-            denoised = self.model.denoise(np.stack([samples[i] for i in indices]), sigma, labels, guidance)
-            for row, index in enumerate(indices):
-                samples[index] = denoised[row]
-                trajectories[index].nfe_executed += 1
-        return samples
+    # The scored sample and its scores.
 
-    def _result(self, trajectory: _Trajectory, sample: np.ndarray) -> CandidateResult:
-        job = trajectory.job
-        return CandidateResult(
-            id=job.candidate_id,
-            nfe_logical=lineage_nfe(job.ops, job.score_xpred),
-            nfe_executed=trajectory.nfe_executed,
-            error=trajectory.error,
-            sample=sample.copy() if job.return_sample and trajectory.error is None else None,
-            final_sigma=trajectory.sigma,
-            resumed_from_cache=trajectory.resumed,
-        )
-
-    def _score(self, trajectories: list[_Trajectory], samples: list[np.ndarray], results: list[CandidateResult]) -> None:
-        for name, verifier in self.verifiers.items():
-            rows = [i for i, t in enumerate(trajectories) if name in t.job.verifiers and results[i].error is None]
-            if verifier.spec.kind == "self-supervised":
-                for i in [i for i in rows if trajectories[i].probe is None]:
-                    results[i].error = self._missing_probe_error(trajectories[i], name)
-                rows = [i for i in rows if trajectories[i].probe is not None]
-            if not rows:
+    def _xpredict(self, trajectories: list[_Trajectory]) -> None:
+        self._drop_abandoned(trajectories)
+        by_sigma: dict[float, list[_Trajectory]] = {}
+        for trajectory in trajectories:
+            trajectory.sample = trajectory.x
+            if not (trajectory.alive and trajectory.job.score_xpred and trajectory.sigma > 0):
                 continue
-            labels, _ = self._conditioning([trajectories[i] for i in rows])
-            xpreds = (
-                np.stack([trajectories[i].probe for i in rows]) if verifier.spec.kind == "self-supervised" else None
-            )
+            if trajectory.xpred is not None:
+                trajectory.sample = trajectory.xpred
+                trajectory.nfe_logical += 1
+            else:
+                by_sigma.setdefault(trajectory.sigma, []).append(trajectory)
+        for sigma, members in by_sigma.items():
+            x = np.stack([t.x for t in members])
+            denoised = self._denoise("xpred", members, x, sigma, self._conditioning(members))
+            for row, trajectory in enumerate(members):
+                if not trajectory.alive:
+                    continue
+                trajectory.xpred = trajectory.sample = denoised[row]
+                trajectory.nfe_logical += 1
+                self.cache.attach_xpred(trajectory.final_key, denoised[row])
+
+    def _inject_score_failures(self, trajectories: list[_Trajectory]) -> None:
+        if self.faults is None:
+            return
+        for trajectory in trajectories:
+            if trajectory.alive:
+                trajectory.error = self.faults.failure("score", trajectory.job.candidate_id, trajectory.final_key)
+
+    def _score(self, trajectories: list[_Trajectory]) -> None:
+        self._drop_abandoned(trajectories)
+        for name, verifier in self.verifiers.items():
+            members = [t for t in trajectories if t.alive and name in t.job.verifiers]
+            if verifier.spec.kind == "self-supervised":
+                for trajectory in members:
+                    if trajectory.probe is None:
+                        trajectory.error = self._missing_probe_error(trajectory, name)
+                members = [t for t in members if t.alive]
+            if not members:
+                continue
+            samples = np.stack([t.sample for t in members])
+            labels, _ = self._conditioning(members)
+            xpreds = np.stack([t.probe for t in members]) if verifier.spec.kind == "self-supervised" else None
+
+            def call(subset: np.ndarray) -> np.ndarray:
+                return verifier.score(samples[subset], labels[subset], None if xpreds is None else xpreds[subset])
+
             started = time.perf_counter()
-            scores = verifier.score(np.stack([samples[i] for i in rows]), labels, xpreds)
-            share = (time.perf_counter() - started) / len(rows)
-            for row, i in enumerate(rows):
-                results[i].verifier_seconds[name] = share
-                if np.isfinite(scores[row]):
-                    results[i].scores[name] = float(scores[row])
+            succeeded, scores = self._isolated(
+                members, list(range(len(members))), call, fault_stage="verifier", what=f"verifier {name!r}",
+                counts_nfe=False,
+            )
+            share = (time.perf_counter() - started) / len(members)
+            for trajectory in members:
+                trajectory.verifier_seconds[name] = share
+            for row, score in zip(succeeded, scores if scores is not None else []):
+                trajectory = members[row]
+                if self.faults is not None and self.faults.nan(name, trajectory.job.candidate_id, trajectory.final_key):
+                    score = math.nan
+                if np.isfinite(score):
+                    trajectory.scores[name] = float(score)
                 else:
-                    results[i].error = CandidateError(
+                    trajectory.error = CandidateError(
                         "INTERNAL",
-                        f"candidates[{trajectories[i].job.index}]: verifier {name!r} gave a non-finite score "
-                        f"({scores[row]}); a non-finite score is never a winner",
+                        f"{trajectory.path}: verifier {name!r} gave a non-finite score ({score}); a non-finite "
+                        f"score is never a winner",
                     )
-        for result in results:
-            if result.error is not None:
-                result.scores.clear()
-                result.sample = None
 
     def _missing_probe_error(self, trajectory: _Trajectory, name: str) -> CandidateError:
         return CandidateError(
             "FAILED_PRECONDITION",
-            f"candidates[{trajectory.job.index}]: verifier {name!r} compares the sample with the x-prediction at "
+            f"{trajectory.path}: verifier {name!r} compares the sample with the x-prediction at "
             f"sigma <= {self.probe_sigma}, but this trajectory never evaluated the denoiser there (it ends at "
             f"sigma {trajectory.sigma!r}); extend the lineage with a solve that passes below {self.probe_sigma}",
+        )
+
+    def _result(self, trajectory: _Trajectory) -> CandidateResult:
+        job = trajectory.job
+        failed = trajectory.error is not None
+        reached_final = trajectory.next_op == len(job.ops)
+        return CandidateResult(
+            id=job.candidate_id,
+            scores={} if failed else trajectory.scores,
+            nfe_logical=trajectory.nfe_logical,
+            nfe_executed=trajectory.nfe_executed,
+            error=trajectory.error,
+            sample=trajectory.sample.copy() if job.return_sample and not failed else None,
+            final_sigma=trajectory.sigma,
+            resumed_from_cache=trajectory.resumed,
+            verifier_seconds=trajectory.verifier_seconds,
+            state_key=trajectory.final_key if reached_final else b"",
+            noise_key=trajectory.noise_key,
         )

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lineage import NoiseRecipe
+from .lineage import Perturbation
 
 BASE_NOISE_DOMAIN = 0
 PERTURBATION_DOMAIN = 1
 RENOISE_DOMAIN = 2
+ANCESTRAL_DOMAIN = 3
+
+
+def _generator(seed: int, domain: int) -> np.random.Generator:
+    return np.random.Generator(np.random.Philox(key=np.array([seed, domain], dtype=np.uint64)))
 
 
 def standard_normal(seed: int, domain: int, dim: int) -> np.ndarray:
-    key = np.array([seed, domain], dtype=np.uint64)
-    return np.random.Generator(np.random.Philox(key=key)).standard_normal(dim, dtype=np.float64)
+    return _generator(seed, domain).standard_normal(dim, dtype=np.float64)
 
 
 def rotate_toward(x: np.ndarray, direction: np.ndarray, cosine: float) -> np.ndarray:
@@ -23,14 +27,24 @@ def rotate_toward(x: np.ndarray, direction: np.ndarray, cosine: float) -> np.nda
     return cosine * x + np.sqrt(1.0 - cosine * cosine) * np.linalg.norm(x) * unit_orthogonal
 
 
-def materialize_noise(recipe: NoiseRecipe, dim: int) -> np.ndarray:
-    """The unit-variance noise n of a recipe; the state at sigma_max is sigma_max * n."""
-    noise = standard_normal(recipe.seed, BASE_NOISE_DOMAIN, dim)
-    for perturbation in recipe.perturbations:
-        direction = standard_normal(perturbation.seed, PERTURBATION_DOMAIN, dim)
+def base_noise(seed: int, dim: int) -> np.ndarray:
+    """The unit-variance noise of a recipe before its perturbations; the state at sigma_max is sigma_max * n."""
+    return standard_normal(seed, BASE_NOISE_DOMAIN, dim)
+
+
+def perturb(noise: np.ndarray, perturbations: tuple[Perturbation, ...]) -> np.ndarray:
+    """Applies perturbations in order, so a cached noise continues exactly as its whole recipe would."""
+    for perturbation in perturbations:
+        direction = standard_normal(perturbation.seed, PERTURBATION_DOMAIN, len(noise))
         noise = rotate_toward(noise, direction, perturbation.cosine)
     return noise
 
 
 def renoise_eps(seed: int, dim: int) -> np.ndarray:
     return standard_normal(seed, RENOISE_DOMAIN, dim)
+
+
+def ancestral_stream(seed: int) -> np.random.Generator:
+    """Draw `dim` values per step: the draws of step t are row t of standard_normal((steps, dim)) from
+    Philox([seed, 3]), as the contract says, without holding the whole matrix."""
+    return _generator(seed, ANCESTRAL_DOMAIN)

@@ -15,10 +15,11 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .backend import Backend
+from .backend import Backend, ConfigError
 from .batcher import Batcher
 from .codec import encode_description
-from .diffusion_backend import ConfigError, DiffusionBackend
+from .diffusion_backend import DEFAULT_MAX_REQUEST_NFE, DiffusionBackend
+from .faults import FaultPlan, load_fault_plan
 from .gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
 from .proto import load, service_name
 from .service import DenoiserService, VerifierService
@@ -35,7 +36,9 @@ class ServerConfig:
     max_concurrency: int = 8
     batch_window_ms: float = 2.0
     cache_entries: int = 50_000
+    max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE
     describe_only: bool = False
+    faults: FaultPlan | None = None
 
 
 def build_gmm_backend(config: ServerConfig) -> Backend:
@@ -51,6 +54,8 @@ def build_gmm_backend(config: ServerConfig) -> Backend:
         max_concurrency=config.max_concurrency,
         cache_entries=config.cache_entries,
         population=GmmPopulation(model),
+        max_request_nfe=config.max_request_nfe,
+        faults=config.faults,
     )
 
 
@@ -73,9 +78,19 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     parser.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms)
     parser.add_argument("--cache-entries", type=int, default=defaults.cache_entries)
     parser.add_argument(
+        "--max-request-nfe", type=int, default=defaults.max_request_nfe,
+        help="refuse an Evaluate call whose candidates cost more logical NFEs than this",
+    )
+    parser.add_argument("--faults", metavar="FILE_OR_JSON", help="fault injection plan (tests only; see README)")
+    parser.add_argument(
+        "--allow-fault-injection", action="store_true", help="required with --faults, so it is never on by accident"
+    )
+    parser.add_argument(
         "--describe", action="store_true", help="print the model description as JSON and exit, serving nothing"
     )
     args = parser.parse_args(argv)
+    if args.faults is not None and not args.allow_fault_injection:
+        raise ConfigError("--faults: fault injection is for tests only; add --allow-fault-injection to turn it on")
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -84,7 +99,9 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         max_concurrency=args.max_concurrency,
         batch_window_ms=args.batch_window_ms,
         cache_entries=args.cache_entries,
+        max_request_nfe=args.max_request_nfe,
         describe_only=args.describe,
+        faults=load_fault_plan(args.faults) if args.faults is not None else None,
     )
     if config.model not in MODELS:
         raise ConfigError(f"--model: unknown model {config.model!r}; want one of {', '.join(MODELS)}")
@@ -128,7 +145,7 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
     batcher = Batcher(backend, config.max_batch, config.batch_window_ms / 1000, executor)
     # Without this, a second server on a busy port binds too and the two silently share traffic.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher), server)
+    services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher, config.faults), server)
     services.add_VerifierServicer_to_server(VerifierService(backend, executor), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -160,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"noisesearch-server: {error}", file=sys.stderr)
         return 2
+    if config.faults is not None:
+        warning = "WARNING: fault injection is on (--faults); never use this outside tests"
+        print(f"noisesearch-server: {warning}", file=sys.stderr, flush=True)
     if config.describe_only:
         print(description_json(backend))
         return 0

@@ -1,30 +1,52 @@
-"""grpc.aio servicers: decode, hand to the backend, encode. No model logic here."""
+"""grpc.aio servicers: decode, hand to the backend, encode. No model logic here.
+
+Whatever goes wrong reaches the client as a status with its cause: a RequestError with its own code, any
+other exception as INTERNAL (never gRPC's UNKNOWN, which would hide the cause).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 import grpc
 
 from . import codec
-from .backend import Backend, RequestError
+from .backend import Backend, EvaluateRequest, RequestError, describe_failure
 from .batcher import Batcher
+from .faults import FaultPlan
+from .lineage import Cancellation
 from .proto import load
 
 _, services = load()
 
 
-def _status(code: str) -> grpc.StatusCode:
-    return grpc.StatusCode[code]
+async def _answer(context, handle: Callable[[], Awaitable]):
+    try:
+        return await handle()
+    except RequestError as error:
+        failure = (grpc.StatusCode[error.code], error.message)
+    except Exception as unexpected:
+        failure = (grpc.StatusCode.INTERNAL, f"the server failed: {describe_failure(unexpected)}")
+    # Outside the except blocks: abort raises, and must not be caught above.
+    await context.abort(*failure)
+
+
+def _cancellation(context) -> Cancellation:
+    remaining = context.time_remaining()
+    return Cancellation(None if remaining is None else time.monotonic() + remaining)
 
 
 class DenoiserService(services.DenoiserServicer):
-    def __init__(self, backend: Backend, batcher: Batcher) -> None:
+    def __init__(self, backend: Backend, batcher: Batcher, faults: FaultPlan | None = None) -> None:
         self.backend = backend
         self.batcher = batcher
+        self.faults = faults
         self.description = backend.describe()
+        self.requests_received = 0
         # Calls beyond max_concurrency wait here (within their deadline) instead of growing the queue.
         self._slots = asyncio.Semaphore(self.description.max_concurrency)
 
@@ -32,19 +54,35 @@ class DenoiserService(services.DenoiserServicer):
         return codec.encode_description(self.description)
 
     async def Evaluate(self, request, context):
+        return await _answer(context, lambda: self._evaluate(request, context))
+
+    async def _evaluate(self, request, context):
         started = time.perf_counter()
-        decoded = codec.decode_evaluate_request(request)
-        try:
-            self.backend.check_request(decoded)
-        except RequestError as error:
-            await context.abort(_status(error.code), error.message)
+        self.requests_received += 1
+        if self.faults is not None and self.requests_received == self.faults.exit_after_requests:
+            os._exit(1)
+        decoded = codec.decode_evaluate_request(request, _cancellation(context))
+        self.backend.check_request(decoded)
+        if self.faults is not None:
+            await self._inject_request_faults(decoded)
         async with self._slots:
             outcome = await self.batcher.submit(decoded)
         if isinstance(outcome, RequestError):
-            await context.abort(_status(outcome.code), outcome.message)
+            raise outcome
         return codec.encode_evaluate_response(
             outcome, server_seconds=time.perf_counter() - started, server_id=self.description.server_id
         )
+
+    async def _inject_request_faults(self, request: EvaluateRequest) -> None:
+        assert self.faults is not None
+        faults = self.faults.call_faults(self.backend.final_state_keys(request))
+        if faults.latency_seconds > 0:
+            await asyncio.sleep(faults.latency_seconds)
+        if faults.hang:
+            # Until the client's deadline or cancellation, which cancels this handler.
+            await asyncio.Event().wait()
+        if faults.status is not None:
+            raise RequestError(*faults.status)
 
 
 class VerifierService(services.VerifierServicer):
@@ -57,17 +95,17 @@ class VerifierService(services.VerifierServicer):
         return codec.encode_verifier_description(self.description)
 
     async def Score(self, request, context):
-        decoded = codec.decode_score_request(request)
-        try:
+        async def score():
+            decoded = codec.decode_score_request(request)
             response = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.score, decoded)
-        except RequestError as error:
-            await context.abort(_status(error.code), error.message)
-        return codec.encode_score_response(response)
+            return codec.encode_score_response(response)
+
+        return await _answer(context, score)
 
     async def Population(self, request, context):
-        decoded = codec.decode_population_request(request)
-        try:
+        async def population():
+            decoded = codec.decode_population_request(request)
             result = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.population, decoded)
-        except RequestError as error:
-            await context.abort(_status(error.code), error.message)
-        return codec.encode_population_response(result)
+            return codec.encode_population_response(result)
+
+        return await _answer(context, population)

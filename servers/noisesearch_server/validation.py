@@ -5,11 +5,16 @@ from __future__ import annotations
 import math
 
 from .backend import CandidateError, ModelSpec, VerifierSpec
-from .lineage import Candidate, Job, Op, Renoise, Solve
+from .lineage import KEY_BYTES, Cancellation, Candidate, Job, Op, Renoise, Solve
 
 SIGMA_RELATIVE_TOLERANCE = 1e-9
+# Bounds on what one candidate may ask for, so that one request cannot occupy the engine for hours.
 MAX_STEPS = 10_000
+MAX_OPS = 100_000
+MAX_PERTURBATIONS = 100_000
 SCHEDULES = ("", "karras")
+# Solvers that draw noise of their own; the others are deterministic and take seed 0.
+SEEDED_SOLVERS = ("euler_ancestral",)
 
 
 class _Invalid(Exception):
@@ -17,12 +22,12 @@ class _Invalid(Exception):
         super().__init__(f"{path}: {message}")
 
 
-def _same_sigma(a: float, b: float) -> bool:
+def same_sigma(a: float, b: float) -> bool:
     return abs(a - b) <= SIGMA_RELATIVE_TOLERANCE * max(abs(a), abs(b))
 
 
 def _check_sigma(path: str, sigma: float, spec: ModelSpec) -> None:
-    if not math.isfinite(sigma) or sigma < 0 or (sigma > spec.sigma_max and not _same_sigma(sigma, spec.sigma_max)):
+    if not math.isfinite(sigma) or sigma < 0 or (sigma > spec.sigma_max and not same_sigma(sigma, spec.sigma_max)):
         raise _Invalid(path, f"got {sigma!r}; want a sigma in [0, {spec.sigma_max!r}]")
     if 0 < sigma < spec.sigma_min:
         raise _Invalid(path, f"got {sigma!r}; want 0 or a sigma >= sigma_min {spec.sigma_min!r}")
@@ -52,16 +57,27 @@ def _check_op(path: str, op: Op | None, spec: ModelSpec, solvers: tuple[str, ...
         raise _Invalid(f"{path}.solve.steps", f"got {op.steps}; want 1 to {MAX_STEPS} steps")
     if op.schedule not in SCHEDULES:
         raise _Invalid(f"{path}.solve.schedule", f"unknown schedule {op.schedule!r}; want \"karras\" (or empty)")
-    return Solve(op.sigma_from, op.sigma_to, op.solver, op.steps, "karras")
+    if op.seed != 0 and op.solver not in SEEDED_SOLVERS:
+        raise _Invalid(
+            f"{path}.solve.seed",
+            f"got {op.seed}; solver {op.solver!r} draws no noise, want 0 "
+            f"(only {', '.join(SEEDED_SOLVERS)} takes a seed)",
+        )
+    return Solve(op.sigma_from, op.sigma_to, op.solver, op.steps, "karras", op.seed)
 
 
-def _check_ops(path: str, ops: tuple[Op | None, ...], spec: ModelSpec, solvers: tuple[str, ...]) -> tuple[Op, ...]:
+def _check_ops(
+    path: str, ops: tuple[Op | None, ...], spec: ModelSpec, solvers: tuple[str, ...], based: bool
+) -> tuple[Op, ...]:
+    """Ops must chain; a based candidate's first op is checked against its base's sigma once the base is found."""
+    if len(ops) > MAX_OPS:
+        raise _Invalid(path, f"got {len(ops)} ops; want at most {MAX_OPS} (continue from a base to go further)")
     checked: list[Op] = []
     expected_from, expected_what = spec.sigma_max, "the model's sigma_max"
     for j, op in enumerate(ops):
         op_path = f"{path}[{j}]"
         valid = _check_op(op_path, op, spec, solvers)
-        if not _same_sigma(valid.sigma_from, expected_from):
+        if (j > 0 or not based) and not same_sigma(valid.sigma_from, expected_from):
             kind = "solve" if isinstance(valid, Solve) else "renoise"
             raise _Invalid(
                 f"{op_path}.{kind}.sigma_from",
@@ -87,16 +103,17 @@ def _check_condition(
         want = f"want a class in [0, {spec.num_classes})" if spec.num_classes else "this model has no classes"
         raise _Invalid(f"{path}.class_label", f"got {condition.class_label}; {want}")
     guidance = condition.guidance_scale
-    if not math.isfinite(guidance) or guidance < 0:
+    if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
         raise _Invalid(
             f"{path}.guidance_scale",
-            f"got {guidance!r}; want a finite scale >= 0 (0 means the default {spec.default_guidance_scale!r})",
+            f"got {guidance!r}; want a finite scale >= 0 (0: unconditional; unset: the default "
+            f"{spec.default_guidance_scale!r})",
         )
     if condition.class_label is None:
         for verifier in verifiers:
             if verifier.needs_condition:
                 raise _Invalid(path, f"verifier {verifier.name!r} needs a condition; set condition.class_label")
-    return condition.class_label, guidance or spec.default_guidance_scale
+    return condition.class_label, spec.default_guidance_scale if guidance is None else guidance
 
 
 def validate_candidate(
@@ -106,30 +123,47 @@ def validate_candidate(
     solvers: tuple[str, ...],
     verifiers: tuple[VerifierSpec, ...],
     return_sample: bool,
+    cancellation: Cancellation,
 ) -> Job | CandidateError:
     path = f"candidates[{index}]"
+    based = bool(candidate.base)
     try:
+        if based and len(candidate.base) != KEY_BYTES:
+            raise _Invalid(
+                f"{path}.base",
+                f"got {len(candidate.base)} bytes; want a {KEY_BYTES}-byte state_key or noise_key this server returned",
+            )
         noise = candidate.lineage.noise
-        if noise is None:
+        if noise is None and not based:
             raise _Invalid(f"{path}.lineage.noise", "missing; set a noise recipe {seed, perturbations}")
-        for j, perturbation in enumerate(noise.perturbations):
+        perturbations = noise.perturbations if noise is not None else ()
+        if len(perturbations) > MAX_PERTURBATIONS:
+            raise _Invalid(
+                f"{path}.lineage.noise.perturbations",
+                f"got {len(perturbations)}; want at most {MAX_PERTURBATIONS} "
+                f"(continue from a base noise to go further)",
+            )
+        for j, perturbation in enumerate(perturbations):
             if not (math.isfinite(perturbation.cosine) and -1 <= perturbation.cosine <= 1):
                 raise _Invalid(
                     f"{path}.lineage.noise.perturbations[{j}].cosine",
                     f"got {perturbation.cosine!r}; want a cosine in [-1, 1]",
                 )
-        ops = _check_ops(f"{path}.lineage.ops", candidate.lineage.ops, spec, solvers)
+        ops = _check_ops(f"{path}.lineage.ops", candidate.lineage.ops, spec, solvers, based)
         class_label, guidance = _check_condition(f"{path}.condition", candidate, spec, verifiers)
     except _Invalid as invalid:
         return CandidateError("INVALID_ARGUMENT", str(invalid))
     return Job(
         index=index,
         candidate_id=candidate.id,
-        noise=noise,
+        base=candidate.base if based else None,
+        noise_seed=None if based else noise.seed,
+        perturbations=perturbations,
         ops=ops,
         class_label=class_label,
         guidance=guidance,
         score_xpred=candidate.score_xpred,
         verifiers=tuple(v.name for v in verifiers),
         return_sample=return_sample,
+        cancellation=cancellation,
     )

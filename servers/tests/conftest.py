@@ -6,7 +6,7 @@ import pytest
 from noisesearch_server.backend import EvaluateRequest
 from noisesearch_server.diffusion_backend import DiffusionBackend
 from noisesearch_server.gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
-from noisesearch_server.lineage import Candidate, Condition, Lineage, NoiseRecipe, Perturbation, Renoise, Solve
+from noisesearch_server.lineage import Cancellation, Candidate, Condition, Lineage, NoiseRecipe, Perturbation, Renoise, Solve
 from noisesearch_server.proto import load
 from noisesearch_server.server import ServerConfig, start_server
 
@@ -19,15 +19,31 @@ def model() -> GaussianMixture:
     return GaussianMixture(GmmConfig())
 
 
-def make_backend(model: GaussianMixture, cache_entries: int = 1000, max_batch: int = 64) -> DiffusionBackend:
+def make_backend(model, cache_entries: int = 1000, max_batch: int = 64, **options) -> DiffusionBackend:
+    """`model` may wrap the mixture (counting or failing calls); the verifiers always score the mixture."""
+    mixture = getattr(model, "model", model)
     return DiffusionBackend(
         model,
-        gmm_verifiers(model),
+        gmm_verifiers(mixture),
         max_batch=max_batch,
         max_concurrency=8,
         cache_entries=cache_entries,
-        population=GmmPopulation(model),
+        population=GmmPopulation(mixture),
+        **options,
     )
+
+
+class CountingModel:
+    """Counts denoiser rows, so executed NFEs can be checked against what really ran."""
+
+    def __init__(self, model):
+        self.model = model
+        self.spec = model.spec
+        self.rows = 0
+
+    def denoise(self, x, sigma, labels, guidance):
+        self.rows += len(x)
+        return self.model.denoise(x, sigma, labels, guidance)
 
 
 def full_solve(solver: str = "heun", steps: int = 10) -> Solve:
@@ -38,15 +54,17 @@ def candidate(
     seed: int,
     ops: tuple = (full_solve(),),
     label: int | None = 3,
-    guidance: float = 0.0,
+    guidance: float | None = None,
     perturbations: tuple[Perturbation, ...] = (),
     score_xpred: bool = False,
+    base: bytes = b"",
 ) -> Candidate:
     return Candidate(
         id=f"c{seed}",
         lineage=Lineage(NoiseRecipe(seed, perturbations), ops),
         condition=Condition(class_label=label, guidance_scale=guidance),
         score_xpred=score_xpred,
+        base=base,
     )
 
 
@@ -55,8 +73,9 @@ def path_lineage(seed: int) -> tuple:
     return (Solve(SIGMA_MAX, 1.0, "heun", 6), Renoise(1.0, 2.5, seed + 1000), Solve(2.5, 0.0, "heun", 4))
 
 
-def evaluate_one(backend: DiffusionBackend, candidates, verifiers=ALL_VERIFIERS, return_samples=True):
-    response = backend.evaluate([EvaluateRequest("gmm", tuple(candidates), tuple(verifiers), return_samples)])[0]
+def evaluate_one(backend: DiffusionBackend, candidates, verifiers=ALL_VERIFIERS, return_samples=True, cancellation=None):
+    request = EvaluateRequest("gmm", tuple(candidates), tuple(verifiers), return_samples, cancellation or Cancellation())
+    response = backend.evaluate([request])[0]
     assert not isinstance(response, Exception), response
     return response
 

@@ -11,8 +11,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from noisesearch_server import codec
 from noisesearch_server.backend import CandidateResult, EvaluateResponse
+from noisesearch_server.gmm import gmm_verifiers
 from noisesearch_server.proto import load
 from noisesearch_server.server import ServerConfig, start_server
+
+from conftest import CountingModel, make_backend
 
 DEADLINE = 10
 
@@ -44,7 +47,8 @@ async def test_describe_reports_the_model(pb, denoiser, verifier):
     assert description.model == "gmm" and list(description.latent_shape) == [16]
     assert (description.sigma_min, description.sigma_max) == (0.002, 80.0)
     assert (description.default_solver, description.default_steps, description.num_classes) == ("heun", 10, 10)
-    assert [s.name for s in description.solvers] == ["euler", "heun"]
+    assert description.rho == 7.0
+    assert [s.name for s in description.solvers] == ["euler", "heun", "euler_ancestral"]
     assert description.max_batch == 64 and description.max_concurrency == 8
     assert len(description.server_id) == 36
     verifiers = {v.name: v for v in description.verifiers}
@@ -223,3 +227,185 @@ def test_samples_round_trip_as_float32(pb):
     response = EvaluateResponse((CandidateResult("a", sample=values),), (), 0)
     encoded = codec.encode_evaluate_response(response, server_seconds=0.1, server_id="x")
     assert np.array_equal(np.array(encoded.results[0].sample, dtype=np.float32), values.astype(np.float32))
+
+
+async def test_keys_and_bases_round_trip_through_grpc(pb, denoiser):
+    partway = grpc_candidate(pb, 3, ops=[solve(pb, sigma_to=1.0, steps=4)], score_xpred=True)
+    first = (await denoiser.Evaluate(pb.EvaluateRequest(candidates=[partway], return_samples=True), timeout=DEADLINE)).results[0]
+    assert len(first.state_key) == 16 and len(first.noise_key) == 16 and first.nfe_logical == 9
+    finish = pb.Candidate(
+        id="finish",
+        base=first.state_key,
+        lineage=pb.Lineage(ops=[pb.Op(solve=pb.Solve(sigma_from=1.0, sigma_to=0.0, solver="euler_ancestral", steps=3, seed=5))]),
+        condition=pb.Condition(class_label=2),
+    )
+    lost = pb.Candidate(id="lost", base=bytes(16), lineage=pb.Lineage(), condition=pb.Condition(class_label=2))
+    response = await denoiser.Evaluate(pb.EvaluateRequest(candidates=[finish, lost], verifiers=["gmm-oracle"]), timeout=DEADLINE)
+    finished, missing = response.results
+    assert not finished.HasField("error") and "gmm-oracle" in finished.scores
+    # The x-prediction scored at sigma 1 is the first evaluation of the solve that continues from there.
+    assert (finished.nfe_logical, finished.nfe_executed, finished.noise_key) == (3, 2, first.noise_key)
+    assert missing.error.code == "NOT_FOUND" and "send the whole lineage" in missing.error.message
+    assert (missing.nfe_logical, missing.nfe_executed, missing.state_key) == (0, 0, b"")
+
+
+async def test_unset_guidance_is_the_default_and_zero_is_unconditional(pb, denoiser):
+    def with_guidance(**guidance):
+        return pb.Candidate(
+            id=str(guidance), lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=4), ops=[solve(pb, steps=3)]),
+            condition=pb.Condition(class_label=2, **guidance),
+        )
+
+    unconditional = pb.Candidate(id="u", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=4), ops=[solve(pb, steps=3)]))
+    request = pb.EvaluateRequest(
+        candidates=[with_guidance(), with_guidance(guidance_scale=1.0), with_guidance(guidance_scale=0.0), unconditional],
+        return_samples=True,
+    )
+    unset, one, zero, none = (await denoiser.Evaluate(request, timeout=DEADLINE)).results
+    assert list(unset.sample) == list(one.sample) and unset.state_key == one.state_key
+    assert list(zero.sample) == list(none.sample) and list(zero.sample) != list(one.sample)
+
+
+async def test_a_request_over_the_nfe_limit_is_refused(pb, denoiser):
+    # 64 candidates x (2 x 10,000 - 1) Heun NFEs = 1,279,936 > 1,000,000.
+    heavy = pb.EvaluateRequest(candidates=[grpc_candidate(pb, s, ops=[solve(pb, steps=10_000)]) for s in range(64)])
+    await expect_status(
+        denoiser.Evaluate(heavy, timeout=DEADLINE), grpc.StatusCode.INVALID_ARGUMENT,
+        "candidates: the request costs up to 1279936 logical NFEs, more than this server's limit 1000000",
+    )
+
+
+async def test_score_refuses_more_than_its_sample_limit(pb, verifier):
+    sample = pb.Sample(values=[0.1] * 16, shape=[16], condition=pb.Condition(class_label=1))
+    await expect_status(
+        verifier.Score(pb.ScoreRequest(verifiers=["gmm-oracle"], samples=[sample] * 10_001), timeout=DEADLINE),
+        grpc.StatusCode.INVALID_ARGUMENT, "samples: got 10001, more than 10000",
+    )
+
+
+class PoisonedOracle:
+    """The oracle, except that any batch holding a class-7 sample raises."""
+
+    def __init__(self, oracle):
+        self.oracle = oracle
+        self.spec = oracle.spec
+
+    def score(self, samples, labels, xpreds):
+        if np.any(labels == 7):
+            raise ValueError("class 7 poisons the batch")
+        return self.oracle.score(samples, labels, xpreds)
+
+
+async def merged_pair(pb, running, first, second):
+    """Sends two requests at once; returns their responses (or errors) and the engine runs they took."""
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        denoiser = load()[1].DenoiserStub(channel)
+        await denoiser.Describe(pb.DescribeRequest(), timeout=DEADLINE)
+        runs_before = running.batcher.engine_runs
+        outcomes = await asyncio.gather(
+            denoiser.Evaluate(first, timeout=DEADLINE), denoiser.Evaluate(second, timeout=DEADLINE), return_exceptions=True
+        )
+    return outcomes, running.batcher.engine_runs - runs_before
+
+
+async def test_a_failing_verifier_fails_only_the_candidate_it_fails_on(pb, model):
+    backend = make_backend(model)
+    backend.engine.verifiers["gmm-oracle"] = PoisonedOracle(backend.engine.verifiers["gmm-oracle"])
+    running = await start_server(ServerConfig(port=0, batch_window_ms=300.0), backend)
+    try:
+        healthy = pb.EvaluateRequest(candidates=[grpc_candidate(pb, s, label=s) for s in (1, 2)], verifiers=["gmm-oracle"])
+        poisoned = pb.EvaluateRequest(candidates=[grpc_candidate(pb, s, label=s) for s in (3, 7)], verifiers=["gmm-oracle"])
+        (ok, mixed), runs = await merged_pair(pb, running, healthy, poisoned)
+    finally:
+        await running.stop(grace=0.5)
+    assert runs == 1
+    assert all("gmm-oracle" in r.scores for r in ok.results)
+    assert "gmm-oracle" in mixed.results[0].scores
+    assert mixed.results[1].error.code == "INTERNAL"
+    assert mixed.results[1].error.message == (
+        "candidates[1]: verifier 'gmm-oracle' failed: ValueError: class 7 poisons the batch"
+    )
+
+
+async def test_a_request_that_crashes_the_backend_fails_alone_as_internal(pb, model):
+    class CrashingBackend(type(make_backend(model))):
+        def evaluate(self, requests):
+            if any(c.id == "poison" for request in requests for c in request.candidates):
+                raise RuntimeError("the backend broke")
+            return super().evaluate(requests)
+
+    backend = CrashingBackend(model, gmm_verifiers(model), max_batch=64, max_concurrency=8, cache_entries=100)
+    running = await start_server(ServerConfig(port=0, batch_window_ms=300.0), backend)
+    try:
+        healthy = pb.EvaluateRequest(candidates=[grpc_candidate(pb, 1)], verifiers=["gmm-oracle"])
+        poisoned = pb.EvaluateRequest(candidates=[pb.Candidate(id="poison", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=2)))])
+        (ok, failure), runs = await merged_pair(pb, running, healthy, poisoned)
+    finally:
+        await running.stop(grace=0.5)
+    # One merged run that raised, then each request alone.
+    assert runs == 3
+    assert "gmm-oracle" in ok.results[0].scores
+    assert failure.code() == grpc.StatusCode.INTERNAL
+    assert failure.details() == "evaluation failed: RuntimeError: the backend broke"
+
+
+async def test_an_unexpected_error_reaches_the_client_as_internal_with_its_cause(pb, model):
+    backend = make_backend(model)
+    backend.verifiers["gmm-oracle"] = PoisonedOracle(backend.verifiers["gmm-oracle"])
+    running = await start_server(ServerConfig(port=0), backend)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            verifier = load()[1].VerifierStub(channel)
+            sample = pb.Sample(values=[0.1] * 16, shape=[16], condition=pb.Condition(class_label=7))
+            details = await expect_status(
+                verifier.Score(pb.ScoreRequest(verifiers=["gmm-oracle"], samples=[sample]), timeout=DEADLINE),
+                grpc.StatusCode.INTERNAL,
+            )
+    finally:
+        await running.stop(grace=0.5)
+    assert details == "the server failed: ValueError: class 7 poisons the batch"
+
+
+def long_request(pb, candidates, steps):
+    return pb.EvaluateRequest(candidates=[grpc_candidate(pb, s, ops=[solve(pb, steps=steps)]) for s in range(candidates)])
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_never_run(pb, model):
+    counting = CountingModel(model)
+    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_entries=0))
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            denoiser = load()[1].DenoiserStub(channel)
+            long = asyncio.ensure_future(denoiser.Evaluate(long_request(pb, 16, 2000), timeout=60))
+            await asyncio.sleep(0.1)
+            await expect_status(
+                denoiser.Evaluate(pb.EvaluateRequest(candidates=[grpc_candidate(pb, 99)]), timeout=0.2),
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            assert not long.done(), "the long request must still be running for this test to mean anything"
+            await long
+            # Queued after the expired request, so the batcher has passed it by when this one answers.
+            small = await denoiser.Evaluate(pb.EvaluateRequest(candidates=[grpc_candidate(pb, 5, ops=[solve(pb, steps=2)])]), timeout=DEADLINE)
+    finally:
+        await running.stop(grace=0.5)
+    assert small.results[0].nfe_executed == 3
+    assert counting.rows == 16 * 3999 + 3 and running.batcher.skipped_requests == 1
+
+
+async def test_a_cancelled_request_stops_and_frees_the_engine(pb, model):
+    counting = CountingModel(model)
+    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_entries=0))
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            denoiser = load()[1].DenoiserStub(channel)
+            # 32 x 19,999 NFEs: many seconds of work.
+            huge = denoiser.Evaluate(long_request(pb, 32, 10_000), timeout=120)
+            await asyncio.sleep(0.3)
+            huge.cancel()
+            started = asyncio.get_running_loop().time()
+            small = await denoiser.Evaluate(pb.EvaluateRequest(candidates=[grpc_candidate(pb, 5, ops=[solve(pb, steps=2)])]), timeout=DEADLINE)
+            answered_in = asyncio.get_running_loop().time() - started
+    finally:
+        await running.stop(grace=0.5)
+    assert small.results[0].error.code == "" and answered_in < 2.0
+    assert counting.rows < 32 * 19_999 / 10

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from noisesearch_server.lineage import Candidate, Condition, Lineage, NoiseRecipe, Perturbation, Renoise, Solve
+from noisesearch_server.engine import SOLVERS
+from noisesearch_server.lineage import Cancellation, Candidate, Condition, Job, Lineage, NoiseRecipe, Perturbation, Renoise, Solve
+from noisesearch_server.validation import validate_candidate
 
 from conftest import SIGMA_MAX, candidate, evaluate_one, full_solve, make_backend
 
@@ -13,6 +15,11 @@ NAN = math.nan
 
 def with_ops(*ops):
     return candidate(7, ops=ops)
+
+
+def chained_ops(count):
+    """`count` ops that chain: down to 1, then up to 2 and back down, over and over."""
+    return (Solve(SIGMA_MAX, 1.0, "euler", 1),) + (Renoise(1.0, 2.0, 1), Solve(2.0, 1.0, "euler", 1)) * ((count - 1) // 2)
 
 
 CASES = [
@@ -31,6 +38,11 @@ CASES = [
     (with_ops(Solve(SIGMA_MAX, 1.0, "heun", 0)), (), "lineage.ops[0].solve.steps"),
     (with_ops(Solve(SIGMA_MAX, 1.0, "dpm++", 3)), (), "lineage.ops[0].solve.solver"),
     (with_ops(Solve(SIGMA_MAX, 1.0, "heun", 3, "linear")), (), "lineage.ops[0].solve.schedule"),
+    (with_ops(Solve(SIGMA_MAX, 1.0, "heun", 3, seed=4)), (), "lineage.ops[0].solve.seed"),
+    (with_ops(Solve(SIGMA_MAX, 1.0, "euler", 10_001)), (), "lineage.ops[0].solve.steps"),
+    (with_ops(*chained_ops(100_001), Renoise(1.0, 2.0, 1)), (), "lineage.ops"),
+    (candidate(7, perturbations=(Perturbation(1, 0.5),) * 100_001), (), "lineage.noise.perturbations"),
+    (Candidate("x", Lineage(None, ()), Condition(class_label=1), base=b"short"), (), "base"),
     (with_ops(full_solve(), None), (), "lineage.ops[1]"),
     (candidate(7, label=10), (), "condition.class_label"),
     (candidate(7, label=-1), (), "condition.class_label"),
@@ -50,6 +62,16 @@ def test_bad_candidate_fails_alone_naming_its_field(model, bad, verifiers, path)
     assert failed.error.message.startswith(f"candidates[1].{path}:"), failed.error.message
     assert not failed.scores and failed.sample is None
     assert first.error is None and last.error is None and first.sample is not None
+
+
+def test_limits_are_inclusive(model):
+    at_limits = [
+        with_ops(Solve(SIGMA_MAX, 1.0, "euler", 10_000)),
+        with_ops(*chained_ops(99_999), Renoise(1.0, 2.0, 1)),
+        candidate(7, ops=(), perturbations=(Perturbation(1, 0.5),) * 100_000),
+    ]
+    for fine in at_limits:
+        assert isinstance(validate_candidate(fine, 0, model.spec, SOLVERS, (), False, Cancellation()), Job)
 
 
 def test_schedule_karras_and_empty_are_the_same_trajectory(model):
