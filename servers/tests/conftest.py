@@ -10,7 +10,7 @@ from noisesearch_server.lineage import Cancellation, Candidate, Condition, Linea
 from noisesearch_server.proto import load
 from noisesearch_server.server import ServerConfig, start_server
 
-SIGMA_MAX = 80.0
+SIGMA_MAX = 40.0
 ALL_VERIFIERS = ("gmm-oracle", "gmm-classifier", "gmm-selfsup")
 
 

@@ -67,4 +67,4 @@ def test_describe_prints_the_model_as_proto_json_and_serves_nothing():
     description = json.loads(result.stdout)
     assert description["model"] == "gmm" and description["maxBatch"] == 16
     assert [v["name"] for v in description["verifiers"]] == ["gmm-oracle", "gmm-classifier", "gmm-selfsup"]
-    assert description["defaultSolver"] == "heun" and description["defaultSteps"] == 10
+    assert description["defaultSolver"] == "heun" and description["defaultSteps"] == 28

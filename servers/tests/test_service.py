@@ -20,7 +20,7 @@ from conftest import CountingModel, make_backend
 DEADLINE = 10
 
 
-def solve(pb, sigma_from=80.0, sigma_to=0.0, solver="heun", steps=10):
+def solve(pb, sigma_from=40.0, sigma_to=0.0, solver="heun", steps=10):
     return pb.Op(solve=pb.Solve(sigma_from=sigma_from, sigma_to=sigma_to, solver=solver, steps=steps))
 
 
@@ -45,8 +45,8 @@ async def expect_status(call, code, *fragments):
 async def test_describe_reports_the_model(pb, denoiser, verifier):
     description = await denoiser.Describe(pb.DescribeRequest(), timeout=DEADLINE)
     assert description.model == "gmm" and list(description.latent_shape) == [16]
-    assert (description.sigma_min, description.sigma_max) == (0.002, 80.0)
-    assert (description.default_solver, description.default_steps, description.num_classes) == ("heun", 10, 10)
+    assert (description.sigma_min, description.sigma_max) == (0.02, 40.0)
+    assert (description.default_solver, description.default_steps, description.num_classes) == ("heun", 28, 10)
     assert description.rho == 7.0
     assert [s.name for s in description.solvers] == ["euler", "heun", "euler_ancestral"]
     assert description.max_batch == 64 and description.max_concurrency == 8
