@@ -50,7 +50,7 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
       [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
       [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want one of gmm/],
       [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
-      [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(19 NFEs\) plus the final generation \(19 NFEs\), which costs 38 NFEs; use --budget 38 or more/],
+      [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(55 NFEs\) plus the final generation \(55 NFEs\), which costs 110 NFEs; use --budget 110 or more/],
       [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],
       [['frobnicate'], /"frobnicate" is not a command/],
       [['server', 'restart'], /"restart" is not an action/],
@@ -106,7 +106,7 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
     assert.equal(status.code, 0, status.stdout);
     assert.match(status.stdout, /temporal\s+ready/);
     assert.match(status.stdout, /modelServer\s+ready/);
-    const search = await cli(['search', '--class', '1', '--budget', '100'], home);
+    const search = await cli(['search', '--class', '1', '--budget', '200'], home);
     assert.equal(search.code, 0, search.stderr);
     assert.match(search.stdout, /best score/);
     assert.doesNotMatch(search.stderr, /starting/, 'reused the running services');
@@ -147,9 +147,10 @@ describe('noisesearch CLI under failure', { timeout: 600_000 }, () => {
     for (const driver of [['--local'], []]) {
       const run = await cli(['search', '--class', '3', '--budget', '400', '--fleet', failing.address, ...driver], home);
       assert.equal(run.code, 1, run.stderr);
-      const lines = run.stderr.trim().split('\n').filter((line) => !line.startsWith('Temporal UI'));
+      // Besides what the embedded services say as they start, one line: why the search failed.
+      const lines = run.stderr.trim().split('\n').filter((line) => !/^(Temporal UI|starting |stopping |stopped )/.test(line));
       assert.equal(lines.length, 1, run.stderr);
-      assert.match(lines[0], /every one of the 20 candidates failed, so there is no best noise \(first failure: INTERNAL: .*injected/);
+      assert.match(lines[0], /every one of the \d+ candidates failed, so there is no best noise \(first failure: INTERNAL: .*injected/);
       assert.doesNotMatch(run.stderr, /\n\s+at /, 'no stack trace');
       assert.equal(run.stdout, '');
     }
@@ -157,12 +158,15 @@ describe('noisesearch CLI under failure', { timeout: 600_000 }, () => {
 
   it('says it waits for model servers that went down, and finishes when they are back', async () => {
     for (const driver of [['--local'], []]) {
-      const server = await withModelServer(['--faults', JSON.stringify({ seed: 1, rules: [{ latency_ms: 150 }] }), '--allow-fault-injection']);
+      // Slow rounds (50 segments of 300 ms), so that the server dies mid-search, after the spec was validated.
+      const server = await withModelServer(['--faults', JSON.stringify({ seed: 1, rules: [{ latency_ms: 300 }] }), '--allow-fault-injection']);
       const port = Number(server.address.split(':')[1]);
-      const search = cliProcess(['search', '--class', '3', '--algorithm', 'fk', '--k', '8', '--steps', '40', '--budget', '2000', '--fleet', server.address, ...driver], home);
+      const search = cliProcess(['search', '--class', '3', '--algorithm', 'fk', '--k', '8', '--steps', '100', '--budget', '2000', '--fleet', server.address, ...driver], home);
       let restarted: Awaited<ReturnType<typeof withModelServer>> | undefined;
       try {
-        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        if (driver.length === 0) await waitUntil('the search to start', async () => search.output.stderr.includes('Temporal UI'), 60_000, 100);
+        await new Promise((resolve) => setTimeout(resolve, 4_000));
+        assert.equal(search.child.exitCode, null, `the search ended before the server was killed: ${search.output.stderr}`);
         await stopServer(server, 'SIGKILL');
         await waitUntil('the waiting line', async () => /waiting for model servers .*UNAVAILABLE/.test(search.output.stderr), 30_000, 100);
         restarted = await withModelServer([], port);

@@ -22,9 +22,9 @@ function failing(match: (id: string) => boolean, stage: 'denoised' | 'refused', 
 const everything = (id: string) => id !== 'final';
 const odd = (id: string) => Number(id.split('-').at(-1)) % 2 === 1;
 
-function expectNoWinner(algorithm: AlgorithmSpec, budgetNfe: number, server: FakeServer) {
+function expectNoWinner(algorithm: AlgorithmSpec, budgetNfe: number, server: FakeServer, message = /^every one of the \d+ candidates failed, so there is no best noise \(first failure: INTERNAL: injected/) {
   const { run, error } = driveToFailure(createRun(spec(algorithm, { budgetNfe }), MODEL), { server, maxIterations: 1_000 });
-  assert.match(error.message, /^every one of the \d+ candidates failed, so there is no best noise \(first failure: INTERNAL: injected/);
+  assert.match(error.message, message);
   return run;
 }
 
@@ -64,8 +64,15 @@ describe('failed work is charged and every search ends', () => {
     const algorithm: AlgorithmSpec = { name: 'paths', n: 2, m: 3 };
     const initial = expectNoWinner(algorithm, 100, failing(everything, 'denoised', () => 20));
     assert.deepEqual([initial.candidates, initial.nfeSearch], [2, 40]);
-    const perturbed = expectNoWinner(algorithm, 100, failing((id) => /^paths-\d/.test(id), 'denoised', () => 3));
+    // The initial states were made but never scored: nothing to choose from, and the message says so.
+    const perturbed = expectNoWinner(algorithm, 100, failing((id) => /^paths-\d/.test(id), 'denoised', () => 3), /^no candidate could be scored \(6 of 8 failed\), so there is no best noise/);
     assert.deepEqual([perturbed.candidates, perturbed.failedCandidates, perturbed.nfeSearch, perturbed.nfeFailed], [8, 6, 58, 18]);
+    // Round 2 fails entirely: the walk ends with round 1's best path, finished by one Euler step (1 NFE).
+    const secondRound = drive(createRun(spec(algorithm, { budgetNfe: 100 }), MODEL), { server: failing((id) => /^paths-1-/.test(id), 'refused', () => 0) }).result!;
+    assert.deepEqual([secondRound.candidates, secondRound.failedCandidates, secondRound.rounds], [2 + 6 + 6, 6, 4]);
+    assert.deepEqual({ ...secondRound.nfe, executed: 0 }, { search: 40 + 18, final: 1, total: 59, executed: 0, failed: 0 });
+    assert.match(secondRound.best.candidateId, /^paths-0-/);
+    assert.deepEqual(secondRound.best.lineage.ops.at(-1), { solve: { sigmaFrom: 0.11 + 0.78 - 0.81, sigmaTo: 0, solver: 'euler', steps: 1 } });
     const half = drive(createRun(spec(algorithm, { budgetNfe: 100 }), MODEL), { server: failing((id) => /^paths-\d/.test(id) && odd(id), 'refused', () => 0) }).result!;
     assert.ok(half.failedCandidates > 0 && half.nfe.total <= 100 && Number.isFinite(half.best.searchScore));
     assert.equal(half.nfe.failed, 0, 'refused candidates cost nothing');
@@ -85,6 +92,10 @@ describe('failed work is charged and every search ends', () => {
     assert.deepEqual({ ...result.nfe, executed: 0 }, { search: 40, final: 0, total: 40, executed: 0, failed: 6 + 3 * 4 + 2 });
     assert.equal((half.algorithmState as { resamplings: number }).resamplings, 4, 'every resampling point resampled');
     assert.equal(Number(result.best.candidateId.split('-')[2]) % 2, 0);
+    // Segment 2 fails entirely: the particles of segment 1 are finished by one Euler step each... the best one.
+    const cut = drive(createRun(spec(algorithm, { budgetNfe: 40 }), MODEL), { server: failing((id) => id.startsWith('fk-2-'), 'refused', () => 0) }).result!;
+    assert.match(cut.best.candidateId, /^fk-1-/);
+    assert.deepEqual({ ...cut.nfe, executed: 0 }, { search: 12 + 8, final: 1, total: 21, executed: 0, failed: 0 });
   });
 
   it('never charges a failed candidate more than it costs, whatever the server reports', () => {

@@ -54,7 +54,9 @@ async function main(): Promise<void> {
       );
     }
     const fmt = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
-    console.log(`2,000-NFE random search (104 candidates + final), median of ${REPEATS}, alternated:`);
+    const model = await fleet.describe('gmm');
+    const generation = model.defaultSolver === 'heun' ? 2 * model.defaultSteps - 1 : model.defaultSteps;
+    console.log(`2,000-NFE random search (${Math.floor((2000 - generation) / generation)} candidates of ${generation} NFEs + the final generation), median of ${REPEATS}, alternated:`);
     console.log(`  in-process driver: ${median(local).toFixed(1)} ms   [${fmt(local)}]`);
     console.log(`  Temporal driver:   ${median(temporal).toFixed(1)} ms   [${fmt(temporal)}]`);
     console.log(`  ratio Temporal / in-process: ${(median(temporal) / median(local)).toFixed(2)}`);

@@ -19,7 +19,7 @@ const DEMO_CAMPAIGN = {
   grid: {
     algorithms: ['random', { name: 'zero-order', n: 4, t: 0.9 }, 'paths'],
     verifiers: ['gmm-classifier', 'gmm-oracle'],
-    budgets: [100, 300, 1000, 3000],
+    budgets: [200, 600, 2000, 6000],
   },
   evaluation: ['gmm-oracle', 'gmm-classifier', 'gmm-selfsup'],
   seeds: [0, 1],

@@ -32,7 +32,7 @@ export interface Deployment {
 }
 
 export async function openDeployment(options: DeploymentOptions): Promise<Deployment> {
-  installQuietRuntime();
+  installQuietRuntime('WARN', { ownFailures: true });
   const namespace = options.namespace ?? DEFAULT_NAMESPACE;
   const embeddedTemporal = options.temporal && !options.temporalAddress;
   const embeddedFleet = !options.fleet && !options.noWorker && (embeddedTemporal || !options.temporal);
@@ -73,6 +73,8 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
     async close() {
       fleet?.close();
       await client?.connection.close();
+      // A worker that never ran (the command failed first) still holds its connection: run it out.
+      if (worker?.getState() === 'INITIALIZED') await worker.runUntil(Promise.resolve());
       await nativeConnection?.close();
       if (started.length > 0) await stopEmbedded(started);
     },

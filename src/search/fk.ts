@@ -176,7 +176,8 @@ export const fkSteering: SearchAlgorithm<FkParams, FkState> = {
     const [, end] = segmentBounds(plan, p, state.segment);
     const parents = state.particles;
     const alive = evaluated.map((e, slot) => ({ e, before: parents?.[slot]?.rewards ?? null })).filter(({ e }) => !e.outcome.error);
-    if (alive.length === 0) return { ...state, particles: [], done: true };
+    // Not one particle survived the segment: the search ends with the particles before it (none at first).
+    if (alive.length === 0) return { ...state, particles: parents ?? [], done: true };
     const pool: Scored[] = alive.map(({ e }) => ({
       id: e.candidate.id,
       order: e.order,

@@ -50,6 +50,9 @@ function resolve(params: PathsParams, plan: SearchPlan): Resolved {
 
 function targetSigma(plan: SearchPlan, p: Resolved, sigma: number): number {
   const target = sigma + p.deltaF - p.deltaB;
+  // The paper's deltas can land on sigma_min up to rounding (0.05 + 0.78 - 0.81 on a model whose sigma_min
+  // is 0.02): that is sigma_min, not a target below it.
+  if (Math.abs(target - plan.sigmaMin) <= 1e-9 * plan.sigmaMin) return plan.sigmaMin;
   return target < plan.sigmaMin ? 0 : target;
 }
 
@@ -144,8 +147,10 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     }
     const sigma = targetSigma(plan, p, state.sigma);
     const scored = evaluated.map((e) => scoredOf(e, sigma)).filter((s): s is Scored => s !== null);
+    // Not one path of the round survived: the walk ends with the paths kept before it.
+    if (scored.length === 0) return { ...state, done: true };
     const kept = topK(scored, plan.spec.verifiers, p.n).map(({ value: _value, ...path }) => path);
-    return { ...state, round: state.round + 1, sigma, kept, done: sigma === 0 || kept.length === 0 };
+    return { ...state, round: state.round + 1, sigma, kept, done: sigma === 0 };
   },
 
   best(state, plan) {

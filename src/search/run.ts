@@ -289,7 +289,8 @@ export function setBudget(run: RunState, budgetNfe: number): RunState {
 
 function noWinner(run: RunState): SearchFailure {
   const cause = run.firstFailure ? ` (first failure: ${run.firstFailure.code}: ${run.firstFailure.message})` : '';
-  return new SearchFailure(`every one of the ${run.candidates} candidates failed, so there is no best noise${cause}`);
+  if (run.failedCandidates === run.candidates) return new SearchFailure(`every one of the ${run.candidates} candidates failed, so there is no best noise${cause}`);
+  return new SearchFailure(`no candidate could be scored (${run.failedCandidates} of ${run.candidates} failed), so there is no best noise${cause}`);
 }
 
 /** Proposes the next round and splits it into batches; or sends again, whole, what a server lost the base of. */

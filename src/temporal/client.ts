@@ -21,10 +21,14 @@ export function searchWorkflowId(spec: SearchSpec): string {
 
 const NAMESPACE_RETENTION = '3 days';
 
-/** Registers the namespace unless it exists, and waits until the server knows it (bounded). */
-export async function ensureNamespace(connection: Connection, namespace: string, timeoutMs = 30_000): Promise<void> {
+/**
+ * Registers the namespace unless it exists, and waits (bounded) until the server serves it: a new
+ * namespace is in the database at once but reaches the frontend's namespace cache seconds later, so the
+ * wait asks through a call that goes through that cache.
+ */
+export async function ensureNamespace(connection: Connection, namespace: string, timeoutMs = 60_000): Promise<void> {
   const exists = () =>
-    connection.workflowService.describeNamespace({ namespace }).then(
+    connection.workflowService.listWorkflowExecutions({ namespace, pageSize: 1 }).then(
       () => true,
       (error: { code?: number }) => {
         if (error.code === GrpcStatus.NOT_FOUND) return false;

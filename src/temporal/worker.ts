@@ -7,15 +7,25 @@ import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
 
 let runtimeInstalled = false;
 
-/** Keeps the SDK core quiet unless asked: the CLI's stdout is for results. Call before any connection. */
-export function installQuietRuntime(defaultLevel: 'WARN' | 'ERROR' = 'WARN'): void {
+/** What a worker logs as each workflow or activity fails: a command that reports its own failures drops them. */
+const OUTCOME_MESSAGES = new Set(['Workflow failed', 'Activity failed']);
+
+/**
+ * Keeps the SDK core quiet unless asked: the CLI's stdout is for results. Call before any connection.
+ * With `ownFailures`, the command says itself, in one line, why its search failed or what it waits for,
+ * so the worker's own multi-line reports of the same failures are dropped.
+ */
+export function installQuietRuntime(defaultLevel: 'WARN' | 'ERROR' = 'WARN', options: { ownFailures?: boolean } = {}): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
   const level = (process.env.NOISESEARCH_LOG_LEVEL ?? defaultLevel).toUpperCase() as 'WARN';
-  Runtime.install({
-    logger: new DefaultLogger(level),
-    telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) } },
-  });
+  const logger = options.ownFailures
+    ? new DefaultLogger(level, (entry) => {
+        if (OUTCOME_MESSAGES.has(entry.message)) return;
+        process.stderr.write(`[${entry.level}] ${entry.message}\n`);
+      })
+    : new DefaultLogger(level);
+  Runtime.install({ logger, telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) } } });
 }
 
 export interface WorkerOptions {
