@@ -41,7 +41,7 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
   let temporalAddress = options.temporalAddress;
   let uiUrl: string | undefined;
   if (embeddedTemporal || embeddedFleet) {
-    const embedded = await ensureEmbedded({ temporal: embeddedTemporal, log: options.log });
+    const embedded = await ensureEmbedded({ temporal: embeddedTemporal, modelServer: embeddedFleet, log: options.log });
     started = embedded.started;
     if (embeddedFleet) fleetAddresses = embedded.fleet;
     if (embeddedTemporal) temporalAddress = embedded.temporalAddress;

@@ -200,7 +200,8 @@ export async function searchCommand(argv: string[]): Promise<number> {
     if (local) {
       let waiting: FleetWait | null = null;
       const onWaiting = (wait: LocalWait | null) => {
-        waiting = reportWait(waiting, wait && { activity: 'evaluate', attempt: wait.attempt, lastFailure: wait.error.message }, log);
+        const { code, message } = wait?.error ?? { code: '', message: '' };
+        waiting = reportWait(waiting, wait && { activity: 'evaluate', attempt: wait.attempt, lastFailure: message.includes(code) ? message : `${code}: ${message}` }, log);
       };
       const result = await runLocalSearch(spec, deployment.fleet!, { onWaiting });
       output = { workflowId: `local-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`, driver: 'local', ...result };

@@ -96,16 +96,17 @@ async function ensure(name: ServiceName, record: ServicesRecord, log: (line: str
 }
 
 /** Starts (or reuses) the embedded services. */
-export async function ensureEmbedded(options: { temporal: boolean; log?: (line: string) => void }): Promise<Embedded> {
+/** Starts (or reuses) the embedded Temporal dev server and model server, whichever are asked for. */
+export async function ensureEmbedded(options: { temporal: boolean; modelServer?: boolean; log?: (line: string) => void }): Promise<Embedded> {
   const log = options.log ?? (() => {});
   const record = readRecord();
   const started: ServiceName[] = [];
-  const wanted: ServiceName[] = options.temporal ? ['temporal', 'modelServer'] : ['modelServer'];
+  const wanted = ([options.temporal && 'temporal', (options.modelServer ?? true) && 'modelServer'] as const).filter((name): name is ServiceName => Boolean(name));
   await Promise.all(wanted.map(async (name) => (await ensure(name, record, log)) && started.push(name)));
   return {
     temporalAddress: record.temporal?.address,
     uiUrl: record.temporal?.uiPort ? `http://127.0.0.1:${record.temporal.uiPort}` : undefined,
-    fleet: [record.modelServer!.address],
+    fleet: record.modelServer ? [record.modelServer.address] : [],
     started,
   };
 }

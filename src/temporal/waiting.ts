@@ -18,7 +18,10 @@ export async function fleetWait(handle: WorkflowHandle): Promise<FleetWait | nul
   for (const pending of raw.pendingActivities ?? []) {
     const attempt = pending.attempt ?? 1;
     if (attempt > 1 && pending.lastFailure) {
-      return { activity: pending.activityType?.name ?? 'activity', attempt, lastFailure: pending.lastFailure.message ?? '' };
+      // The failure's type is its classified gRPC status (src/fleet/errors.ts); say it unless the message does.
+      const type = pending.lastFailure.applicationFailureInfo?.type ?? '';
+      const message = pending.lastFailure.message ?? '';
+      return { activity: pending.activityType?.name ?? 'activity', attempt, lastFailure: type && !message.includes(type) ? `${type}: ${message}` : message };
     }
   }
   return null;
