@@ -415,8 +415,9 @@ describe('determinism', () => {
       for (const maxBatch of [1, 3, 64]) {
         for (const order of ['as-is', 'reversed', 'shuffled'] as const) same(result(algorithm, {}, { order }, { ...MODEL, maxBatch }), `maxBatch ${maxBatch}, ${order}`);
       }
+      same(result(algorithm, {}, { packed: true }), 'batches and outcomes packed as they travel through Temporal');
       const log: RoundLog[] = [];
-      same(result(algorithm, {}, { log, restartBefore: (i) => i % 2 === 0 }), 'a server that restarts every other round');
+      same(result(algorithm, {}, { log, restartBefore: (i) => i % 2 === 0, packed: true }), 'a server that restarts every other round');
       if (algorithm.name !== 'random') assert.ok(log.some((r) => r.resend), 'lost bases were sent again whole');
       assert.notDeepEqual(result(algorithm, { seed: 8 }).best, reference.best, 'another seed gives another search');
     });

@@ -1,6 +1,7 @@
 // Drives the pure search core against a FakeServer, round by round, the way both drivers do, logging
 // what each round proposed, sent and got back. Shared by the algorithm, failure and payload tests.
 import assert from 'node:assert/strict';
+import { packBatch, packOutcome, unpackBatch, unpackOutcome } from '../src/search/packing';
 import { createRun, finishRound, startRound, type RunState, type SearchResult } from '../src/search/run';
 import { deriveSeed } from '../src/search/seeds';
 import { SpecError, type AlgorithmSpec, type SearchSpec } from '../src/search/spec';
@@ -83,6 +84,14 @@ export interface DriveOptions {
   maxIterations?: number;
   /** Sees the run after each finishRound. */
   after?: (run: RunState) => void;
+  /** Send batches and outcomes through the packed JSON form they take through Temporal. */
+  packed?: boolean;
+}
+
+/** A batch and its outcome as the Temporal driver sees them: packed, through JSON, unpacked. */
+function throughTemporal(batch: BatchRequest, evaluate: (batch: BatchRequest) => BatchOutcome): BatchOutcome {
+  const sent = unpackBatch(JSON.parse(JSON.stringify(packBatch(batch))));
+  return unpackOutcome(JSON.parse(JSON.stringify(packOutcome(evaluate(sent), sent))), batch);
 }
 
 export function drive(run: RunState, options: DriveOptions = {}): RunState {
@@ -95,7 +104,7 @@ export function drive(run: RunState, options: DriveOptions = {}): RunState {
     const resend = state.resending !== null;
     const started = startRound(state);
     const answered = server.evaluated.length;
-    const outcomes = started.batches.map((b) => server.evaluate(b));
+    const outcomes = started.batches.map((b) => (options.packed ? throughTemporal(b, (sent) => server.evaluate(sent)) : server.evaluate(b)));
     const fresh = server.evaluated.slice(answered);
     options.log?.push({
       phase: started.run.phase,

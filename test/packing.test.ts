@@ -9,6 +9,23 @@ import { drive, MODEL, spec, type RoundLog } from './drive';
 
 const bytes = (value: unknown) => JSON.stringify(value).length;
 
+/**
+ * What the packed form promises to bring back: everything but a scored candidate's logical NFEs (the core
+ * counts those itself) and the key the batch did not ask for.
+ */
+function whatCrosses(outcome: BatchOutcome, batch: BatchRequest): BatchOutcome {
+  const kind = batch.keys ?? 'state';
+  return {
+    verifierTimings: outcome.verifierTimings,
+    outcomes: outcome.outcomes.map(({ key, noiseKey, ...o }) => ({
+      ...o,
+      nfeLogical: o.error ? o.nfeLogical : 0,
+      ...(kind === 'state' && key ? { key } : {}),
+      ...(kind === 'noise' && noiseKey ? { noiseKey } : {}),
+    })),
+  };
+}
+
 function rounds(algorithm: Parameters<typeof spec>[0], budgetNfe: number, steps?: number): RoundLog[] {
   const log: RoundLog[] = [];
   drive(createRun(spec(algorithm, { budgetNfe, verifiers: ['a', 'b'], ...(steps ? { searchSampler: { steps } } : {}) }), { ...MODEL, maxBatch: 64 }), { log, restartBefore: (i) => i === 3 });
@@ -33,16 +50,14 @@ describe('packing batches and outcomes for Temporal', () => {
             outcomes: batch.candidates.map((c) => round.outcomes.get(c.id)!),
             verifierTimings: [{ verifier: 'a', calls: batch.candidates.length, seconds: 0.5 }],
           };
-          // Noise keys come back only for a batch that asked for them (zero-order's).
-          const expected = batch.noiseKeys ? outcome : { ...outcome, outcomes: outcome.outcomes.map(({ noiseKey: _n, ...o }) => o) };
-          assert.deepEqual(unpackOutcome(JSON.parse(JSON.stringify(packOutcome(outcome, batch))), batch), expected);
+          assert.deepEqual(unpackOutcome(JSON.parse(JSON.stringify(packOutcome(outcome, batch))), batch), whatCrosses(outcome, batch));
           checked++;
         }
       }
     }
     assert.ok(checked > 20);
     assert.ok(logs.some((log) => log.some((r) => [...r.outcomes.values()].some((o) => o.error?.code === 'NOT_FOUND'))), 'errors were packed too');
-    assert.ok(logs[1].some((r) => r.batches.some((b) => b.noiseKeys)), "zero-order's batches ask for noise keys");
+    assert.deepEqual(logs.map((log) => [...new Set(log.flatMap((r) => r.batches.map((b) => b.keys ?? 'state')))].sort()), [['none', 'state'], ['noise', 'state'], ['state'], ['state']], 'random keeps no key, zero-order noises, paths and FK states, every final generation its state');
   });
 
   it('keeps a sample, a failure and a score JSON cannot carry', () => {
@@ -51,7 +66,7 @@ describe('packing batches and outcomes for Temporal', () => {
       condition: { classLabel: 1, guidanceScale: 0 },
       verifiers: ['a'],
       returnSamples: true,
-      noiseKeys: true,
+      keys: 'noise',
       candidates: [0, 1, 2].map((i) => ({ id: `c${i}`, lineage: { noise: { seed: i, perturbations: [{ seed: 9, cosine: 0.25 }] }, ops: [{ renoise: { sigmaFrom: 1, sigmaTo: 2, seed: 4 + i } }] }, scoreXpred: false })),
     };
     assert.deepEqual(unpackBatch(JSON.parse(JSON.stringify(packBatch(batch)))), batch);
@@ -64,7 +79,8 @@ describe('packing batches and outcomes for Temporal', () => {
       verifierTimings: [],
     };
     const back = unpackOutcome(JSON.parse(JSON.stringify(packOutcome(outcome, batch))), batch);
-    assert.deepEqual(back.outcomes.slice(0, 2), outcome.outcomes.slice(0, 2));
+    assert.deepEqual(back.outcomes.slice(0, 2), whatCrosses(outcome, batch).outcomes.slice(0, 2));
+    assert.equal(back.outcomes[1].nfeLogical, 1, "a failed candidate's logical NFEs come back");
     assert.ok(Number.isNaN(back.outcomes[2].scores.a), 'a non-finite score stays one that cannot win');
   });
 

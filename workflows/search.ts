@@ -54,11 +54,15 @@ export interface SearchWorkflowOptions {
   continueAsNewEveryRounds?: number;
 }
 
+/** Search attributes are brought up to date every few rounds and at the end: each upsert is a history event. */
+const INDEX_EVERY_ROUNDS = 10;
+
 function indexProgress(run: RunState): void {
-  const progress = progressOf(run);
+  if (run.round % INDEX_EVERY_ROUNDS !== 0 && run.phase !== 'done') return;
+  const best = progressOf(run).best;
   upsertSearchAttributes([
     { key: SEARCH_ATTRIBUTES.nfeSpent, value: nfeSpent(run) },
-    ...(progress.best ? [{ key: SEARCH_ATTRIBUTES.bestScore, value: progress.best.score }] : []),
+    ...(best ? [{ key: SEARCH_ATTRIBUTES.bestScore, value: best.score }] : []),
   ]);
 }
 

@@ -5,7 +5,7 @@
 // the whole lineage only when a server lost the state.
 import type { Ranked } from './selection';
 import type { SearchPlan } from './spec';
-import type { Candidate, CandidateOutcome, Lineage } from './types';
+import type { Candidate, CandidateOutcome, KeyKind, Lineage } from './types';
 
 /** An evaluated state; `order` is its proposal ordinal, the deterministic tie-breaker. */
 export interface Scored {
@@ -32,8 +32,8 @@ export interface Proposal {
   candidates: Candidate[];
   /** False for a round that only advances states (they are cached on the servers), with no verifier. */
   verify: boolean;
-  /** The candidates' noises will be bases of later candidates (zero-order's neighbours). */
-  noiseKeys?: boolean;
+  /** Which key of each candidate the algorithm keeps (default 'state'; zero-order keeps noises, random none). */
+  keys?: KeyKind;
 }
 
 /** What a search needs of the verifiers it is given, to refuse a combination before spending anything. */

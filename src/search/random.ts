@@ -67,7 +67,7 @@ export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState
     const n = state.n ?? affordable(plan);
     const count = Math.min(state.roundSize, n - state.next, Math.floor(nfeAvailable / plan.generationNfe));
     if (count <= 0) return null;
-    return { candidates: Array.from({ length: count }, (_, i) => randomCandidate(plan, state.next + i)), verify: true };
+    return { candidates: Array.from({ length: count }, (_, i) => randomCandidate(plan, state.next + i)), verify: true, keys: 'none' };
   },
 
   observe(state, plan, evaluated) {

@@ -16,7 +16,7 @@ import { randomSearch } from './random';
 import type { Ranked } from './selection';
 import { fullSolve, planSearch, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
 import { zeroOrderSearch } from './zero-order';
-import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, Lineage, ModelInfo, NoiseRecipe, WireCandidate } from './types';
+import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, KeyKind, Lineage, ModelInfo, NoiseRecipe, WireCandidate } from './types';
 
 const ALGORITHMS: Record<AlgorithmName, SearchAlgorithm<any, any>> = {
   random: randomSearch,
@@ -100,8 +100,8 @@ export interface RunState {
   proposed: number;
   inFlight: Candidate[];
   inFlightVerified: boolean;
-  /** The round in flight wants its candidates' noise keys back. */
-  inFlightNoiseKeys: boolean;
+  /** Which key of its candidates the round in flight keeps. */
+  inFlightKeys: KeyKind;
   resending: Resending | null;
   stopRequested: boolean;
   /** What every search candidate proposed so far costs: the budget bounds it, so a search whose candidates fail still ends. */
@@ -173,7 +173,7 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
     proposed: 0,
     inFlight: [],
     inFlightVerified: true,
-    inFlightNoiseKeys: false,
+    inFlightKeys: 'state',
     resending: null,
     stopRequested: false,
     nfeProposed: 0,
@@ -195,13 +195,13 @@ function wire(candidate: Candidate): WireCandidate {
 }
 
 /** Batches of at most the model's max batch, and of at most MAX_BATCH_BYTES of candidates. */
-function toBatches(plan: SearchPlan, candidates: WireCandidate[], verify: boolean, noiseKeys = false): BatchRequest[] {
+function toBatches(plan: SearchPlan, candidates: WireCandidate[], verify: boolean, keys: KeyKind = 'state'): BatchRequest[] {
   const batch = (members: WireCandidate[]): BatchRequest => ({
     model: plan.spec.model,
     condition: plan.spec.condition,
     verifiers: verify ? plan.spec.verifiers : [],
     candidates: members,
-    ...(noiseKeys ? { noiseKeys } : {}),
+    ...(keys !== 'state' ? { keys } : {}),
   });
   const batches: BatchRequest[] = [];
   let current: WireCandidate[] = [];
@@ -299,7 +299,7 @@ export function startRound(run: RunState): Round {
   const { plan } = run;
   if (run.resending) {
     const again = run.inFlight.filter((c) => run.resending!.ids.includes(c.id));
-    return { run, batches: toBatches(plan, again.map((c) => ({ id: c.id, lineage: wholeLineage(run, c), scoreXpred: c.scoreXpred })), run.inFlightVerified, run.inFlightNoiseKeys) };
+    return { run, batches: toBatches(plan, again.map((c) => ({ id: c.id, lineage: wholeLineage(run, c), scoreXpred: c.scoreXpred })), run.inFlightVerified, run.inFlightKeys) };
   }
   if (run.phase === 'search') {
     const nfeAvailable = plan.spec.budgetNfe - plan.finalNfe - run.nfeProposed;
@@ -310,8 +310,8 @@ export function startRound(run: RunState): Round {
         return startRound({ ...run, stopRequested: true });
       }
       return {
-        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify, inFlightNoiseKeys: proposal.noiseKeys ?? false, nfeProposed: run.nfeProposed + cost },
-        batches: toBatches(plan, proposal.candidates.map(wire), proposal.verify, proposal.noiseKeys),
+        run: { ...run, round: run.round + 1, inFlight: proposal.candidates, inFlightVerified: proposal.verify, inFlightKeys: proposal.keys ?? 'state', nfeProposed: run.nfeProposed + cost },
+        batches: toBatches(plan, proposal.candidates.map(wire), proposal.verify, proposal.keys),
       };
     }
   }
@@ -322,7 +322,7 @@ export function startRound(run: RunState): Round {
   if (!best) throw noWinner(run);
   const final = finalCandidate(plan, best);
   if (!final) return { run: finish(run, best, best.scores, algorithmOf(plan).lineage(plan, best.recipe), best.key), batches: [] };
-  const finalRun: RunState = { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true, inFlightNoiseKeys: false };
+  const finalRun: RunState = { ...run, phase: 'final', round: run.round + 1, inFlight: [final], inFlightVerified: true, inFlightKeys: 'state' };
   return { run: finalRun, batches: toBatches(plan, [wire(final)], true) };
 }
 

@@ -130,9 +130,12 @@ export interface BatchRequest {
   verifiers: string[];
   candidates: WireCandidate[];
   returnSamples?: boolean;
-  /** The algorithm will name these candidates' noises as bases: bring their noise keys back. */
-  noiseKeys?: boolean;
+  /** Which key of each candidate the algorithm continues from (default 'state'): only that one comes back through Temporal. */
+  keys?: KeyKind;
 }
+
+/** The key an algorithm keeps of an evaluated candidate: its final state's, its noise's, or none. */
+export type KeyKind = 'state' | 'noise' | 'none';
 
 export interface PopulationMetrics {
   frechetDistance: number;

@@ -76,14 +76,14 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
     if (affordable <= 0) return null;
     if (!state.pivot) {
       const noise = { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderPivot, state.restarts), perturbations: [] };
-      return { candidates: [{ id: `zo-pivot-${state.restarts}`, lineage: noiseLineage(plan, noise), scoreXpred: false, recipe: noise }], verify: true, noiseKeys: true };
+      return { candidates: [{ id: `zo-pivot-${state.restarts}`, lineage: noiseLineage(plan, noise), scoreXpred: false, recipe: noise }], verify: true, keys: 'noise' };
     }
     const pivot = state.pivot;
     const count = Math.min(state.n, affordable);
     const neighbours = Array.from({ length: count }, (_, j) =>
       neighbour(plan, `zo-${state.iteration}-${j}`, pivot, { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderNeighbour, state.iteration, j), cosine: state.t }),
     );
-    return { candidates: neighbours, verify: true, noiseKeys: true };
+    return { candidates: neighbours, verify: true, keys: 'noise' };
   },
 
   observe(state, plan, evaluated) {
