@@ -13,7 +13,7 @@ import { SpecError } from '../src/search/spec';
 import { openStore } from '../src/store';
 import { campaignProgressQuery, type CampaignProgress } from '../workflows/campaign';
 import { gmmModelInfo } from './fixtures';
-import { spawnWorker, stopChild, stopServer, tempDir, withModelServer, withTemporal } from './helpers';
+import { spawnWorker, stopChild, stopServer, tempDir, waitUntil, withModelServer, withTemporal } from './helpers';
 
 const SHARED_PROMPTS = path.resolve(PROJECT_ROOT, '..', 'shared', 'data', 'prompts');
 
@@ -109,19 +109,20 @@ async function storeCounts(input: CampaignInput): Promise<{ rows: number; unique
   }
 }
 
-function cli(args: string[], home: string): ChildProcess & { output: Promise<{ code: number | null; stderr: string }> } {
+function cli(args: string[], home: string): ChildProcess & { output: Promise<{ code: number | null; stdout: string; stderr: string }> } {
   const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), ...args], {
     env: { ...process.env, NOISESEARCH_HOME: home, NOISESEARCH_LOG_LEVEL: 'ERROR' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  let stdout = '';
   let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr += d));
-  child.stdout!.resume();
-  const output = new Promise<{ code: number | null; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stderr })));
+  const output = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
   return Object.assign(child, { output });
 }
 
-describe('campaigns that survive SIGKILL', () => {
+describe('campaigns that survive SIGKILL and outages', { timeout: 900_000 }, () => {
   let temporal: Awaited<ReturnType<typeof withTemporal>>;
   let server: Awaited<ReturnType<typeof withModelServer>>;
   let client: Client;
@@ -136,12 +137,11 @@ describe('campaigns that survive SIGKILL', () => {
     await temporal?.stop();
   });
 
-  async function waitForProgress(campaignId: string, atLeast: number): Promise<CampaignProgress> {
-    for (;;) {
+  function waitForProgress(campaignId: string, atLeast: number, what: (p: CampaignProgress) => boolean = (p) => p.done >= atLeast): Promise<CampaignProgress> {
+    return waitUntil(`campaign ${campaignId} to reach ${atLeast} searches`, async () => {
       const progress = await client.workflow.getHandle(campaignId).query(campaignProgressQuery).catch(() => null);
-      if (progress && progress.done >= atLeast) return progress;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+      return progress && what(progress) ? progress : null;
+    }, 120_000, 100);
   }
 
   it('finishes with every search in the store exactly once after the whole CLI is killed', async () => {
@@ -194,17 +194,36 @@ describe('campaigns that survive SIGKILL', () => {
     }
   });
 
+  it('waits out a fleet outage without failing a search, and says so in its status', async () => {
+    const dir = tempDir('outage');
+    const specFile = path.join(dir, 'campaign.json');
+    const spec = campaignSpec(dir, 'outage', { grid: { algorithms: ['random', { name: 'fk', k: 4 }], verifiers: ['gmm-classifier'], budgets: [1200] }, seeds: [0, 1, 2] });
+    writeFileSync(specFile, JSON.stringify(spec));
+    const input = resolveCampaign(spec, MODEL, dir);
+    const run = cli(['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address], dir);
+    await waitForProgress(input.campaignId, 2);
+    const port = Number(server.address.split(':')[1]);
+    await stopServer(server, 'SIGKILL');
+    const status = await waitUntil('campaign status to say it waits', async () => {
+      const shown = await cli(['campaign', 'status', input.campaignId, '--temporal', temporal.address], dir).output;
+      return /waiting for model servers/.test(shown.stdout) ? shown.stdout : null;
+    }, 60_000, 1_000);
+    assert.match(status, /waiting for model servers \((evaluateBatch|recordSearch|describeModel), attempt \d+\): UNAVAILABLE/);
+    assert.equal((await client.workflow.getHandle(input.campaignId).query(campaignProgressQuery)).failed, 0, 'nothing failed while the fleet was down');
+    server = await withModelServer([], port);
+    const { code, stderr } = await run.output;
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /waiting for model servers/, 'the running command said so too');
+    assert.deepEqual(await storeCounts(input), { rows: campaignSize(input), unique: campaignSize(input), done: campaignSize(input) });
+  });
+
   it('cancels a running campaign and its searches', async () => {
     const dir = tempDir('cancel');
     const specFile = path.join(dir, 'campaign.json');
     writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } })));
     const input = resolveCampaign(JSON.parse(JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } }))), MODEL, dir);
     const run = cli(['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address], dir);
-    for (;;) {
-      const progress = await client.workflow.getHandle(input.campaignId).query(campaignProgressQuery).catch(() => null);
-      if (progress && progress.running > 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await waitForProgress(input.campaignId, 0, (p) => p.running > 0);
     const cancel = cli(['campaign', 'cancel', input.campaignId, '--temporal', temporal.address], dir);
     assert.equal((await cancel.output).code, 0);
     const { code } = await run.output;

@@ -6,7 +6,7 @@ import { Fleet, parseFleet } from '../src/fleet/client';
 import { classifyGrpcError, FleetError } from '../src/fleet/errors';
 import type { BatchRequest } from '../src/search/types';
 import { gmmModelInfo } from './fixtures';
-import { stopServer, withModelServer } from './helpers';
+import { stopServer, withFaultyServer, withModelServer } from './helpers';
 
 const SIGMA_MAX = gmmModelInfo().sigmaMax;
 
@@ -119,6 +119,22 @@ describe('fleet client', () => {
       await assert.rejects(fleet.evaluate(batch(2, { model: 'sdxl' })), (error: FleetError) => error.code === 'NOT_FOUND' && !error.retryable);
     } finally {
       fleet.close();
+    }
+  });
+
+  it("gives a call a deadline that grows with its batch's NFEs", async () => {
+    const slow = await withFaultyServer({ seed: 0, rules: [{ latency_ms: 1500 }] });
+    const flat = new Fleet([slow.address], { callDeadlineMs: 300, msPerNfe: 0 });
+    const scaled = new Fleet([slow.address], { callDeadlineMs: 300, msPerNfe: 100 });
+    try {
+      // One candidate, Heun 10 steps to 0: 19 NFEs, so 300 + 19 * 100 = 2,200 ms against 1,500 ms of latency.
+      await assert.rejects(flat.evaluate(batch(1)), (error: FleetError) => error.code === 'DEADLINE_EXCEEDED' && error.retryable);
+      const outcome = await scaled.evaluate(batch(1));
+      assert.ok(Number.isFinite(outcome.outcomes[0].scores['gmm-classifier']));
+    } finally {
+      flat.close();
+      scaled.close();
+      await stopServer(slow);
     }
   });
 
