@@ -32,7 +32,7 @@ Usage: ${SEARCH_USAGE}
   --preset NAME        the paper's settings: ${PRESET_NAMES.join(', ')} (flags override)
   --solver, --steps    sampler used while searching (default: the model's)
   --final-steps N      steps of the final generation (default: the model's)
-  --guidance W         guidance scale (default: the model's)
+  --guidance W         guidance scale (default: the model's; 0 samples unconditionally)
 
   random:      --n N (default: what the budget pays for), --round-size N (progress granularity only)
   zero-order:  --n N neighbours (default ${ZERO_ORDER_DEFAULTS.n}), --t COSINE in (0,1) (default ${ZERO_ORDER_DEFAULTS.t}), --restart
