@@ -1,16 +1,10 @@
 // What durability costs: the wall time of one 2,000-NFE random search through Temporal against the
 // in-process driver, on the same model server, alternated and measured side by side. Each run uses its
 // own seed so neither driver gets the other's cache hits. Run with `npm run bench`.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import * as path from 'node:path';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { startModelServer, startTemporal, stopProcess } from '../embedded/processes';
-import { Fleet } from '../fleet/client';
 import { runLocalSearch } from '../local';
 import type { SearchSpec } from '../search/spec';
 import { startSearch } from '../temporal/client';
-import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
+import { withBenchServices } from './harness';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);
 
@@ -31,18 +25,7 @@ async function timed(work: () => Promise<unknown>): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  installQuietRuntime('ERROR');
-  const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-bench-'));
-  const [temporal, server] = await Promise.all([
-    startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') }),
-    startModelServer({ logFile: path.join(dir, 'server.log') }),
-  ]);
-  const env = await TestWorkflowEnvironment.createFromExistingServer({ address: temporal.address });
-  const fleet = new Fleet([server.address]);
-  const taskQueue = `bench-${process.pid}`;
-  const worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
-  const running = worker.run();
-  try {
+  await withBenchServices('bench', async ({ env, fleet, taskQueue }) => {
     await runLocalSearch(spec(1), fleet);
     await (await startSearch(env.client, spec(2), { taskQueue, workflowId: `bench-warmup-${process.pid}` })).result();
     const local: number[] = [];
@@ -60,14 +43,7 @@ async function main(): Promise<void> {
     console.log(`  in-process driver: ${median(local).toFixed(1)} ms   [${fmt(local)}]`);
     console.log(`  Temporal driver:   ${median(temporal).toFixed(1)} ms   [${fmt(temporal)}]`);
     console.log(`  ratio Temporal / in-process: ${(median(temporal) / median(local)).toFixed(2)}`);
-  } finally {
-    worker.shutdown();
-    await running;
-    fleet.close();
-    await stopProcess(server.pid);
-    await env.teardown();
-    await stopProcess(temporal.pid);
-  }
+  });
 }
 
 main().catch((error) => {

@@ -3,18 +3,13 @@
 // presets run on the embedded model through a real Temporal dev server; and, without running it, the
 // payloads of a 50,000-search campaign plan. Targets: no payload over 256 KB, history <= 100 KB a search
 // at the presets. Run with `npm run bench` (or `node dist/src/bench/payloads.js`).
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import * as path from 'node:path';
 import { temporal as proto } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { campaignItem, campaignSize, type CampaignInput } from '../campaign/plan';
-import { startModelServer, startTemporal, stopProcess } from '../embedded/processes';
-import { Fleet } from '../fleet/client';
 import { createRun, type SearchResult } from '../search/run';
 import type { SearchSpec } from '../search/spec';
 import { startSearch } from '../temporal/client';
-import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
+import { withBenchServices } from './harness';
 
 const KB = 1024;
 
@@ -115,18 +110,7 @@ export function campaignPlan(): { searches: number; input: number; donePage: num
 }
 
 async function main(): Promise<void> {
-  installQuietRuntime('ERROR');
-  const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-payloads-'));
-  const [temporal, server] = await Promise.all([
-    startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') }),
-    startModelServer({ logFile: path.join(dir, 'server.log') }),
-  ]);
-  const env = await TestWorkflowEnvironment.createFromExistingServer({ address: temporal.address });
-  const fleet = new Fleet([server.address]);
-  const taskQueue = `payloads-${process.pid}`;
-  const worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
-  const running = worker.run();
-  try {
+  await withBenchServices('payloads', async ({ env, fleet, taskQueue }) => {
     const model = await fleet.describe('gmm');
     console.log('Payloads and history per search through Temporal (embedded model; sizes in KB, history over all runs):');
     console.log(`  ${'search'.padEnd(52)} ${'runs'.padStart(4)} ${'events'.padStart(6)} ${'history'.padStart(8)}  largest payload`);
@@ -139,14 +123,7 @@ async function main(): Promise<void> {
     }
     const plan = campaignPlan();
     console.log(`A ${plan.searches.toLocaleString('en-US')}-search campaign plan (${plan.items} items): workflow input ${(plan.input / KB).toFixed(1)} KB, a donePage of 500 searches ${(plan.donePage / KB).toFixed(1)} KB, a child's input ${(plan.childInput / KB).toFixed(2)} KB`);
-  } finally {
-    worker.shutdown();
-    await running;
-    fleet.close();
-    await stopProcess(server.pid);
-    await env.teardown();
-    await stopProcess(temporal.pid);
-  }
+  });
 }
 
 if (require.main === module) {
