@@ -2,15 +2,10 @@
 // to run a search, and the baseline that measures what durability costs.
 import type { Fleet } from './fleet/client';
 import { FleetError } from './fleet/errors';
+import { withStatus, type FleetWait } from './fleet/wait';
 import { backoffMs } from './retry';
 import { createRun, finishRound, startRound, type SearchProgress, type SearchResult, progressOf } from './search/run';
 import type { SearchSpec } from './search/spec';
-
-/** A retryable fleet failure the search is waiting out (null: the fleet answers again). */
-export interface FleetWait {
-  attempt: number;
-  error: FleetError;
-}
 
 export interface LocalSearchOptions {
   onProgress?: (progress: SearchProgress) => void;
@@ -27,7 +22,7 @@ async function withRetry<T>(call: () => Promise<T>, onWaiting?: (wait: FleetWait
       return value;
     } catch (error) {
       if (!(error instanceof FleetError) || !error.retryable) throw error;
-      onWaiting?.({ attempt, error });
+      onWaiting?.({ activity: 'evaluate', attempt, lastFailure: withStatus(error.code, error.message) });
       await new Promise((resolve) => setTimeout(resolve, backoffMs(attempt)));
     }
   }

@@ -2,7 +2,8 @@
 import { Client, Connection, WorkflowUpdateFailedError } from '@temporalio/client';
 import { serviceStatus } from '../embedded/services';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
-import { describeWait, fleetWait } from '../temporal/waiting';
+import { describeWait } from '../fleet/wait';
+import { fleetWait } from '../temporal/waiting';
 import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
 import { parseFlags, UsageError, wholeNumber } from './args';
 

@@ -1,6 +1,6 @@
 // Campaign progress on the terminal: a live bar on a TTY, plain lines otherwise (CI logs, pipes).
 import type { CampaignProgress } from '../../workflows/campaign';
-import type { FleetWait } from '../temporal/waiting';
+import type { FleetWait } from '../fleet/wait';
 import { reportWait } from './waiting';
 
 function duration(seconds: number): string {

@@ -2,8 +2,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
-import { runLocalSearch, type FleetWait as LocalWait } from '../local';
-import type { FleetWait } from '../temporal/waiting';
+import type { FleetWait } from '../fleet/wait';
+import { runLocalSearch } from '../local';
 import { reportWait, watchingWaits } from './waiting';
 import { FK_DEFAULTS, FK_POTENTIALS, FK_RESAMPLINGS } from '../search/fk';
 import { PATHS_DEFAULTS } from '../search/paths';
@@ -199,11 +199,7 @@ export async function searchCommand(argv: string[]): Promise<number> {
     let output: SearchResult & { workflowId: string; driver: string };
     if (local) {
       let waiting: FleetWait | null = null;
-      const onWaiting = (wait: LocalWait | null) => {
-        const { code, message } = wait?.error ?? { code: '', message: '' };
-        waiting = reportWait(waiting, wait && { activity: 'evaluate', attempt: wait.attempt, lastFailure: message.includes(code) ? message : `${code}: ${message}` }, log);
-      };
-      const result = await runLocalSearch(spec, deployment.fleet!, { onWaiting });
+      const result = await runLocalSearch(spec, deployment.fleet!, { onWaiting: (wait) => (waiting = reportWait(waiting, wait, log)) });
       output = { workflowId: `local-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`, driver: 'local', ...result };
     } else {
       const handle = await startSearch(deployment.client!, spec, { workflowId: values['workflow-id'] as string | undefined });

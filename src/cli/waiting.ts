@@ -1,7 +1,8 @@
 // Tells the user, one line per change, when a search (or a campaign's searches) waits for model servers
 // that are down, and when they are back. Polls Temporal's description of the workflow while `work` runs.
 import type { Client, WorkflowHandle } from '@temporalio/client';
-import { describeWait, fleetWait, type FleetWait } from '../temporal/waiting';
+import { describeWait, type FleetWait } from '../fleet/wait';
+import { fleetWait } from '../temporal/waiting';
 
 const POLL_MS = 2_000;
 
