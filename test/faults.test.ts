@@ -69,7 +69,9 @@ describe('failure paths on a faulty model server, through both drivers', { timeo
     env = temporal.env;
     await scenario('all', { seed: 1, rules: [{ fail: { code: 'INTERNAL', message: 'injected', stage: 'score' } }] });
     await scenario('half', { seed: 1, rules: [{ fraction: 0.5, fail: { code: 'INTERNAL', message: 'injected', stage: 'score' } }] });
-    await scenario('neighbours', { seed: 1, rules: [{ match: { id: '^(zo-\\d|paths-\\d)' }, fail: { code: 'INTERNAL', message: 'injected', stage: 'score' } }] });
+    // What explores fails: zero-order's neighbours, the perturbed paths, FK's particles after their first
+    // segment, and every random noise after the first.
+    await scenario('neighbours', { seed: 1, rules: [{ match: { id: '^(zo-\\d|paths-\\d|fk-[1-9]|random-[1-9])' }, fail: { code: 'INTERNAL', message: 'injected', stage: 'score' } }] });
     await scenario('throws', { seed: 3, rules: [{ fraction: 0.25, raise: 'verifier' }] });
     await scenario('bug', { seed: 1, rules: [{ request_status: 'INTERNAL' }] });
     await scenario('overloaded', { seed: 2, rules: [{ fraction: 0.4, request_status: 'UNAVAILABLE' }] });
@@ -127,6 +129,27 @@ describe('failure paths on a faulty model server, through both drivers', { timeo
   it('paths: only the perturbed paths failing, nothing is scored and the search says so', async () => {
     for (const driver of drivers.neighbours) {
       await assert.rejects(driver.run(spec({ name: 'paths', n: 2, m: 3 })), (error: Error) => /no candidate could be scored \(6 of 8 failed\)/.test(rootMessage(error)));
+    }
+  });
+
+  it('random: every noise after the first failing, the first one wins and the rest are charged', async () => {
+    const g = generationNfe(model);
+    const candidates = Math.floor((BUDGET - g) / g);
+    for (const driver of drivers.neighbours) {
+      const result = await driver.run(spec({ name: 'random' }));
+      assert.deepEqual([result.best.candidateId, result.candidates, result.failedCandidates], ['random-0', candidates, candidates - 1], driver.name);
+      assert.equal(result.nfe.failed, (candidates - 1) * g);
+    }
+  });
+
+  it("FK: every particle failing after the first segment, the best of that segment is finished by one Euler step", async () => {
+    for (const driver of drivers.neighbours) {
+      const result = await driver.run(spec({ name: 'fk', k: 8 }));
+      assert.match(result.best.candidateId, /^fk-0-/, driver.name);
+      // Segment 0: 8 particles of 2 steps and the reward's x-prediction; segment 1 fails after 2 - 1 + 1 each.
+      assert.deepEqual({ ...result.nfe, executed: 0 }, { search: 8 * 3 + 8 * 2, final: 1, total: 8 * 5 + 1, executed: 0, failed: 8 * 2 });
+      const last = result.best.lineage.ops.at(-1)!;
+      assert.ok('solve' in last && last.solve.solver === 'euler' && last.solve.steps === 1 && last.solve.sigmaTo === 0, JSON.stringify(last));
     }
   });
 
