@@ -42,6 +42,16 @@ describe('payloads that do not grow with the length of a search', () => {
     assert.ok(state < 64 * KB, `the run state is ${state} B`);
   });
 
+  it('zero-order search keeps a move as two small numbers, not a spelled-out perturbation', () => {
+    // A score that grows with the walk's length: the pivot moves at every one of the 200 iterations.
+    const moves = 200;
+    const run = drive(createRun(spec({ name: 'zero-order', n: 2 }, { budgetNfe: 19 * (2 + 2 * moves) }), MODEL), { scorer: (lineage) => lineage.noise.perturbations.length });
+    const pivot = (run.algorithmState as { pivot: { recipe: unknown } }).pivot;
+    assert.equal(run.result!.best.noise.perturbations.length, moves);
+    // "12345,1," is at most 8 characters a move; a perturbation {"seed":<16 digits>,"cosine":0.9} is about 40.
+    assert.ok(bytes(pivot.recipe) <= 40 + 8 * moves, `${bytes(pivot.recipe)} B for ${moves} moves`);
+  });
+
   it('random search with one verifier keeps one scored candidate, however many it evaluates', () => {
     const small = measured({ name: 'random' }, 19 * 20).state;
     const large = measured({ name: 'random' }, 19 * 2000).state;

@@ -86,7 +86,7 @@ export interface SearchProgress {
 
 /** A round whose candidates are not all settled: some go again with their whole lineage. */
 export interface Resending {
-  /** Outcomes already final, by candidate id. */
+  /** The outcomes already final. */
   settled: CandidateOutcome[];
   /** Candidates (by id) to send whole. */
   ids: string[];

@@ -9,7 +9,17 @@ import { lowestStepSigma } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
 import { bestOf } from './selection';
 import { budgetProblems, fullSolve, type SearchPlan, type ZeroOrderParams } from './spec';
-import type { Candidate, Lineage, NoiseRecipe } from './types';
+import type { Candidate, Lineage, Perturbation } from './types';
+
+/**
+ * A noise of the walk: the fresh pivot it started from (its restart index) and its moves since, as
+ * (iteration, neighbour) pairs, flattened. Each move names a derived perturbation seed, so it costs two
+ * small numbers in the state however long the walk, not a spelled-out perturbation.
+ */
+interface WalkRecipe {
+  start: number;
+  moves: number[];
+}
 
 export interface ZeroOrderState {
   n: number;
@@ -17,7 +27,7 @@ export interface ZeroOrderState {
   restart: boolean;
   iteration: number;
   restarts: number;
-  /** The current pivot, scored (its recipe is its whole noise); null until a (re)start's first pivot is. */
+  /** The current pivot, scored (its recipe a WalkRecipe); null until a (re)start's first pivot is. */
   pivot: Scored | null;
   /**
    * The final pivots of earlier starts the winner can come from: every one for an ensemble (it ranks within
@@ -28,19 +38,28 @@ export interface ZeroOrderState {
 
 export const ZERO_ORDER_DEFAULTS = { n: 8, t: 0.9, restart: false } as const;
 
-function noiseLineage(plan: SearchPlan, noise: NoiseRecipe): Lineage {
+function perturbation(plan: SearchPlan, t: number, iteration: number, j: number): Perturbation {
+  return { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderNeighbour, iteration, j), cosine: t };
+}
+
+function walkLineage(plan: SearchPlan, walk: WalkRecipe): Lineage {
+  const t = (plan.spec.algorithm as ZeroOrderParams).t ?? ZERO_ORDER_DEFAULTS.t;
+  const perturbations: Perturbation[] = [];
+  for (let i = 0; i < walk.moves.length; i += 2) perturbations.push(perturbation(plan, t, walk.moves[i], walk.moves[i + 1]));
+  const noise = { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderPivot, walk.start), perturbations };
   return { noise, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] };
 }
 
 /** A neighbour travels as its pivot's noise (by key) plus one perturbation, whatever the pivot's history. */
-function neighbour(plan: SearchPlan, id: string, pivot: Scored, perturbation: NoiseRecipe['perturbations'][number]): Candidate {
-  const pivotNoise = pivot.recipe as NoiseRecipe;
+function neighbour(plan: SearchPlan, state: ZeroOrderState, pivot: Scored, j: number): Candidate {
+  const walk = pivot.recipe as WalkRecipe;
+  const recipe: WalkRecipe = { start: walk.start, moves: [...walk.moves, state.iteration, j] };
   return {
-    id,
+    id: `zo-${state.iteration}-${j}`,
     base: { key: pivot.noiseKey },
-    lineage: { noise: { seed: 0, perturbations: [perturbation] }, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] },
+    lineage: { noise: { seed: 0, perturbations: [perturbation(plan, state.t, state.iteration, j)] }, ops: [{ solve: fullSolve(plan.sigmaMax, plan.searchSampler) }] },
     scoreXpred: false,
-    recipe: { seed: pivotNoise.seed, perturbations: [...pivotNoise.perturbations, perturbation] },
+    recipe,
   };
 }
 
@@ -75,14 +94,11 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
     const affordable = Math.floor(nfeAvailable / plan.generationNfe);
     if (affordable <= 0) return null;
     if (!state.pivot) {
-      const noise = { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderPivot, state.restarts), perturbations: [] };
-      return { candidates: [{ id: `zo-pivot-${state.restarts}`, lineage: noiseLineage(plan, noise), scoreXpred: false, recipe: noise }], verify: true, keys: 'noise' };
+      const recipe: WalkRecipe = { start: state.restarts, moves: [] };
+      return { candidates: [{ id: `zo-pivot-${state.restarts}`, lineage: walkLineage(plan, recipe), scoreXpred: false, recipe }], verify: true, keys: 'noise' };
     }
     const pivot = state.pivot;
-    const count = Math.min(state.n, affordable);
-    const neighbours = Array.from({ length: count }, (_, j) =>
-      neighbour(plan, `zo-${state.iteration}-${j}`, pivot, { seed: deriveSeed(plan.spec.seed, SeedStream.zeroOrderNeighbour, state.iteration, j), cosine: state.t }),
-    );
+    const neighbours = Array.from({ length: Math.min(state.n, affordable) }, (_, j) => neighbour(plan, state, pivot, j));
     return { candidates: neighbours, verify: true, keys: 'noise' };
   },
 
@@ -105,7 +121,7 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
   },
 
   lineage(plan, recipe) {
-    return noiseLineage(plan, recipe as NoiseRecipe);
+    return walkLineage(plan, recipe as WalkRecipe);
   },
 
   scoring(_params, plan) {
