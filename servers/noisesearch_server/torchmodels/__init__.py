@@ -1,0 +1,1 @@
+"""PyTorch backends: real diffusion models and verifiers loaded from local folders (the `torch` extra)."""
