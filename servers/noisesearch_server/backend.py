@@ -29,6 +29,17 @@ class ModelSpec:
     default_guidance_scale: float
     # Two models with the same identity produce the same trajectories: it keys the trajectory cache.
     identity: str
+    # "ve": a state is x0 + sigma * n (sigma in [sigma_min, sigma_max]); "flow": (1 - sigma) * x0 + sigma * n
+    # (rectified flow, sigma in [0, 1]). Renoising and ancestral steps differ between the two.
+    process: str = "ve"
+    # How a solve spaces its steps (schedules.py): "karras" (by rho) or "shifted" (sigma = s*l / (1 + (s-1)*l)
+    # on a uniform grid of levels l, s = schedule_shift; s = 1 is uniform in sigma).
+    schedule: str = "karras"
+    schedule_shift: float = 1.0
+    # A text-to-image model takes prompts (and negative prompts); a class model num_classes labels.
+    takes_prompts: bool = False
+    # The decoded sample, [3, H, W] for an image model; empty when the sample is the latent itself.
+    image_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
