@@ -26,29 +26,15 @@ from .backend import (
 )
 from .faults import FaultPlan, InjectedFault
 from .lineage import Job, Op, Renoise, Solve, chain_keys, ops_nfe, solve_nfe
+from .schedules import solve_sigmas as schedule_sigmas
 from .rng import ancestral_stream, base_noise, perturb, renoise_eps
 from .validation import same_sigma
 
 SOLVERS = ("euler", "heun", "euler_ancestral")
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> np.ndarray:
-    """Karras et al. (2022) eq. 5, with both ends pinned so chained ops meet exactly."""
-    ramp = np.linspace(0.0, 1.0, n)
-    max_inv_rho = sigma_max ** (1.0 / rho)
-    min_inv_rho = sigma_min ** (1.0 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-    sigmas[0] = sigma_max
-    if n > 1:
-        sigmas[-1] = sigma_min
-    return sigmas
-
-
 def solve_sigmas(op: Solve, spec: ModelSpec) -> np.ndarray:
-    """`op.steps` steps from sigma_from to sigma_to; a solve to 0 takes its last step from sigma_min."""
-    if op.sigma_to == 0:
-        return np.append(karras_sigmas(op.steps, spec.sigma_min, op.sigma_from, spec.rho), 0.0)
-    return karras_sigmas(op.steps + 1, op.sigma_to, op.sigma_from, spec.rho)
+    return schedule_sigmas(spec, op.sigma_from, op.sigma_to, op.steps)
 
 
 def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from noisesearch_server.backend import EvaluateRequest
-from noisesearch_server.engine import karras_sigmas, solve_sigmas
+from noisesearch_server.engine import solve_sigmas
+from noisesearch_server.schedules import karras_sigmas
 from noisesearch_server.faults import parse_fault_plan
 from noisesearch_server.lineage import Cancellation, Perturbation, Renoise, Solve
 
