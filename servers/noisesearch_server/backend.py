@@ -120,6 +120,8 @@ class CandidateResult:
     # Empty until the candidate got that far: its final state, and its noise after its perturbations.
     state_key: bytes = b""
     noise_key: bytes = b""
+    # The decoded sample as a PNG, for an image model asked for samples.
+    image: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Sample:
     shape: tuple[int, ...]
     condition: Condition | None
     xpred: np.ndarray
+    # An image model's sample as a PNG (then `values` is empty).
+    image: bytes = b""
 
 
 @dataclass(frozen=True)

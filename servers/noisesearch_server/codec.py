@@ -27,6 +27,7 @@ def decode_condition(message) -> Condition:
         class_label=message.class_label if kind == "class_label" else None,
         prompt=message.prompt if kind == "prompt" else None,
         guidance_scale=message.guidance_scale if message.HasField("guidance_scale") else None,
+        negative_prompt=message.negative_prompt,
     )
 
 
@@ -77,6 +78,7 @@ def decode_sample(message) -> Sample:
         shape=tuple(message.shape),
         condition=decode_condition(message.condition) if message.HasField("condition") else None,
         xpred=np.array(message.xpred, dtype=np.float32),
+        image=message.image,
     )
 
 
@@ -115,6 +117,11 @@ def encode_description(description: Description):
         default_guidance_scale=model.default_guidance_scale,
         server_id=description.server_id,
         rho=model.rho,
+        process=model.process,
+        schedule=model.schedule,
+        schedule_shift=model.schedule_shift,
+        takes_prompts=model.takes_prompts,
+        image_shape=list(model.image_shape),
     )
 
 
@@ -140,6 +147,7 @@ def encode_evaluate_response(response: EvaluateResponse, server_seconds: float, 
             final_sigma=result.final_sigma,
             state_key=result.state_key,
             noise_key=result.noise_key,
+            image=result.image,
         )
         if result.error is not None:
             message.error.code = result.error.code

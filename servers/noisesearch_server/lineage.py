@@ -55,6 +55,7 @@ class Condition:
     prompt: str | None = None
     # None: the model's default scale; 0: unconditional sampling.
     guidance_scale: float | None = None
+    negative_prompt: str = ""
 
 
 @dataclass(frozen=True)
