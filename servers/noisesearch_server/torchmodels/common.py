@@ -13,23 +13,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
 
-from ..backend import ConfigError, ModelSpec, VerifierSpec
+from ..backend import ConfigError, ModelSpec, RowCondition, VerifierSpec
 
-
-@dataclass(frozen=True)
-class RowCondition:
-    """One candidate's condition, resolved: `guidance` is the request's scale or the model's default."""
-
-    class_label: int | None = None
-    prompt: str | None = None
-    negative_prompt: str = ""
-    guidance: float = 0.0
+__all__ = ["RowCondition"]  # defined with the engine's types, re-exported for the torch modules
 
 
 def pick_device(flag: str = "auto") -> torch.device:
