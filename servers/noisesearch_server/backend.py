@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,6 +15,38 @@ from .population import PopulationResult
 
 # The label of a row without a class condition, in the label arrays passed to models and verifiers.
 UNCONDITIONAL = -1
+
+
+@dataclass(frozen=True)
+class RowCondition:
+    """One candidate's condition, resolved: `guidance` is the request's scale or the model's default."""
+
+    class_label: int | None = None
+    prompt: str | None = None
+    negative_prompt: str = ""
+    guidance: float = 0.0
+
+
+class Rows:
+    """The conditions of a batch's rows, as models and verifiers take them: numeric models read the label and
+    guidance arrays, text models the prompts."""
+
+    def __init__(self, conditions: Sequence[RowCondition]) -> None:
+        self.conditions = tuple(conditions)
+        self.labels = np.array(
+            [UNCONDITIONAL if c.class_label is None else c.class_label for c in self.conditions], dtype=np.int64
+        )
+        self.guidance = np.array([c.guidance for c in self.conditions], dtype=np.float64)
+
+    @classmethod
+    def of_labels(cls, labels: Sequence[int], guidance: float = 1.0) -> Rows:
+        return cls([RowCondition(None if label < 0 else int(label), guidance=guidance) for label in labels])
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+    def __getitem__(self, subset: Sequence[int] | np.ndarray) -> Rows:
+        return Rows([self.conditions[i] for i in subset])
 
 
 @dataclass(frozen=True)
@@ -49,22 +82,39 @@ class VerifierSpec:
     needs_condition: bool
     xpred_sigma: float
     description: str
+    # What the condition it needs is: "class" or "prompt" ("" when it needs none).
+    condition_kind: str = "class"
 
 
 class Verifier(Protocol):
     spec: VerifierSpec
 
-    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
-        """One score per row; labels are UNCONDITIONAL for rows without a class; xpreds only for self-supervised."""
+    def score(self, samples: Any, rows: Rows, probes: Any | None) -> np.ndarray:
+        """One score per row of `samples` (what the model's decode gave: latents for a latent model, images for
+        an image model); `probes`, for self-supervised verifiers only, are the decoded x-predictions."""
         ...
 
 
 class DiffusionModel(Protocol):
     spec: ModelSpec
 
-    def denoise(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
-        """D(x, sigma) per row: each row's result must not depend on the other rows."""
+    def denoise(self, x: np.ndarray, sigma: float, rows: Rows) -> np.ndarray:
+        """D(x, sigma) per row of the flattened states x: each row's result must not depend on the other rows."""
         ...
+
+
+class ImageModel(DiffusionModel, Protocol):
+    """A model whose samples are decoded into pictures before verifiers see them (spec.image_shape is set)."""
+
+    def decode(self, samples: np.ndarray) -> Any:
+        """Flattened clean latents -> a batch of images the verifiers take."""
+        ...
+
+    def stack_images(self, images: Sequence[Any]) -> Any: ...
+
+    def encode_png(self, images: Any) -> list[bytes]: ...
+
+    def decode_png(self, pngs: Sequence[bytes]) -> Any: ...
 
 
 class ConfigError(ValueError):

@@ -41,7 +41,7 @@ def throughput() -> None:
     seeds = itertools.count()
 
     def backend() -> DiffusionBackend:
-        return DiffusionBackend(model, gmm_verifiers(model), max_batch=64, max_concurrency=1, cache_entries=0)
+        return DiffusionBackend(model, gmm_verifiers(model), max_batch=64, max_concurrency=1, cache_bytes=0)
 
     def run(engine: DiffusionBackend, size: int, verifiers: tuple[str, ...] = ()) -> int:
         candidates = tuple(full_generation(next(seeds), config) for _ in range(size))
@@ -86,7 +86,7 @@ def frechet(config: GmmConfig) -> None:
     tests/test_sampler.py for why this beats comparing a few draws of FD_n."""
     model = GaussianMixture(config)
     spaces = {"raw": lambda x: x, "features": GmmPopulation(model).features}
-    backend = DiffusionBackend(model, [], max_batch=FRECHET_SAMPLES, max_concurrency=1, cache_entries=0)
+    backend = DiffusionBackend(model, [], max_batch=FRECHET_SAMPLES, max_concurrency=1, cache_bytes=0)
     solve = Solve(config.sigma_max, 0.0, config.default_solver, config.default_steps)
     print(f"{config.default_solver}, {config.default_steps} steps ({solve_nfe(solve)} NFEs), sigma in "
           f"[{config.sigma_min}, {config.sigma_max}], rho {config.rho}; n = {FRECHET_SAMPLES}")

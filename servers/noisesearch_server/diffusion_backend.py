@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from .backend import (
     ModelSpec,
     PopulationRequest,
     RequestError,
+    RowCondition,
+    Rows,
     Sample,
     ScoreRequest,
     ScoreResponse,
@@ -48,7 +51,7 @@ class DiffusionBackend(Backend):
         *,
         max_batch: int,
         max_concurrency: int,
-        cache_entries: int,
+        cache_bytes: int,
         population: PopulationModel | None = None,
         max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE,
         faults: FaultPlan | None = None,
@@ -59,8 +62,8 @@ class DiffusionBackend(Backend):
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if cache_entries < 0:
-            raise ConfigError(f"cache_entries must be >= 0, got {cache_entries}")
+        if cache_bytes < 0:
+            raise ConfigError(f"cache_bytes must be >= 0, got {cache_bytes}")
         names = [v.spec.name for v in verifiers]
         if len(set(names)) != len(names):
             raise ConfigError(f"verifier names must be unique, got {names}")
@@ -76,7 +79,7 @@ class DiffusionBackend(Backend):
         self.max_concurrency = max_concurrency
         self.max_request_nfe = max_request_nfe
         self.server_id = str(uuid.uuid4())
-        self.cache = TrajectoryCache(cache_entries)
+        self.cache = TrajectoryCache(cache_bytes)
         self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None, faults)
 
     def describe(self) -> Description:
@@ -184,20 +187,32 @@ class DiffusionBackend(Backend):
                 "INVALID_ARGUMENT",
                 f"samples: got {len(request.samples)}, more than {MAX_SCORE_SAMPLES}; split the request",
             )
-        labels = []
+        if needs_xpred and spec.image_shape:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"verifiers: {needs_xpred[0]!r} compares a sample with its x-prediction, which Score cannot carry for "
+                f"an image model; score it within Evaluate",
+            )
+        conditions = []
         for i, sample in enumerate(request.samples):
             path = f"samples[{i}]"
-            _check_sample_values(path, sample, spec)
+            if spec.image_shape:
+                if not sample.image:
+                    raise RequestError(
+                        "INVALID_ARGUMENT", f"{path}.image: empty; this image model scores the PNG a CandidateResult's image gave"
+                    )
+            else:
+                _check_sample_values(path, sample, spec)
             if needs_xpred:
                 _check_values(f"{path}.xpred", sample.xpred, size, f" (verifier {needs_xpred[0]!r} needs it)")
             needs = f"verifier {needs_condition[0]!r} needs a condition" if needs_condition else None
-            labels.append(_sample_label(path, sample, spec, needs))
+            conditions.append(_sample_condition(path, sample, spec, needs))
 
         scores: list[dict[str, float]] = [{} for _ in request.samples]
         timings = []
         if request.samples:
-            values = np.stack([s.values.astype(np.float64).reshape(size) for s in request.samples])
-            label_array = np.array(labels)
+            values = self._sample_values(request.samples)
+            rows = Rows(conditions)
             for name in names:
                 verifier = self.verifiers[name]
                 xpreds = (
@@ -206,7 +221,7 @@ class DiffusionBackend(Backend):
                     else None
                 )
                 started = time.perf_counter()
-                result = verifier.score(values, label_array, xpreds)
+                result = np.asarray(verifier.score(values, rows, xpreds), dtype=np.float64)
                 timings.append(VerifierTiming(name, len(request.samples), time.perf_counter() - started))
                 for i, score in enumerate(result):
                     if not np.isfinite(score):
@@ -216,6 +231,19 @@ class DiffusionBackend(Backend):
                     scores[i][name] = float(score)
         return ScoreResponse(scores=tuple(scores), verifier_timings=tuple(timings))
 
+    def _sample_values(self, samples: tuple[Sample, ...]) -> Any:
+        """What verifiers and population metrics take: latents, or the pictures an image model's PNGs hold."""
+        spec = self.model.spec
+        if not spec.image_shape:
+            size = math.prod(spec.latent_shape)
+            return np.stack([s.values.astype(np.float64).reshape(size) for s in samples])
+        images = []
+        for i, sample in enumerate(samples):
+            try:
+                images.extend(self.model.decode_png([sample.image]))
+            except ValueError as error:
+                raise RequestError("INVALID_ARGUMENT", f"samples[{i}].image: {error}") from None
+        return self.model.stack_images(images)
 
     def population(self, request: PopulationRequest) -> PopulationResult:
         if self.population_model is None:
@@ -234,7 +262,8 @@ class DiffusionBackend(Backend):
         for i, sample in enumerate(request.samples):
             path = f"samples[{i}]"
             _check_sample_values(path, sample, spec)
-            labels.append(_sample_label(path, sample, spec, None))
+            label = _sample_label(path, sample, spec, None)
+            labels.append(UNCONDITIONAL if label is None else label)
         size = math.prod(spec.latent_shape)
         values = np.stack([s.values.astype(np.float64).reshape(size) for s in request.samples])
         result = population_metrics(self.population_model, values, np.array(labels))
@@ -257,8 +286,22 @@ def _check_sample_values(path: str, sample: Sample, spec: ModelSpec) -> None:
     _check_values(f"{path}.values", sample.values, math.prod(spec.latent_shape))
 
 
-def _sample_label(path: str, sample: Sample, spec: ModelSpec, needs_condition: str | None) -> int:
-    """The sample's class, or UNCONDITIONAL; `needs_condition` says why a missing class is an error."""
+def _sample_condition(path: str, sample: Sample, spec: ModelSpec, needs_condition: str | None) -> RowCondition:
+    """The sample's condition; `needs_condition` says why a missing one is an error."""
+    condition = sample.condition
+    if spec.takes_prompts:
+        if condition is not None and condition.class_label is not None:
+            raise RequestError("INVALID_ARGUMENT", f"{path}.condition.class_label: this model takes prompts, not classes")
+        if condition is not None and condition.prompt is not None:
+            return RowCondition(prompt=condition.prompt, negative_prompt=condition.negative_prompt)
+        if needs_condition:
+            raise RequestError("INVALID_ARGUMENT", f"{path}.condition: {needs_condition}; set condition.prompt")
+        return RowCondition()
+    return RowCondition(class_label=_sample_label(path, sample, spec, needs_condition))
+
+
+def _sample_label(path: str, sample: Sample, spec: ModelSpec, needs_condition: str | None) -> int | None:
+    """The sample's class, or None; `needs_condition` says why a missing class is an error."""
     condition = sample.condition
     if condition is not None and condition.prompt is not None:
         raise RequestError("INVALID_ARGUMENT", f"{path}.condition.prompt: this model takes class labels, not prompts")
@@ -272,7 +315,7 @@ def _sample_label(path: str, sample: Sample, spec: ModelSpec, needs_condition: s
         return label
     if needs_condition:
         raise RequestError("INVALID_ARGUMENT", f"{path}.condition: {needs_condition}; set condition.class_label")
-    return UNCONDITIONAL
+    return None
 
 
 def _check_values(path: str, values: np.ndarray, size: int, why: str = "") -> None:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from .backend import (
-    UNCONDITIONAL,
     CandidateError,
     CandidateResult,
     DiffusionModel,
     ModelSpec,
+    RowCondition,
+    Rows,
     Verifier,
     describe_failure,
 )
@@ -47,6 +49,25 @@ def ancestral_step(sigma: float, sigma_next: float) -> tuple[float, float]:
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
+def ve_sigma(process: str, sigma: float) -> float:
+    """The variance-exploding sigma of a state: a flow state (1 - s) x0 + s n is (x0 + s/(1-s) n) scaled by 1 - s."""
+    if process == "ve":
+        return sigma
+    return math.inf if sigma >= 1.0 else sigma / (1.0 - sigma)
+
+
+def flow_sigma(sigma_ve: float) -> float:
+    return 1.0 if math.isinf(sigma_ve) else sigma_ve / (1.0 + sigma_ve)
+
+
+def renoise_coefficients(process: str, sigma_from: float, sigma_to: float) -> tuple[float, float]:
+    """(a, b) with x_to = a x_from + b eps: what takes a state at sigma_from to the marginal at sigma_to."""
+    if process == "ve":
+        return 1.0, math.sqrt(sigma_to**2 - sigma_from**2)
+    scale = (1.0 - sigma_to) / (1.0 - sigma_from)
+    return scale, math.sqrt(sigma_to**2 - (scale * sigma_from) ** 2)
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """A state; for a noise (a lineage's root), `values` is the unit noise n and the state is sigma * n,
@@ -66,15 +87,31 @@ class CacheEntry:
         return self.sigma * self.values if self.is_noise else self.values.copy()
 
 
-class TrajectoryCache:
-    """LRU of states keyed by lineage-prefix hash; arrays are stored read-only and never mutated."""
+def _entry_bytes(entry: CacheEntry) -> int:
+    return sum(a.nbytes for a in (entry.values, entry.probe, entry.xpred) if a is not None)
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+
+class TrajectoryCache:
+    """LRU of states keyed by lineage-prefix hash, bounded in bytes (a FLUX latent is a megabyte, a mixture
+    state 128 bytes); arrays are stored read-only and never mutated. `hits` and `misses` count candidates that
+    did or did not resume from a held state, `evictions` the states dropped to stay within the bound."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
         self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def record(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
 
     def get(self, key: bytes) -> CacheEntry | None:
         entry = self._entries.get(key)
@@ -83,15 +120,21 @@ class TrajectoryCache:
         return entry
 
     def put(self, key: bytes, entry: CacheEntry) -> None:
-        if self.capacity == 0:
+        size = _entry_bytes(entry)
+        if size > self.capacity_bytes:
             return
         for array in (entry.values, entry.probe, entry.xpred):
             if array is not None:
                 array.flags.writeable = False
+        replaced = self._entries.pop(key, None)
+        if replaced is not None:
+            self.bytes -= _entry_bytes(replaced)
         self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.bytes += size
+        while self.bytes > self.capacity_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= _entry_bytes(evicted)
+            self.evictions += 1
 
     def attach_xpred(self, key: bytes, xpred: np.ndarray) -> None:
         """Keeps D(x, sigma) with a held state; a state evicted meanwhile simply loses the reuse."""
@@ -100,8 +143,19 @@ class TrajectoryCache:
             self.put(key, replace(entry, xpred=xpred.copy()))
 
 
-def _condition(job: Job) -> tuple[int | None, float | None]:
-    return job.class_label, None if job.class_label is None else job.guidance
+def _condition(job: Job) -> tuple[int | None, str | None, str, float | None]:
+    """What a state depends on besides its lineage; guidance only matters to a conditioned state."""
+    return job.class_label, job.prompt, job.negative_prompt, job.guidance if job.conditioned else None
+
+
+def _describe_condition(condition: tuple[int | None, str | None, str, float | None]) -> str:
+    label, prompt, negative, guidance = condition
+    subject = f"prompt {prompt!r}" + (f" (negative {negative!r})" if negative else "") if prompt is not None else f"class {label}"
+    return f"{subject} with guidance {guidance}"
+
+
+def _row_condition(job: Job) -> RowCondition:
+    return RowCondition(job.class_label, job.prompt, job.negative_prompt, job.guidance)
 
 
 @dataclass
@@ -120,6 +174,10 @@ class _Trajectory:
     nfe_executed: int = 0
     error: CandidateError | None = None
     sample: np.ndarray | None = None
+    # What verifiers see: the sample (and probe) itself, or for an image model its decoded picture.
+    image: Any = None
+    probe_image: Any = None
+    png: bytes = b""
     scores: dict[str, float] = field(default_factory=dict)
     verifier_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -177,7 +235,9 @@ class Engine:
         self._advance_all(trajectories)
         self._xpredict(trajectories)
         self._inject_score_failures(trajectories)
+        self._decode(trajectories)
         self._score(trajectories)
+        self._encode_pngs(trajectories)
         return [self._result(t) if isinstance(t, _Trajectory) else t for t in started]
 
     # Starting: refusals, the base, the longest cached prefix.
@@ -206,6 +266,7 @@ class Engine:
                 return CandidateResult(id=job.candidate_id, error=CandidateError("INVALID_ARGUMENT", problem))
 
         def trajectory(entry: CacheEntry, next_op: int, resumed: bool, xpred: np.ndarray | None) -> _Trajectory:
+            self.cache.record(resumed)
             return _Trajectory(
                 job, entry.noise_key, op_keys, final_key, entry.state(), entry.sigma, next_op, entry.probe, xpred,
                 resumed, nfe_logical=ops_nfe(job.ops[:next_op]),
@@ -235,8 +296,8 @@ class Engine:
     def _base_problem(self, job: Job, base: CacheEntry, path: str) -> str | None:
         if base.condition != _condition(job):
             return (
-                f"{path}.condition: got class {job.class_label} with guidance {_condition(job)[1]}, but the base was "
-                f"made with class {base.condition[0]} and guidance {base.condition[1]}; send the base's condition"
+                f"{path}.condition: got {_describe_condition(_condition(job))}, but the base was made with "
+                f"{_describe_condition(base.condition)}; send the base's condition"
             )
         if job.perturbations and not base.is_noise:
             return (
@@ -273,9 +334,10 @@ class Engine:
         fault_stage: str,
         what: str,
         counts_nfe: bool,
-    ) -> tuple[list[int], np.ndarray | None]:
+        join: Callable[[list[Any]], Any] = np.concatenate,
+    ) -> tuple[list[int], Any]:
         """call(row indices) -> one output per row. When the batched call raises, each row is tried alone and
-        only the rows that still raise fail. Returns the rows that succeeded and their outputs."""
+        only the rows that still raise fail. Returns the rows that succeeded and their outputs (joined)."""
 
         def attempt(subset: list[int]) -> np.ndarray:
             if self.faults is not None:
@@ -305,12 +367,10 @@ class Engine:
                 fail(i, failure)
                 continue
             succeeded.append(i)
-        return succeeded, np.concatenate(outputs) if outputs else None
+        return succeeded, join(outputs) if outputs else None
 
-    def _conditioning(self, members: list[_Trajectory]) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.array([UNCONDITIONAL if t.job.class_label is None else t.job.class_label for t in members])
-        guidance = np.array([t.job.guidance for t in members], dtype=np.float64)
-        return labels, guidance
+    def _conditioning(self, members: list[_Trajectory]) -> Rows:
+        return Rows([_row_condition(t.job) for t in members])
 
     def _denoise(
         self,
@@ -318,11 +378,10 @@ class Engine:
         members: list[_Trajectory],
         x: np.ndarray,
         sigma: float,
-        conditioning: tuple[np.ndarray, np.ndarray],
+        conditioning: Rows,
         rows: list[int] | None = None,
     ) -> np.ndarray:
         """D(x, sigma) for `rows` (default: every live row); NaN elsewhere."""
-        labels, guidance = conditioning
         rows = [i for i, t in enumerate(members) if t.alive] if rows is None else rows
         denoised = np.full_like(x, np.nan)
         if not rows:
@@ -330,7 +389,7 @@ class Engine:
 
         def call(subset: np.ndarray) -> np.ndarray:
             batch = x if len(subset) == len(x) else x[subset]
-            return self.model.denoise(batch, float(sigma), labels[subset], guidance[subset])
+            return self.model.denoise(batch, float(sigma), conditioning[subset])
 
         what = "x-prediction" if stage == "xpred" else "solve"
         succeeded, outputs = self._isolated(members, rows, call, fault_stage=stage, what=what, counts_nfe=True)
@@ -400,16 +459,33 @@ class Engine:
             if ancestral:
                 # Every step draws its row, used or not, so that row t always belongs to step t.
                 eps = np.stack([stream.standard_normal(self.dim) for stream in streams])
-                sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
-                if sigma_next > 0 and sigma_up > 0 and sigma_down >= self.spec.sigma_min:
-                    x = x + d * (sigma_down - sigma)
-                    x = x + sigma_up * eps
+                stepped = self._ancestral(x, sigma, sigma_next, d, denoised, eps)
+                if stepped is not None:
+                    x = stepped
                     continue
             x = x + d * (sigma_next - sigma)
         return x
 
+    def _ancestral(
+        self, x: np.ndarray, sigma: float, sigma_next: float, d: np.ndarray, denoised: np.ndarray, eps: np.ndarray
+    ) -> np.ndarray | None:
+        """k-diffusion's ancestral step, taken in variance-exploding coordinates (a flow state is rescaled there
+        and back); None where the step is a plain Euler step instead."""
+        process = self.spec.process
+        s, s_next = ve_sigma(process, sigma), ve_sigma(process, sigma_next)
+        if sigma_next == 0 or math.isinf(s):
+            return None
+        sigma_down, sigma_up = ancestral_step(s, s_next)
+        if sigma_up <= 0 or (sigma_down if process == "ve" else flow_sigma(sigma_down)) < self.spec.sigma_min:
+            return None
+        if process == "ve":
+            x = x + d * (sigma_down - sigma)
+            return x + sigma_up * eps
+        x_ve = x / (1.0 - sigma)
+        return (1.0 - sigma_next) * (denoised + (sigma_down / s) * (x_ve - denoised) + sigma_up * eps)
+
     def _first_denoise(
-        self, members: list[_Trajectory], x: np.ndarray, sigma: float, conditioning: tuple[np.ndarray, np.ndarray]
+        self, members: list[_Trajectory], x: np.ndarray, sigma: float, conditioning: Rows
     ) -> np.ndarray:
         """A state whose x-prediction was scored already reuses it: the same numbers, one evaluation fewer.
         Only at exactly its sigma: validation lets a solve start within a relative 1e-9 of it."""
@@ -429,7 +505,8 @@ class Engine:
 
     def _renoise(self, op: Renoise, x: np.ndarray, members: list[_Trajectory]) -> np.ndarray:
         eps = np.stack([renoise_eps(t.pending_op.seed, self.dim) for t in members])
-        return x + np.sqrt(op.sigma_to**2 - op.sigma_from**2) * eps
+        scale, added = renoise_coefficients(self.spec.process, op.sigma_from, op.sigma_to)
+        return (x if scale == 1.0 else scale * x) + added * eps
 
     # The scored sample and its scores.
 
@@ -462,23 +539,70 @@ class Engine:
             if trajectory.alive:
                 trajectory.error = self.faults.failure("score", trajectory.job.candidate_id, trajectory.final_key)
 
+    def _self_supervised(self, trajectory: _Trajectory) -> bool:
+        return any(self.verifiers[name].spec.kind == "self-supervised" for name in trajectory.job.verifiers)
+
+    def _decode(self, trajectories: list[_Trajectory]) -> None:
+        """Gives each live trajectory the picture its verifiers score (and its probe's, for self-supervised
+        ones): the arrays themselves for a latent model, one batched VAE decode for an image model."""
+        self._drop_abandoned(trajectories)
+        for trajectory in trajectories:
+            if trajectory.alive and self._self_supervised(trajectory) and trajectory.probe is None:
+                names = [n for n in trajectory.job.verifiers if self.verifiers[n].spec.kind == "self-supervised"]
+                trajectory.error = self._missing_probe_error(trajectory, names[0])
+        if not self.spec.image_shape:
+            for trajectory in trajectories:
+                trajectory.image, trajectory.probe_image = trajectory.sample, trajectory.probe
+            return
+        wanted = [t for t in trajectories if t.alive and (t.job.verifiers or t.job.return_sample)]
+        self._decode_rows(wanted, lambda t: t.sample, "image")
+        self._decode_rows([t for t in wanted if t.alive and self._self_supervised(t)], lambda t: t.probe, "probe_image")
+
+    def _decode_rows(self, members: list[_Trajectory], latent: Callable[[_Trajectory], np.ndarray], into: str) -> None:
+        if not members:
+            return
+        latents = np.stack([latent(t) for t in members])
+
+        def call(subset: np.ndarray) -> list[Any]:
+            return list(self.model.decode(latents[subset]))
+
+        succeeded, images = self._isolated(
+            members, list(range(len(members))), call, fault_stage="decode", what="decoding", counts_nfe=False,
+            join=lambda parts: [image for part in parts for image in part],
+        )
+        for row, image in zip(succeeded, images or []):
+            setattr(members[row], into, image)
+
+    def _encode_pngs(self, trajectories: list[_Trajectory]) -> None:
+        returned = [t for t in trajectories if t.alive and t.job.return_sample and t.image is not None]
+        if not self.spec.image_shape or not returned:
+            return
+        for trajectory, png in zip(returned, self.model.encode_png(self.model.stack_images([t.image for t in returned]))):
+            trajectory.png = png
+
+    def _stack(self, images: Sequence[Any]) -> Any:
+        return self.model.stack_images(images) if self.spec.image_shape else np.stack(images)
+
     def _score(self, trajectories: list[_Trajectory]) -> None:
         self._drop_abandoned(trajectories)
         for name, verifier in self.verifiers.items():
             members = [t for t in trajectories if t.alive and name in t.job.verifiers]
-            if verifier.spec.kind == "self-supervised":
-                for trajectory in members:
-                    if trajectory.probe is None:
-                        trajectory.error = self._missing_probe_error(trajectory, name)
-                members = [t for t in members if t.alive]
             if not members:
                 continue
-            samples = np.stack([t.sample for t in members])
-            labels, _ = self._conditioning(members)
-            xpreds = np.stack([t.probe for t in members]) if verifier.spec.kind == "self-supervised" else None
+            samples = self._stack([t.image for t in members])
+            rows = self._conditioning(members)
+            probes = self._stack([t.probe_image for t in members]) if verifier.spec.kind == "self-supervised" else None
 
             def call(subset: np.ndarray) -> np.ndarray:
-                return verifier.score(samples[subset], labels[subset], None if xpreds is None else xpreds[subset])
+                whole = len(subset) == len(members)
+                index = subset.tolist()
+                return np.asarray(
+                    verifier.score(
+                        samples if whole else samples[index], rows if whole else rows[index],
+                        None if probes is None else probes if whole else probes[index],
+                    ),
+                    dtype=np.float64,
+                )
 
             started = time.perf_counter()
             succeeded, scores = self._isolated(
@@ -519,7 +643,8 @@ class Engine:
             nfe_logical=trajectory.nfe_logical,
             nfe_executed=trajectory.nfe_executed,
             error=trajectory.error,
-            sample=trajectory.sample.copy() if job.return_sample and not failed else None,
+            sample=trajectory.sample.copy() if job.return_sample and not failed and not trajectory.png else None,
+            image=b"" if failed else trajectory.png,
             final_sigma=trajectory.sigma,
             resumed_from_cache=trajectory.resumed,
             verifier_seconds=trajectory.verifier_seconds,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import ModelSpec, VerifierSpec
+from .backend import ModelSpec, Rows, VerifierSpec
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,10 @@ class GaussianMixture:
         log_density = -0.5 * (quadratic + log_det[None] + config.dim * math.log(2 * math.pi))
         return log_density, coefficients
 
-    def denoise(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+    def denoise(self, x: np.ndarray, sigma: float, rows: Rows) -> np.ndarray:
+        return self.posterior_mean(x, sigma, rows.labels, rows.guidance)
+
+    def posterior_mean(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         """E[x0 | x_sigma] per row, guided: D_uncond + w (D_cond - D_uncond); negative labels are unconditional."""
         noise_terms = self._noise_terms(sigma)
         rows = self.DENOISE_ROWS
@@ -219,8 +222,8 @@ class OracleVerifier:
             description="log p(x | c): the true class log-density of the sample under the data distribution",
         )
 
-    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
-        return self.model.class_log_densities(samples)[np.arange(len(samples)), labels]
+    def score(self, samples: np.ndarray, rows: Rows, probes: np.ndarray | None) -> np.ndarray:
+        return self.model.class_log_densities(samples)[np.arange(len(samples)), rows.labels]
 
 
 class ClassifierVerifier:
@@ -234,9 +237,9 @@ class ClassifierVerifier:
             description="log p(c | x): the Bayes classifier's log posterior of the class, equal priors",
         )
 
-    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
+    def score(self, samples: np.ndarray, rows: Rows, probes: np.ndarray | None) -> np.ndarray:
         class_log_densities = self.model.class_log_densities(samples)
-        chosen = class_log_densities[np.arange(len(samples)), labels]
+        chosen = class_log_densities[np.arange(len(samples)), rows.labels]
         return chosen - logsumexp(class_log_densities)
 
 
@@ -254,10 +257,10 @@ class SelfSupervisedVerifier:
             ),
         )
 
-    def score(self, samples: np.ndarray, labels: np.ndarray, xpreds: np.ndarray | None) -> np.ndarray:
-        assert xpreds is not None
+    def score(self, samples: np.ndarray, rows: Rows, probes: np.ndarray | None) -> np.ndarray:
+        assert probes is not None
         sample_features = self.model.features(samples)
-        xpred_features = self.model.features(xpreds)
+        xpred_features = self.model.features(probes)
         dot = (sample_features * xpred_features).sum(axis=-1)
         norms = np.sqrt((sample_features**2).sum(axis=-1) * (xpred_features**2).sum(axis=-1))
         return dot / norms

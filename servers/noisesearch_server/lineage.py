@@ -96,10 +96,16 @@ def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=KEY_BYTES).digest()
 
 
-def noise_key(model_identity: str, class_label: int | None, guidance: float, seed: int) -> bytes:
+def noise_key(
+    model_identity: str, class_label: int | None, guidance: float, seed: int, prompt: str | None = None,
+    negative_prompt: str = "",
+) -> bytes:
     """The key of the unperturbed noise `seed` under a model and condition."""
     parts = [_text_bytes(model_identity)]
-    parts.append(b"u" if class_label is None else b"c" + _uint_bytes(class_label) + _float_bytes(guidance))
+    if prompt is not None:
+        parts.append(b"t" + _text_bytes(prompt) + _text_bytes(negative_prompt) + _float_bytes(guidance))
+    else:
+        parts.append(b"u" if class_label is None else b"c" + _uint_bytes(class_label) + _float_bytes(guidance))
     parts.append(_uint_bytes(seed))
     return _hash(b"".join(parts))
 
@@ -174,12 +180,20 @@ class Job:
     verifiers: tuple[str, ...]
     return_sample: bool
     cancellation: Cancellation = field(default_factory=Cancellation)
+    prompt: str | None = None
+    negative_prompt: str = ""
+
+    @property
+    def conditioned(self) -> bool:
+        return self.class_label is not None or self.prompt is not None
 
     def start_key(self, model_identity: str) -> bytes:
         if self.base is not None:
             return self.base
         assert self.noise_seed is not None
-        return noise_key(model_identity, self.class_label, self.guidance, self.noise_seed)
+        return noise_key(
+            model_identity, self.class_label, self.guidance, self.noise_seed, self.prompt, self.negative_prompt
+        )
 
     def final_key(self, model_identity: str) -> bytes:
         """The key of the state after every op; the same whether the candidate came with a base or whole."""

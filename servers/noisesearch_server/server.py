@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import json
 import signal
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,10 +38,23 @@ class ServerConfig:
     max_batch: int = 64
     max_concurrency: int = 8
     batch_window_ms: float = 2.0
-    cache_entries: int = 50_000
+    cache_mb: float = 1024.0
     max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE
     describe_only: bool = False
     faults: FaultPlan | None = None
+    # A PyTorch model: its weights folder, and each co-located verifier's folder.
+    model_folder: str | None = None
+    verifier_folders: tuple[tuple[str, str], ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    resolution: int | None = None
+    # gRPC's default 4 MB is one 1024-px latent batch of four; raised deliberately, on both ends (the client
+    # sets the same limit), so a batch that is still too large fails with an error that says so.
+    max_message_mb: int = 256
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_mb * (1 << 20))
 
 
 def build_gmm_backend(config: ServerConfig) -> Backend:
@@ -52,14 +68,76 @@ def build_gmm_backend(config: ServerConfig) -> Backend:
         gmm_verifiers(model),
         max_batch=config.max_batch,
         max_concurrency=config.max_concurrency,
-        cache_entries=config.cache_entries,
+        cache_bytes=config.cache_bytes,
         population=GmmPopulation(model),
         max_request_nfe=config.max_request_nfe,
         faults=config.faults,
     )
 
 
+TORCH_EXTRA = "pip install -e 'servers[torch]' (in the project's .venv: npm test installs it)"
+
+
+def build_torch_backend(config: ServerConfig) -> Backend:
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(f"--model {config.model}={config.model_folder}: PyTorch models need the torch extra; run {TORCH_EXTRA}")
+    from .torchmodels.registry import load_model, load_verifiers
+
+    try:
+        model = load_model(config.model, config.model_folder, config.device, config.dtype, config.resolution)
+        verifiers = load_verifiers(dict(config.verifier_folders), model, config.dtype)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        # A folder that passed the file checks but whose contents do not load (truncated weights, a config
+        # of another architecture): still one line, naming the folder.
+        raise ConfigError(f"--model {config.model}={config.model_folder}: could not load: {type(error).__name__}: {error}") from None
+    return DiffusionBackend(
+        model,
+        verifiers,
+        max_batch=config.max_batch,
+        max_concurrency=config.max_concurrency,
+        cache_bytes=config.cache_bytes,
+        max_request_nfe=config.max_request_nfe,
+        faults=config.faults,
+    )
+
+
 MODELS: dict[str, Callable[[ServerConfig], Backend]] = {"gmm": build_gmm_backend}
+
+
+def build_backend(config: ServerConfig) -> Backend:
+    return build_torch_backend(config) if config.model_folder is not None else MODELS[config.model](config)
+
+
+def _named_folder(flag: str, value: str) -> tuple[str, str]:
+    name, sep, folder = value.partition("=")
+    if not sep or not name or not folder:
+        raise ConfigError(f"{flag}: got {value!r}; want NAME=DIR (e.g. {flag} flux=/weights/FLUX.1-dev)")
+    return name, folder
+
+
+def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
+    """(model folder, verifier folders) for `model` from a models file:
+    {"models": {"flux": {"folder": DIR, "verifiers": {"clip-score": DIR}}, "sit": DIR}}."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--models: cannot read {path}: {error}") from None
+    models = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f'--models: {path} has no "models" object; want {{"models": {{"flux": "/weights/flux"}}}}')
+    if model not in models:
+        raise ConfigError(f"--models: {path} names {', '.join(models)}, not --model {model!r}")
+    entry = models[model]
+    if isinstance(entry, str):
+        return entry, {}
+    if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
+        raise ConfigError(f'--models: {path}: models.{model} must be a folder or {{"folder": DIR, "verifiers": {{...}}}}')
+    verifiers = entry.get("verifiers", {})
+    if not isinstance(verifiers, dict) or not all(isinstance(v, str) for v in verifiers.values()):
+        raise ConfigError(f"--models: {path}: models.{model}.verifiers must map verifier names to folders")
+    return entry["folder"], verifiers
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -72,11 +150,27 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     defaults = ServerConfig()
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
-    parser.add_argument("--model", default=defaults.model, help=f"one of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--model", default=defaults.model,
+        help="gmm (the embedded model), or NAME=DIR for a PyTorch model loaded from a local folder "
+        "(flux, sdxl, sdxl-dpo, pixart-sigma, sit), or NAME with --models",
+    )
+    parser.add_argument("--models", metavar="FILE", help="a JSON models file naming model and verifier folders")
+    parser.add_argument(
+        "--verifier", action="append", default=[], metavar="NAME=DIR",
+        help="a co-located PyTorch verifier (clip-score, clip-imagenet, aesthetic, pickscore, dino-imagenet, "
+        "selfsup, imagereward) loaded from a local folder; repeat for several",
+    )
+    parser.add_argument("--device", default=defaults.device, help="auto (a GPU when there is one), cpu, cuda[:N]")
+    parser.add_argument("--dtype", default=defaults.dtype, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    parser.add_argument("--resolution", type=int, help="image size in pixels (default: the model's own)")
+    parser.add_argument("--max-message-mb", type=int, default=defaults.max_message_mb)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms)
-    parser.add_argument("--cache-entries", type=int, default=defaults.cache_entries)
+    parser.add_argument(
+        "--cache-mb", type=float, default=defaults.cache_mb, help="bound on the lineage cache's states, in MiB"
+    )
     parser.add_argument(
         "--max-request-nfe", type=int, default=defaults.max_request_nfe,
         help="refuse an Evaluate call whose candidates cost more logical NFEs than this",
@@ -91,20 +185,40 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     args = parser.parse_args(argv)
     if args.faults is not None and not args.allow_fault_injection:
         raise ConfigError("--faults: fault injection is for tests only; add --allow-fault-injection to turn it on")
+    model, model_folder, verifiers = args.model, None, {}
+    if "=" in args.model:
+        model, model_folder = _named_folder("--model", args.model)
+    elif args.models is not None:
+        model_folder, verifiers = _models_file(args.models, args.model)
+    elif args.model not in MODELS:
+        raise ConfigError(
+            f"--model: unknown model {args.model!r}; want gmm, or NAME=DIR to load a PyTorch model from a folder"
+        )
+    verifiers.update(_named_folder("--verifier", value) for value in args.verifier)
+    if verifiers and model_folder is None:
+        raise ConfigError("--verifier: the embedded gmm hosts its own verifiers; --verifier goes with --model NAME=DIR")
+    if args.cache_mb < 0:
+        raise ConfigError(f"--cache-mb: got {args.cache_mb}; want 0 (no cache) or more")
+    if args.max_message_mb < 4:
+        raise ConfigError(f"--max-message-mb: got {args.max_message_mb}; want at least gRPC's default 4")
     config = ServerConfig(
         host=args.host,
         port=args.port,
-        model=args.model,
+        model=model,
         max_batch=args.max_batch,
         max_concurrency=args.max_concurrency,
         batch_window_ms=args.batch_window_ms,
-        cache_entries=args.cache_entries,
+        cache_mb=args.cache_mb,
         max_request_nfe=args.max_request_nfe,
         describe_only=args.describe,
         faults=load_fault_plan(args.faults) if args.faults is not None else None,
+        model_folder=model_folder,
+        verifier_folders=tuple(verifiers.items()),
+        device=args.device,
+        dtype=args.dtype,
+        resolution=args.resolution,
+        max_message_mb=args.max_message_mb,
     )
-    if config.model not in MODELS:
-        raise ConfigError(f"--model: unknown model {config.model!r}; want one of {', '.join(MODELS)}")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")
     if not 0 <= config.batch_window_ms <= 1000:
@@ -139,12 +253,19 @@ class RunningServer:
 
 
 async def start_server(config: ServerConfig, backend: Backend | None = None) -> RunningServer:
-    backend = backend or MODELS[config.model](config)
+    backend = backend or build_backend(config)
     _, services = load()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="noisesearch-engine")
     batcher = Batcher(backend, config.max_batch, config.batch_window_ms / 1000, executor)
     # Without this, a second server on a busy port binds too and the two silently share traffic.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    limit = config.max_message_mb << 20
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
     services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher, config.faults), server)
     services.add_VerifierServicer_to_server(VerifierService(backend, executor), server)
     health_servicer = health.aio.HealthServicer()
@@ -173,7 +294,7 @@ async def serve(config: ServerConfig, backend: Backend) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
-        backend = MODELS[config.model](config)
+        backend = build_backend(config)
     except ConfigError as error:
         print(f"noisesearch-server: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ SIGMA_RELATIVE_TOLERANCE = 1e-9
 MAX_STEPS = 10_000
 MAX_OPS = 100_000
 MAX_PERTURBATIONS = 100_000
-SCHEDULES = ("", "karras")
 # Solvers that draw noise of their own; the others are deterministic and take seed 0.
 SEEDED_SOLVERS = ("euler_ancestral",)
 
@@ -55,15 +54,18 @@ def _check_op(path: str, op: Op | None, spec: ModelSpec, solvers: tuple[str, ...
         raise _Invalid(f"{path}.solve.solver", f"unknown solver {op.solver!r}; want one of {', '.join(solvers)}")
     if not 1 <= op.steps <= MAX_STEPS:
         raise _Invalid(f"{path}.solve.steps", f"got {op.steps}; want 1 to {MAX_STEPS} steps")
-    if op.schedule not in SCHEDULES:
-        raise _Invalid(f"{path}.solve.schedule", f"unknown schedule {op.schedule!r}; want \"karras\" (or empty)")
+    if op.schedule not in ("", spec.schedule):
+        raise _Invalid(
+            f"{path}.solve.schedule",
+            f"got {op.schedule!r}; this model steps on the {spec.schedule!r} schedule: want {spec.schedule!r} or empty",
+        )
     if op.seed != 0 and op.solver not in SEEDED_SOLVERS:
         raise _Invalid(
             f"{path}.solve.seed",
             f"got {op.seed}; solver {op.solver!r} draws no noise, want 0 "
             f"(only {', '.join(SEEDED_SOLVERS)} takes a seed)",
         )
-    return Solve(op.sigma_from, op.sigma_to, op.solver, op.steps, "karras", op.seed)
+    return Solve(op.sigma_from, op.sigma_to, op.solver, op.steps, spec.schedule, op.seed)
 
 
 def _check_ops(
@@ -90,15 +92,21 @@ def _check_ops(
 
 def _check_condition(
     path: str, candidate: Candidate, spec: ModelSpec, verifiers: tuple[VerifierSpec, ...]
-) -> tuple[int | None, float]:
+) -> tuple[int | None, str | None, float]:
     condition = candidate.condition
-    if condition.prompt is not None:
+    if condition.prompt is not None and not spec.takes_prompts:
         want = (
             f"it is class-conditional: set condition.class_label in [0, {spec.num_classes}) instead"
             if spec.num_classes
             else "leave the condition unset"
         )
         raise _Invalid(f"{path}.prompt", f"this model takes no text prompt; {want}")
+    if condition.negative_prompt and condition.prompt is None:
+        raise _Invalid(f"{path}.negative_prompt", "a negative prompt needs a prompt; set condition.prompt too")
+    if condition.class_label is not None and spec.takes_prompts:
+        raise _Invalid(
+            f"{path}.class_label", f"got {condition.class_label}; this text-to-image model takes prompts, not classes"
+        )
     if condition.class_label is not None and not 0 <= condition.class_label < spec.num_classes:
         want = f"want a class in [0, {spec.num_classes})" if spec.num_classes else "this model has no classes"
         raise _Invalid(f"{path}.class_label", f"got {condition.class_label}; {want}")
@@ -109,11 +117,12 @@ def _check_condition(
             f"got {guidance!r}; want a finite scale >= 0 (0: unconditional; unset: the default "
             f"{spec.default_guidance_scale!r})",
         )
-    if condition.class_label is None:
+    if condition.class_label is None and condition.prompt is None:
         for verifier in verifiers:
             if verifier.needs_condition:
-                raise _Invalid(path, f"verifier {verifier.name!r} needs a condition; set condition.class_label")
-    return condition.class_label, spec.default_guidance_scale if guidance is None else guidance
+                field = "prompt" if spec.takes_prompts else "class_label"
+                raise _Invalid(path, f"verifier {verifier.name!r} needs a condition; set condition.{field}")
+    return condition.class_label, condition.prompt, spec.default_guidance_scale if guidance is None else guidance
 
 
 def validate_candidate(
@@ -150,7 +159,7 @@ def validate_candidate(
                     f"got {perturbation.cosine!r}; want a cosine in [-1, 1]",
                 )
         ops = _check_ops(f"{path}.lineage.ops", candidate.lineage.ops, spec, solvers, based)
-        class_label, guidance = _check_condition(f"{path}.condition", candidate, spec, verifiers)
+        class_label, prompt, guidance = _check_condition(f"{path}.condition", candidate, spec, verifiers)
     except _Invalid as invalid:
         return CandidateError("INVALID_ARGUMENT", str(invalid))
     return Job(
@@ -166,4 +175,6 @@ def validate_candidate(
         verifiers=tuple(v.name for v in verifiers),
         return_sample=return_sample,
         cancellation=cancellation,
+        prompt=prompt,
+        negative_prompt=candidate.condition.negative_prompt,
     )

@@ -19,7 +19,7 @@ def model() -> GaussianMixture:
     return GaussianMixture(GmmConfig())
 
 
-def make_backend(model, cache_entries: int = 1000, max_batch: int = 64, **options) -> DiffusionBackend:
+def make_backend(model, cache_bytes: int = 1 << 20, max_batch: int = 64, **options) -> DiffusionBackend:
     """`model` may wrap the mixture (counting or failing calls); the verifiers always score the mixture."""
     mixture = getattr(model, "model", model)
     return DiffusionBackend(
@@ -27,7 +27,7 @@ def make_backend(model, cache_entries: int = 1000, max_batch: int = 64, **option
         gmm_verifiers(mixture),
         max_batch=max_batch,
         max_concurrency=8,
-        cache_entries=cache_entries,
+        cache_bytes=cache_bytes,
         population=GmmPopulation(mixture),
         **options,
     )
@@ -41,9 +41,9 @@ class CountingModel:
         self.spec = model.spec
         self.rows = 0
 
-    def denoise(self, x, sigma, labels, guidance):
+    def denoise(self, x, sigma, rows):
         self.rows += len(x)
-        return self.model.denoise(x, sigma, labels, guidance)
+        return self.model.denoise(x, sigma, rows)
 
 
 def full_solve(solver: str = "heun", steps: int = 10) -> Solve:
@@ -82,7 +82,7 @@ def evaluate_one(backend: DiffusionBackend, candidates, verifiers=ALL_VERIFIERS,
 
 @pytest.fixture
 async def running_server():
-    running = await start_server(ServerConfig(port=0, batch_window_ms=2.0, cache_entries=1000))
+    running = await start_server(ServerConfig(port=0, batch_window_ms=2.0, cache_mb=1.0))
     yield running
     await running.stop(grace=0.5)
 

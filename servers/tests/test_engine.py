@@ -44,17 +44,17 @@ def sample_bytes(response):
 def test_results_are_bit_identical_across_batch_sizes_and_positions(model):
     alone = {}
     for seed in range(64):
-        alone.update(sample_bytes(evaluate_one(make_backend(model, cache_entries=0), [varied_candidate(seed)], ())))
+        alone.update(sample_bytes(evaluate_one(make_backend(model, cache_bytes=0), [varied_candidate(seed)], ())))
     for size, offset in [(3, 0), (3, 40), (17, 5), (17, 47), (64, 0), (64, 31)]:
         batch = [varied_candidate((offset + i) % 64) for i in range(size)]
-        response = evaluate_one(make_backend(model, cache_entries=0), batch, ())
+        response = evaluate_one(make_backend(model, cache_bytes=0), batch, ())
         assert all(r.error is None for r in response.results)
         assert sample_bytes(response) == {c.id: alone[c.id] for c in batch}
 
 
 def test_resuming_from_the_cache_is_bit_identical_to_recomputing(model):
     seeds = range(1, 17)
-    fresh = evaluate_one(make_backend(model, cache_entries=0), [varied_candidate(s) for s in seeds], ())
+    fresh = evaluate_one(make_backend(model, cache_bytes=0), [varied_candidate(s) for s in seeds], ())
     backend = make_backend(model)
     prefixes = []
     for s in seeds:
@@ -84,7 +84,7 @@ def test_resuming_from_the_cache_is_bit_identical_to_recomputing(model):
 )
 def test_nfe_accounting(model, ops, score_xpred, nfe):
     counting = CountingModel(model)
-    backend = make_backend(counting, cache_entries=10)
+    backend = make_backend(counting)
     result = evaluate_one(backend, [candidate(1, ops=ops, score_xpred=score_xpred)], ["gmm-oracle"]).results[0]
     assert (result.nfe_logical, result.nfe_executed, counting.rows) == (nfe, nfe, nfe)
 
@@ -101,10 +101,13 @@ def test_cache_hit_executes_only_the_remaining_ops(model):
 
 
 def test_cache_is_bounded_and_keyed_by_condition(model):
-    backend = make_backend(model, cache_entries=2)
+    state_bytes = 8 * model.config.dim  # one float64 state, no probe or x-prediction attached
+    backend = make_backend(model, cache_bytes=2 * state_bytes)
     ops = (Solve(SIGMA_MAX, 1.0, "euler", 2),)
     evaluate_one(backend, [candidate(s, ops=ops) for s in range(5)], verifiers=())
-    assert len(backend.cache) == 2
+    # Each candidate puts its noise, then its state: 10 states through a cache of 2.
+    assert (len(backend.cache), backend.cache.bytes, backend.cache.evictions) == (2, 2 * state_bytes, 8)
+    assert (backend.cache.hits, backend.cache.misses) == (0, 5)
     other_class = evaluate_one(backend, [candidate(4, ops=ops, label=5)], verifiers=())
     other_guidance = evaluate_one(backend, [candidate(4, ops=ops, guidance=2.0)], verifiers=())
     assert other_class.cache_hits == 0 and other_guidance.cache_hits == 0
@@ -144,7 +147,7 @@ def reference_euler_ancestral(model, x, sigmas, label, seed):
     """k-diffusion's sample_euler_ancestral (eta = 1) written out step by step, with the contract's noises."""
     eps = philox_normal(seed, 3, (len(sigmas) - 1, len(x)))
     for t, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        denoised = model.denoise(x[None], s, np.array([label]), np.array([1.0]))[0]
+        denoised = model.posterior_mean(x[None], s, np.array([label]), np.array([1.0]))[0]
         d = (x - denoised) / s
         sigma_up = min(s_next, math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
         sigma_down = math.sqrt(s_next**2 - sigma_up**2)
@@ -208,7 +211,7 @@ def test_non_finite_score_is_a_candidate_error_after_all_its_work(model):
     class Broken:
         spec = backend.verifiers["gmm-oracle"].spec
 
-        def score(self, samples, labels, xpreds):
+        def score(self, samples, rows, probes):
             return np.array([np.nan] * len(samples))
 
     backend.engine.verifiers["gmm-oracle"] = Broken()
@@ -273,7 +276,7 @@ def test_a_whole_lineage_resumes_from_its_longest_cached_noise(model):
     evaluate_one(backend, [candidate(5, ops=(), perturbations=(Perturbation(1, 0.9),))], ())
     longer = candidate(5, ops=(Solve(SIGMA_MAX, 0.0, "euler", 3),), perturbations=(Perturbation(1, 0.9), Perturbation(2, 0.5)))
     response = evaluate_one(backend, [longer], ())
-    fresh = evaluate_one(make_backend(model, cache_entries=0), [longer], ())
+    fresh = evaluate_one(make_backend(model, cache_bytes=0), [longer], ())
     assert response.cache_hits == 1 and counting.rows == 3
     assert sample_bytes(response) == sample_bytes(fresh)
 
@@ -310,7 +313,7 @@ def test_a_solve_from_a_scored_xprediction_reuses_it(model):
         finish = Solve(1.0, 0.0, solver, 4, seed=9 if solver == "euler_ancestral" else 0)
         rows_before = counting.rows
         based = evaluate_one(backend, [candidate(0, ops=(finish,), base=scored.state_key)], ()).results[0]
-        whole = evaluate_one(make_backend(model, cache_entries=0), [candidate(4, ops=(to_one, finish))], ()).results[0]
+        whole = evaluate_one(make_backend(model, cache_bytes=0), [candidate(4, ops=(to_one, finish))], ()).results[0]
         assert based.sample.tobytes() == whole.sample.tobytes(), solver
         assert (based.nfe_logical, based.nfe_executed, counting.rows - rows_before) == (logical, logical - 1, logical - 1)
     # Scoring the x-prediction again costs nothing either.
@@ -328,10 +331,10 @@ class FailingModel(CountingModel):
         super().__init__(model)
         self.label, self.below = label, below
 
-    def denoise(self, x, sigma, labels, guidance):
-        if sigma < self.below and np.any(labels == self.label):
+    def denoise(self, x, sigma, rows):
+        if sigma < self.below and np.any(rows.labels == self.label):
             raise ValueError(f"no class {self.label} below sigma {self.below}")
-        return super().denoise(x, sigma, labels, guidance)
+        return super().denoise(x, sigma, rows)
 
 
 def test_a_model_failure_fails_only_its_row_and_reports_the_work_done(model):
@@ -379,10 +382,10 @@ def test_an_abandoned_request_stops_between_steps_and_the_rest_goes_on(model):
     abandoned, kept = Cancellation(), Cancellation()
 
     class CancellingModel(CountingModel):
-        def denoise(self, x, sigma, labels, guidance):
+        def denoise(self, x, sigma, rows):
             if self.rows >= 20:
                 abandoned.cancel()
-            return super().denoise(x, sigma, labels, guidance)
+            return super().denoise(x, sigma, rows)
 
     counting = CancellingModel(model)
     backend = make_backend(counting)

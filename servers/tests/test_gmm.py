@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from noisesearch_server.backend import Rows
 from noisesearch_server.gmm import gmm_verifiers, logsumexp
 
 from conftest import candidate, evaluate_one, make_backend
@@ -29,15 +30,15 @@ def test_closed_form_denoiser_matches_monte_carlo(model, sigma, label):
     prior_labels = np.arange(model.config.num_classes) if label is None else np.array([label])
     estimate, standard_error, effective_draws = monte_carlo_posterior_mean(model, x_sigma, sigma, prior_labels, rng)
     assert effective_draws > 200
-    exact = model.denoise(x_sigma[None], sigma, np.array([-1 if label is None else label]), np.array([1.0]))[0]
+    exact = model.posterior_mean(x_sigma[None], sigma, np.array([-1 if label is None else label]), np.array([1.0]))[0]
     assert np.all(np.abs(exact - estimate) < 5 * standard_error + 1e-9)
 
 
 def test_guidance_mixes_conditional_and_unconditional(model):
     x = np.random.default_rng(1).standard_normal((3, model.config.dim))
-    conditional = model.denoise(x, 0.8, np.array([1, 1, 1]), np.ones(3))
-    unconditional = model.denoise(x, 0.8, np.array([-1, -1, -1]), np.ones(3))
-    guided = model.denoise(x, 0.8, np.array([1, 1, 1]), np.full(3, 2.5))
+    conditional = model.posterior_mean(x, 0.8, np.array([1, 1, 1]), np.ones(3))
+    unconditional = model.posterior_mean(x, 0.8, np.array([-1, -1, -1]), np.ones(3))
+    guided = model.posterior_mean(x, 0.8, np.array([1, 1, 1]), np.full(3, 2.5))
     np.testing.assert_allclose(guided, unconditional + 2.5 * (conditional - unconditional), rtol=1e-12, atol=1e-12)
 
 
@@ -51,7 +52,7 @@ def test_classes_overlap_so_a_classifier_has_something_to_choose(model):
 
 
 def test_best_of_64_noises_by_classifier_beats_the_mean(model):
-    backend = make_backend(model, cache_entries=0)
+    backend = make_backend(model, cache_bytes=0)
     response = evaluate_one(backend, [candidate(seed, label=6) for seed in range(64)], ["gmm-classifier"])
     scores = np.array([r.scores["gmm-classifier"] for r in response.results])
     assert scores.max() > scores.mean() + 0.1
@@ -101,7 +102,7 @@ def test_denoiser_matches_the_dense_posterior_mean(model, sigma):
     expected = np.where(
         ((labels < 0) | (guidance == 1.0))[:, None], conditional, unconditional + guidance[:, None] * (conditional - unconditional)
     )
-    np.testing.assert_allclose(model.denoise(x, sigma, labels, guidance), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(model.posterior_mean(x, sigma, labels, guidance), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_verifiers_agree_with_their_definitions(model):
@@ -111,10 +112,10 @@ def test_verifiers_agree_with_their_definitions(model):
     oracle, classifier, selfsup = gmm_verifiers(model)
     per_class = dense_class_log_densities(model, x)
     rows = np.arange(len(x))
-    np.testing.assert_allclose(oracle.score(x, labels, None), per_class[rows, labels], rtol=1e-10)
+    np.testing.assert_allclose(oracle.score(x, Rows.of_labels(labels), None), per_class[rows, labels], rtol=1e-10)
     posterior = np.exp(per_class[rows, labels]) / np.exp(per_class).sum(axis=1)
-    np.testing.assert_allclose(np.exp(classifier.score(x, labels, None)), posterior, rtol=1e-10)
-    np.testing.assert_allclose(selfsup.score(x, labels, x), 1.0)
+    np.testing.assert_allclose(np.exp(classifier.score(x, Rows.of_labels(labels), None)), posterior, rtol=1e-10)
+    np.testing.assert_allclose(selfsup.score(x, Rows.of_labels(labels), x), 1.0)
 
 
 def test_numpy_is_pinned_to_the_version_in_the_model_identity(model):

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from noisesearch_server.backend import PopulationRequest, RequestError, Sample
+from noisesearch_server.backend import PopulationRequest, RequestError, Rows, Sample
 from noisesearch_server.diffusion_backend import MAX_POPULATION_SAMPLES
 from noisesearch_server.gmm import GmmPopulation, gmm_verifiers
 from noisesearch_server.lineage import Condition
@@ -40,7 +40,7 @@ def verifier_hacked(model, per_class, seed, pool_factor=10):
     """Per class, the top 1/pool_factor of exact samples by the gmm-classifier log posterior."""
     pool, labels = exact(model, per_class * pool_factor, seed)
     classifier = {v.spec.name: v for v in gmm_verifiers(model)}["gmm-classifier"]
-    scores = classifier.score(pool, labels, None)
+    scores = classifier.score(pool, Rows.of_labels(labels), None)
     chosen = np.concatenate(
         [np.flatnonzero(labels == c)[np.argsort(-scores[labels == c], kind="stable")[:per_class]] for c in range(CLASSES)]
     )
@@ -157,7 +157,7 @@ def test_two_samples_and_a_few_hundred_are_cheap(model):
 def test_backend_without_a_reference_says_unimplemented(model):
     from noisesearch_server.diffusion_backend import DiffusionBackend
 
-    backend = DiffusionBackend(model, gmm_verifiers(model), max_batch=4, max_concurrency=1, cache_entries=0)
+    backend = DiffusionBackend(model, gmm_verifiers(model), max_batch=4, max_concurrency=1, cache_bytes=0)
     with pytest.raises(RequestError) as failure:
         backend.population(request(*exact(model, 1, 5, classes=[0, 1])))
     assert failure.value.code == "UNIMPLEMENTED"

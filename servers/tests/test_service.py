@@ -290,10 +290,10 @@ class PoisonedOracle:
         self.oracle = oracle
         self.spec = oracle.spec
 
-    def score(self, samples, labels, xpreds):
-        if np.any(labels == 7):
+    def score(self, samples, rows, probes):
+        if np.any(rows.labels == 7):
             raise ValueError("class 7 poisons the batch")
-        return self.oracle.score(samples, labels, xpreds)
+        return self.oracle.score(samples, rows, probes)
 
 
 async def merged_pair(pb, running, first, second):
@@ -334,7 +334,7 @@ async def test_a_request_that_crashes_the_backend_fails_alone_as_internal(pb, mo
                 raise RuntimeError("the backend broke")
             return super().evaluate(requests)
 
-    backend = CrashingBackend(model, gmm_verifiers(model), max_batch=64, max_concurrency=8, cache_entries=100)
+    backend = CrashingBackend(model, gmm_verifiers(model), max_batch=64, max_concurrency=8, cache_bytes=1 << 20)
     running = await start_server(ServerConfig(port=0, batch_window_ms=300.0), backend)
     try:
         healthy = pb.EvaluateRequest(candidates=[grpc_candidate(pb, 1)], verifiers=["gmm-oracle"])
@@ -372,7 +372,7 @@ def long_request(pb, candidates, steps):
 
 async def test_a_request_whose_deadline_passes_in_the_queue_is_never_run(pb, model):
     counting = CountingModel(model)
-    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_entries=0))
+    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_bytes=0))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             denoiser = load()[1].DenoiserStub(channel)
@@ -394,7 +394,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_run(pb, mod
 
 async def test_a_cancelled_request_stops_and_frees_the_engine(pb, model):
     counting = CountingModel(model)
-    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_entries=0))
+    running = await start_server(ServerConfig(port=0, batch_window_ms=0.0), make_backend(counting, cache_bytes=0))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             denoiser = load()[1].DenoiserStub(channel)
