@@ -38,7 +38,7 @@ def sampled(model):
     """SAMPLER_DRAWS x N default generations per class, each from its own noise seed."""
     spec = model.spec
     generation = Solve(spec.sigma_max, 0.0, spec.default_solver, spec.default_steps)
-    backend = make_backend(model, cache_entries=0, max_batch=BATCH)
+    backend = make_backend(model, cache_bytes=0, max_batch=BATCH)
     samples = {}
     for label in range(spec.num_classes):
         seeds = range(label * 1_000_000, label * 1_000_000 + SAMPLER_DRAWS * N)

@@ -18,9 +18,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from ..backend import ConfigError, ModelSpec, RowCondition, VerifierSpec
-
-__all__ = ["RowCondition"]  # defined with the engine's types, re-exported for the torch modules
+from ..backend import ConfigError, ModelSpec, RowCondition, VerifierSpec  # noqa: F401 (RowCondition: re-exported)
 
 
 def pick_device(flag: str = "auto") -> torch.device:
