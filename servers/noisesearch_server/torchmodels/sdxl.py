@@ -23,27 +23,17 @@ from .vp import (
     check_options,
     check_resolution,
     folder_fingerprint,
+    load_component,
     read_json,
     trained_sigmas,
     vae_dtype,
+    variant,
     vp_spec,
+    weights,
 )
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 OPTIONS = ("name", "resolution")
-
-
-def weights(sub: str, base: str) -> str:
-    """require_files alternatives for one component's weights: whole or sharded, fp32 or the fp16 variant."""
-    names = (f"{base}.safetensors", f"{base}.safetensors.index.json", f"{base}.bin", f"{base}.fp16.safetensors",
-             f"{base}.safetensors.index.fp16.json")
-    return "|".join(f"{sub}/{name}" for name in names)
-
-
-def variant(root: Path, sub: str, base: str) -> str | None:
-    """"fp16" when the folder has only the fp16 variant of a component (a common partial download)."""
-    plain = (f"{base}.safetensors", f"{base}.safetensors.index.json", f"{base}.bin")
-    return None if any((root / sub / name).exists() for name in plain) else "fp16"
 
 
 def tokenizer_files(sub: str) -> list[str]:
@@ -58,13 +48,6 @@ REQUIRED = [
     *tokenizer_files("tokenizer"), *tokenizer_files("tokenizer_2"),
     "scheduler/scheduler_config.json",
 ]
-
-
-def load_component(what: str, make):
-    try:
-        return make()
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"{what}: cannot load it: {error}") from None
 
 
 class SDXL(VPEpsilonDenoiser):

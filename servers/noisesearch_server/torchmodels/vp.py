@@ -195,3 +195,23 @@ def check_resolution(what: str, resolution: Any, multiple: int) -> int:
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0 or resolution % multiple:
         raise ConfigError(f"{what}: resolution {resolution!r} must be a positive multiple of {multiple}")
     return resolution
+
+
+def weights(sub: str, base: str) -> str:
+    """require_files alternatives for one component's weights: whole or sharded, fp32 or the fp16 variant."""
+    names = (f"{base}.safetensors", f"{base}.safetensors.index.json", f"{base}.bin", f"{base}.fp16.safetensors",
+             f"{base}.safetensors.index.fp16.json")
+    return "|".join(f"{sub}/{name}" for name in names)
+
+
+def variant(root: Path, sub: str, base: str) -> str | None:
+    """"fp16" when the folder has only the fp16 variant of a component (a common partial download)."""
+    plain = (f"{base}.safetensors", f"{base}.safetensors.index.json", f"{base}.bin")
+    return None if any((root / sub / name).exists() for name in plain) else "fp16"
+
+
+def load_component(what: str, make):
+    try:
+        return make()
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"{what}: cannot load it: {error}") from None
