@@ -153,24 +153,29 @@ describe('search over paths', () => {
     const rounds = searchRounds(log);
     assert.equal(rounds.length, 5);
 
+    // Levels on the test model's Karras schedule (0.002 to 80, rho 7): 0.002^(1/7) = 0.41156,
+    // 80^(1/7) = 1.87012, so sigma(0.11) = (0.41156 + 0.11 * 1.45856)^7 = 0.57200^7 = 0.020035 and
+    // sigma(0.89) = 1.70968^7 = 42.698: the paper's first round goes 0.020 -> 42.7 -> sigma(0.08) = 0.011477.
+    assertClose(levelSigma(0.11), 0.020035, 1e-4);
+    assertClose(levelSigma(0.89), 42.698, 1e-4);
+    assertClose(levelSigma(0.08), 0.011477, 1e-4);
     const initial = rounds[0];
     assert.equal(initial.verify, false);
     for (const batch of initial.batches) assert.deepEqual(batch.verifiers, []);
     assert.equal(initial.candidates.length, 4);
     initial.candidates.forEach((c, i) => {
       assert.equal(c.base, undefined);
-      assert.deepEqual(c.lineage, {
-        noise: { seed: deriveSeed(7, SeedStream.pathsNoise, i), perturbations: [] },
-        ops: [{ solve: { sigmaFrom: SIGMA_MAX, sigmaTo: 0.11, solver: 'heun', steps: 10 } }],
-      });
+      assert.deepEqual(c.lineage.noise, { seed: deriveSeed(7, SeedStream.pathsNoise, i), perturbations: [] });
+      assertOpsClose(c.lineage.ops, [{ solve: { sigmaFrom: SIGMA_MAX, sigmaTo: levelSigma(0.11), solver: 'heun', steps: 10 } }]);
     });
 
     let kept = initial.candidates.map((c) => ({ id: c.id, lineage: initial.lineages.get(c.id)!, key: initial.outcomes.get(c.id)!.key }));
-    let sigma = 0.11;
+    let level = 0.11;
     const targets: number[] = [];
     for (const [r, round] of rounds.slice(1).entries()) {
-      const raw = sigma + 0.78 - 0.81;
-      const target = raw < SIGMA_MIN ? 0 : raw;
+      // Levels 0.11 -> 0.08 -> 0.05 -> 0.02 -> -0.01, which is below level 0 (sigma_min): sigma = 0.
+      const raw = level + 0.78 - 0.81;
+      const target = raw <= 1e-9 ? 0 : raw;
       targets.push(target);
       assert.equal(round.verify, true);
       for (const batch of round.batches) assert.deepEqual(batch.verifiers, ['v']);
@@ -180,20 +185,22 @@ describe('search over paths', () => {
         const j = index % 8;
         const parent = kept[b];
         const added: Op[] = [
-          { renoise: { sigmaFrom: sigma, sigmaTo: sigma + 0.78, seed: deriveSeed(7, SeedStream.pathsRenoise, r, b, j) } },
-          { solve: { sigmaFrom: sigma + 0.78, sigmaTo: target, solver: 'heun', steps: 1 } },
+          { renoise: { sigmaFrom: levelSigma(level), sigmaTo: levelSigma(level + 0.78), seed: deriveSeed(7, SeedStream.pathsRenoise, r, b, j) } },
+          { solve: { sigmaFrom: levelSigma(level + 0.78), sigmaTo: target === 0 ? 0 : levelSigma(target), solver: 'heun', steps: 1 } },
         ];
         // On the wire: the kept state by key and the two new ops only.
         assert.deepEqual(c.base, { key: parent.key });
-        assert.deepEqual(c.lineage.ops, added);
-        assert.deepEqual(round.lineages.get(c.id), { noise: parent.lineage.noise, ops: [...parent.lineage.ops, ...added] });
+        assertOpsClose(c.lineage.ops, added);
+        const whole = round.lineages.get(c.id)!;
+        assert.deepEqual(whole.noise, parent.lineage.noise);
+        assert.deepEqual(whole.ops, [...parent.lineage.ops, ...c.lineage.ops]);
         assert.equal(c.scoreXpred, target > 0);
       });
       kept = round.candidates
         .map((c, order) => ({ id: c.id, lineage: round.lineages.get(c.id)!, key: round.outcomes.get(c.id)!.key, score: score(round, c.id), order }))
         .sort((x, y) => y.score - x.score || x.order - y.order)
         .slice(0, 4);
-      sigma = target;
+      level = target;
     }
     assert.equal(targets.length, 4);
     assert.ok(targets.slice(0, 3).every((s) => s > 0));
@@ -205,24 +212,56 @@ describe('search over paths', () => {
     assert.ok(!log.some((r) => r.phase === 'final'));
   });
 
-  it('takes a target below sigma_min to 0 and ends there', () => {
-    const log: RoundLog[] = [];
-    // 0.031 -> 0.001, which is below sigma_min = 0.002: the second round solves to 0.
-    const done = result({ ...PRESET, n: 2, m: 3, sigmaStart: 0.031 }, { budgetNfe: 1000 }, { log });
-    const rounds = searchRounds(log);
-    assert.equal(rounds.length, 2);
-    for (const c of rounds[1].candidates) {
-      assert.deepEqual(c.lineage.ops.at(-1), { solve: { sigmaFrom: 0.031 + 0.78, sigmaTo: 0, solver: 'heun', steps: 1 } });
-      assert.equal(c.scoreXpred, false);
+  it('takes a target at or below the lowest level (up to rounding) to sigma = 0 and ends there', () => {
+    // 0.02 + 0.78 - 0.81 = -0.01 is below level 0; 0.03 + 0.78 - 0.81 is 0 up to rounding: both end in one round.
+    for (const sigmaStart of [0.02, 0.03]) {
+      const log: RoundLog[] = [];
+      const done = result({ ...PRESET, n: 2, m: 3, sigmaStart }, { budgetNfe: 1000 }, { log });
+      const rounds = searchRounds(log);
+      assert.equal(rounds.length, 2, `sigmaStart ${sigmaStart}`);
+      for (const c of rounds[1].candidates) {
+        assertOpsClose([c.lineage.ops.at(-1)!], [{ solve: { sigmaFrom: levelSigma(sigmaStart + 0.78), sigmaTo: 0, solver: 'heun', steps: 1 } }]);
+        assert.equal(c.scoreXpred, false);
+      }
+      // Initial: 2 paths, Heun 10 steps to sigma > 0 (2 * 10 each); one round of 2 * 3 one-step Heun solves to 0 (1 each).
+      assert.equal(done.nfe.total, 2 * 20 + 2 * 3 * 1);
     }
-    assert.equal(done.nfe.total, 2 * 20 + 2 * 3 * 1);
+    // 0.031 + 0.78 - 0.81 = 0.001 is a level above sigma_min's: a second round, then 0.001 - 0.03 < 0 ends it.
+    const log: RoundLog[] = [];
+    result({ ...PRESET, n: 2, m: 3, sigmaStart: 0.031 }, { budgetNfe: 1000 }, { log });
+    assert.equal(searchRounds(log).length, 3);
+  });
+
+  it('maps the levels through a shifted (rectified-flow) schedule', () => {
+    // shift 3, sigma_max 1: sigma(l) = 3l / (1 + 2l): sigma(0.11) = 0.33 / 1.22 = 0.270492, sigma(0.89) =
+    // 2.67 / 2.78 = 0.960432, sigma(0.08) = 0.24 / 1.16 = 0.206897. sigma_min 0.001 is level
+    // 0.001 / (3 - 2 * 0.001) = 0.000334, so the fourth round's -0.01 is sigma = 0.
+    const flow = gmmModelInfo({ ...MODEL, sigmaMin: 0.001, sigmaMax: 1, process: 'flow', schedule: { kind: 'shifted', rho: 7, shift: 3 } });
+    const log: RoundLog[] = [];
+    const done = result(PRESET, { budgetNfe: 400 }, { log }, flow);
+    const rounds = searchRounds(log);
+    assert.equal(rounds.length, 5);
+    assertClose((rounds[0].candidates[0].lineage.ops[0] as { solve: { sigmaTo: number } }).solve.sigmaTo, 0.270492, 1e-5);
+    const [renoise, solve] = rounds[1].candidates[0].lineage.ops as unknown as [{ renoise: { sigmaFrom: number; sigmaTo: number } }, { solve: { sigmaFrom: number; sigmaTo: number } }];
+    assertClose(renoise.renoise.sigmaFrom, 0.270492, 1e-5);
+    assertClose(renoise.renoise.sigmaTo, 0.960432, 1e-5);
+    assertClose(solve.solve.sigmaFrom, 0.960432, 1e-5);
+    assertClose(solve.solve.sigmaTo, 0.206897, 1e-5);
+    assert.equal((rounds[4].candidates[0].lineage.ops[1] as { solve: { sigmaTo: number } }).solve.sigmaTo, 0);
+    assert.equal(done.nfe.total, 400, 'the same rounds, so the same cost as on the Karras model');
   });
 
   it('refuses bad parameters and a budget below the cost, each with a message', () => {
     assertRefused({ ...PRESET, deltaB: 0.78 }, /^deltaB: 0\.78 must be above deltaF \(0\.78\)/);
     assertRefused({ ...PRESET, deltaB: 0.5 }, /^deltaB: 0\.5 must be above deltaF \(0\.78\)/);
-    assertRefused({ ...PRESET, sigmaStart: 0.001 }, /^sigmaStart: 0\.001 must lie inside the model's sigma range \(0\.002, 80\)/);
-    assertRefused({ ...PRESET, sigmaStart: 90 }, /^sigmaStart: 90 must lie inside/);
+    assertRefused({ ...PRESET, sigmaStart: 0 }, /^sigmaStart: level 0 must lie above the level of the model's sigma_min \(0\) and below 1/);
+    assertRefused({ ...PRESET, sigmaStart: 1 }, /^sigmaStart: level 1 must lie above/);
+    for (const [key, value] of [['sigmaStart', 90], ['sigmaStart', -0.1], ['deltaF', 1.5], ['deltaB', Number.NaN]] as const) {
+      const problems = problemsOf(() => createRun(spec({ ...PRESET, [key]: value }), MODEL));
+      assert.deepEqual(problems, [`${key}: ${value} is a normalised noise level and must lie in [0, 1] (1: sigma_max, 0: sigma = 0; docs/algorithms.md, "Noise levels")`]);
+    }
+    assertRefused({ ...PRESET, sigmaStart: 0.5, deltaF: 0.6, deltaB: 0.7 }, /^deltaF: sigmaStart \+ deltaF = 1\.1 is above level 1/);
+    assertRefused({ name: 'paths', deltaB: 0.5 }, /^deltaB: 0\.5 must be above deltaF/, {}, MODEL);
     assertRefused({ ...PRESET, n: 0 }, /^n: 0 must be a whole number of at least 1/);
     assertRefused({ ...PRESET, m: 0 }, /^m: 0 must be a whole number of at least 1/);
     assertRefused({ ...PRESET, backwardSteps: 0 }, /^backwardSteps: 0 must be/);
@@ -231,6 +270,30 @@ describe('search over paths', () => {
     assert.equal(both.length, 2, 'every problem at once');
   });
 });
+
+/** sigma at a noise level on the test model's Karras schedule (0.002 to 80, rho 7): worked out here, not taken from src. */
+function levelSigma(level: number): number {
+  const lo = 0.002 ** (1 / 7);
+  const hi = 80 ** (1 / 7);
+  return (lo + level * (hi - lo)) ** 7;
+}
+
+function assertClose(actual: number, expected: number, relative: number, what = ''): void {
+  assert.ok(Math.abs(actual - expected) <= relative * Math.abs(expected), `${what} ${actual} is not ${expected} within ${relative}`);
+}
+
+/** Ops equal up to the last bits of their sigmas. */
+function assertOpsClose(actual: Op[], expected: Op[]): void {
+  assert.equal(actual.length, expected.length);
+  actual.forEach((op, i) => {
+    const [a, e] = 'solve' in op ? [op.solve, (expected[i] as { solve: object }).solve] : [op.renoise, (expected[i] as { renoise: object }).renoise];
+    const { sigmaFrom, sigmaTo, ...rest } = a as { sigmaFrom: number; sigmaTo: number };
+    const { sigmaFrom: from, sigmaTo: to, ...wanted } = e as { sigmaFrom: number; sigmaTo: number };
+    assert.deepEqual(rest, wanted, `op ${i}`);
+    assertClose(sigmaFrom, from, 1e-12, `op ${i} sigmaFrom`);
+    assertClose(sigmaTo, to, 1e-12, `op ${i} sigmaTo`);
+  });
+}
 
 /** The Karras schedule, rho = 7, from 80 to 0.002 in n points, then 0: worked out here, not taken from src. */
 function karras(n: number): number[] {
@@ -275,6 +338,19 @@ describe('FK steering', () => {
     assert.ok(!log.some((r) => r.phase === 'final'), 'the winner is a finished sample');
     assert.equal(done.best.lineage.ops.length, 4);
     assert.ok(Number.isFinite(done.best.searchScore));
+  });
+
+  it('steps a shifted (rectified-flow) model on its own schedule: uniform in level', () => {
+    // shift 3, sigma_max 1, 10 steps: levels 1, 0.9, ..., 0 and sigma = 3l / (1 + 2l). Segments of 3 steps
+    // end at levels 0.7, 0.4, 0.1, 0: sigmas 2.1 / 2.4 = 0.875, 1.2 / 1.8 = 0.666667, 0.3 / 1.2 = 0.25, 0.
+    const flow = gmmModelInfo({ ...MODEL, sigmaMin: 0.001, sigmaMax: 1, process: 'flow', schedule: { kind: 'shifted', rho: 7, shift: 3 } });
+    const log: RoundLog[] = [];
+    result({ name: 'fk', k: 2, resampleEvery: 3 }, {}, { log }, flow);
+    const ends = searchRounds(log).map((round) => (round.candidates[0].lineage.ops[0] as Extract<Op, { solve: unknown }>).solve);
+    assert.deepEqual(ends.map((op) => op.steps), [3, 3, 3, 1]);
+    assert.equal(ends[0].sigmaFrom, 1);
+    [0.875, 2 / 3, 0.25].forEach((sigma, i) => assert.ok(Math.abs(ends[i].sigmaTo - sigma) < 1e-12 && ends[i + 1].sigmaFrom === ends[i].sigmaTo, `segment ${i}`));
+    assert.equal(ends[3].sigmaTo, 0);
   });
 
   it('counts k * steps: the reward x-prediction at a resampling point is the next step, charged once', () => {
@@ -535,7 +611,7 @@ describe('stop and budget changes', () => {
 });
 
 describe('what a verifier needs, refused before anything is spent', () => {
-  const SELFSUP = gmmModelInfo({ sigmaMin: SIGMA_MIN, sigmaMax: SIGMA_MAX, rho: 7, defaultSteps: 10, defaultSolver: 'heun' });
+  const SELFSUP = gmmModelInfo({ sigmaMin: SIGMA_MIN, sigmaMax: SIGMA_MAX, defaultSteps: 10, defaultSolver: 'heun' });
   const withSelfsup = (overrides = {}) => ({ verifiers: ['gmm-selfsup'], condition: { classLabel: 3 }, ...overrides });
 
   it('refuses FK steering with a self-supervised verifier: its first rewards come long before sigma 0.4', () => {

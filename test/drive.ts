@@ -18,7 +18,6 @@ export const GEN = 19;
 export const MODEL: ModelInfo = gmmModelInfo({
   sigmaMin: SIGMA_MIN,
   sigmaMax: SIGMA_MAX,
-  rho: 7,
   defaultSolver: 'heun',
   defaultSteps: 10,
   maxBatch: 8,

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createRun } from '../src/search/run';
 import type { AlgorithmSpec } from '../src/search/spec';
+import type { Op } from '../src/search/types';
 import { drive, driveToFailure, GEN, hashScore, MODEL, spec } from './drive';
 import { FakeServer, type InjectedFailure } from './fake-server';
 
@@ -72,7 +73,11 @@ describe('failed work is charged and every search ends', () => {
     assert.deepEqual([secondRound.candidates, secondRound.failedCandidates, secondRound.rounds], [2 + 6 + 6, 6, 4]);
     assert.deepEqual({ ...secondRound.nfe, executed: 0 }, { search: 40 + 18, final: 1, total: 59, executed: 0, failed: 0 });
     assert.match(secondRound.best.candidateId, /^paths-0-/);
-    assert.deepEqual(secondRound.best.lineage.ops.at(-1), { solve: { sigmaFrom: 0.11 + 0.78 - 0.81, sigmaTo: 0, solver: 'euler', steps: 1 } });
+    // Round 1 ends at level 0.11 + 0.78 - 0.81 = 0.08: on the test model's Karras schedule (0.002 to 80, rho 7),
+    // sigma = (0.41156 + 0.08 * 1.45856)^7 = 0.528245^7 = e^(7 * -0.638186) = 0.011477.
+    const { sigmaFrom, ...finish } = (secondRound.best.lineage.ops.at(-1) as Extract<Op, { solve: unknown }>).solve;
+    assert.deepEqual(finish, { sigmaTo: 0, solver: 'euler', steps: 1 });
+    assert.ok(Math.abs(sigmaFrom - 0.011477) < 1e-6, `finished from sigma ${sigmaFrom}`);
     const half = drive(createRun(spec(algorithm, { budgetNfe: 100 }), MODEL), { server: failing((id) => /^paths-\d/.test(id) && odd(id), 'refused', () => 0) }).result!;
     assert.ok(half.failedCandidates > 0 && half.nfe.total <= 100 && Number.isFinite(half.best.searchScore));
     assert.equal(half.nfe.failed, 0, 'refused candidates cost nothing');

@@ -7,7 +7,8 @@ export function gmmModelInfo(overrides: Partial<ModelInfo> = {}): ModelInfo {
     latentShape: [16],
     sigmaMin: 0.02,
     sigmaMax: 40,
-    rho: 7,
+    process: 've',
+    schedule: { kind: 'karras', rho: 7, shift: 1 },
     solvers: ['euler', 'heun', 'euler_ancestral'],
     maxBatch: 64,
     maxConcurrency: 8,
@@ -20,6 +21,8 @@ export function gmmModelInfo(overrides: Partial<ModelInfo> = {}): ModelInfo {
     defaultSteps: 28,
     numClasses: 10,
     defaultGuidanceScale: 1,
+    takesPrompts: false,
+    imageShape: [],
     ...overrides,
   };
 }

@@ -36,8 +36,9 @@ Usage: ${SEARCH_USAGE}
 
   random:      --n N (default: what the budget pays for), --round-size N (progress granularity only)
   zero-order:  --n N neighbours (default ${ZERO_ORDER_DEFAULTS.n}), --t COSINE in (0,1) (default ${ZERO_ORDER_DEFAULTS.t}), --restart
-  paths:       --n N (default: what the budget pays for), --m M (default ${PATHS_DEFAULTS.m}), --sigma-start S (default ${PATHS_DEFAULTS.sigmaStart}),
-               --delta-f F (default ${PATHS_DEFAULTS.deltaF}), --delta-b B (default ${PATHS_DEFAULTS.deltaB}), --backward-steps N (default ${PATHS_DEFAULTS.backwardSteps})
+  paths:       --n N (default: what the budget pays for), --m M (default ${PATHS_DEFAULTS.m}), --sigma-start LEVEL (default ${PATHS_DEFAULTS.sigmaStart}),
+               --delta-f LEVEL (default ${PATHS_DEFAULTS.deltaF}), --delta-b LEVEL (default ${PATHS_DEFAULTS.deltaB}), --backward-steps N (default ${PATHS_DEFAULTS.backwardSteps});
+               levels are normalised noise levels in [0, 1] (1: sigma_max), mapped onto the model's sigma by its schedule
   fk:          --k PARTICLES (default: what the budget pays for), --lambda L (default ${FK_DEFAULTS.lambda}), --potential ${FK_POTENTIALS.join('|')} (default ${FK_DEFAULTS.potential}),
                --resampling ${FK_RESAMPLINGS.join('|')} (default ${FK_DEFAULTS.resampling}), --resample-every STEPS (default ${FK_DEFAULTS.resampleEvery})
 

@@ -91,7 +91,9 @@ export function toModelInfo(d: any): ModelInfo {
     latentShape: d.latentShape,
     sigmaMin: d.sigmaMin,
     sigmaMax: d.sigmaMax,
-    rho: d.rho,
+    // A server from before models said their process and schedule hosts a VE model on the Karras schedule.
+    process: d.process || 've',
+    schedule: { kind: d.schedule || 'karras', rho: d.rho, shift: d.scheduleShift || 1 },
     solvers: d.solvers.map((s: { name: string }) => s.name),
     maxBatch: d.maxBatch,
     maxConcurrency: d.maxConcurrency,
@@ -100,20 +102,24 @@ export function toModelInfo(d: any): ModelInfo {
     defaultSteps: d.defaultSteps,
     numClasses: d.numClasses,
     defaultGuidanceScale: d.defaultGuidanceScale,
+    takesPrompts: Boolean(d.takesPrompts),
+    imageShape: d.imageShape ?? [],
   };
 }
 
 function toCondition(condition: Condition): object {
-  const { classLabel, prompt, guidanceScale } = condition;
+  const { classLabel, prompt, guidanceScale, negativePrompt } = condition;
   // guidance_scale is optional on the wire: absent means the model's default, and 0 stays 0.
   return {
     ...(classLabel !== undefined ? { classLabel } : {}),
     ...(prompt !== undefined ? { prompt } : {}),
     ...(guidanceScale !== undefined ? { guidanceScale } : {}),
+    ...(negativePrompt !== undefined ? { negativePrompt } : {}),
   };
 }
 
-function toRequest(batch: BatchRequest): object {
+/** A solve names the schedule of the model that runs it (a server refuses any other). */
+function toRequest(batch: BatchRequest, schedule: string): object {
   const condition = toCondition(batch.condition);
   return {
     model: batch.model,
@@ -126,7 +132,7 @@ function toRequest(batch: BatchRequest): object {
       ...(c.base ? { base: Buffer.from(c.base.key, 'base64url') } : {}),
       lineage: {
         noise: c.lineage.noise,
-        ops: c.lineage.ops.map((op) => ('solve' in op ? { solve: { ...op.solve, schedule: 'karras' } } : { renoise: op.renoise })),
+        ops: c.lineage.ops.map((op) => ('solve' in op ? { solve: { ...op.solve, schedule } } : { renoise: op.renoise })),
       },
     })),
   };
@@ -136,6 +142,7 @@ function toOutcome(r: any): CandidateOutcome {
   const outcome: CandidateOutcome = { id: r.id, scores: { ...r.scores }, nfeLogical: r.nfeLogical, nfeExecuted: r.nfeExecuted };
   if (r.error && r.error.code) outcome.error = { code: r.error.code, message: r.error.message };
   if (r.sample && r.sample.length > 0) outcome.sample = r.sample;
+  if (r.image && r.image.length > 0) outcome.image = new Uint8Array(r.image);
   const key = keyText(r.stateKey);
   const noiseKey = keyText(r.noiseKey);
   if (key) outcome.key = key;
@@ -259,7 +266,7 @@ export class Fleet {
   async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
     return this.onEndpoint(batch.model, async (endpoint) => {
       const deadlineMs = this.callDeadlineMs + this.msPerNfe * batchNfe(batch);
-      const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch), deadlineMs, signal);
+      const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch, endpoint.model!.schedule.kind), deadlineMs, signal);
       return {
         outcomes: response.results.map(toOutcome),
         verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),

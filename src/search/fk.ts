@@ -5,7 +5,7 @@
 // G = exp(lambda * (r_now - r_before)); sum, G = exp(lambda * sum of its rewards). Resampling: multinomial
 // at every resampling point, or adaptive, only when the effective sample size drops below k / 2. At
 // sigma = 0 the best particle wins.
-// The stochastic sampler is Euler-ancestral (k-diffusion's eta = 1) on the Karras schedule of the search
+// The stochastic sampler is Euler-ancestral (k-diffusion's eta = 1) on the model's schedule of the search
 // sampler's steps; each segment between resampling points is one `euler_ancestral` solve op whose noise
 // stream is derived from (seed, segment, particle slot), so a particle's lineage grows by one small op a
 // segment and the state keeps only its slots. The reward's x-prediction at a resampling point is the
@@ -13,10 +13,10 @@
 // With an ensemble, a particle's reward is its mean rank among the particles, scaled to [0, 1].
 // Cost: k * steps; k is given, or as many particles as the budget pays for.
 import type { Scored, SearchAlgorithm } from './algorithm';
-import { karrasSigmas } from './schedule';
+import { solveSigmas } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
 import { rankPool, topK } from './selection';
-import { budgetProblems, type FkParams, type FkPotential, type FkResampling, type SearchPlan } from './spec';
+import { budgetProblems, fullSolve, type FkParams, type FkPotential, type FkResampling, type SearchPlan } from './spec';
 import type { Candidate, Lineage, Op } from './types';
 
 /** k has no default: when not given, it is as many particles as the budget pays for. */
@@ -63,8 +63,9 @@ function resolve(params: FkParams, plan: SearchPlan): Resolved {
   return resolved;
 }
 
+/** The sigmas of one generation with the search sampler's steps, ending at 0. */
 function schedule(plan: SearchPlan): number[] {
-  return [...karrasSigmas(plan.searchSampler.steps, plan.sigmaMin, plan.sigmaMax, plan.rho), 0];
+  return solveSigmas(fullSolve(plan.sigmaMax, plan.searchSampler), plan);
 }
 
 /** The schedule index a segment starts at, and the one it ends at (resampleEvery steps, never past sigma = 0). */

@@ -3,12 +3,16 @@
 // sigma + delta_f - delta_b (delta_b > delta_f, so each round ends lower and the walk ends), take one
 // extra denoising step for a clean x-prediction for the verifiers, keep the top N of the N * M; repeat
 // until sigma = 0, then best-of-N. States are lineages that servers cache, so a kept path is never paid
-// for twice. A target below the model's sigma_min is taken to 0.
+// for twice.
+// sigma_start, delta_f and delta_b are normalised noise levels in [0, 1] (the paper's values are SiT's
+// t, which is its level): a state at level l is renoised to level l + delta_f and solved back to level
+// l + delta_f - delta_b, each level turned into the model's sigma by its schedule (src/search/schedule.ts).
+// A target at or below the level of the model's sigma_min is taken to sigma = 0.
 // Cost: N * solve(sigma_max -> sigma_start) + sum over rounds of N * M * (backward solve + x-prediction);
 // N is given, or as many paths as the budget pays for.
 import { scoredOf, type Scored, type SearchAlgorithm } from './algorithm';
 import { solveNfe } from './nfe';
-import { lowestStepSigma } from './schedule';
+import { levelOfSigma, lowestStepSigma, sigmaAtLevel } from './schedule';
 import { deriveSeed, SeedStream } from './seeds';
 import { topK } from './selection';
 import { budgetProblems, type PathsParams, type SearchPlan } from './spec';
@@ -28,8 +32,8 @@ interface PathRecipe {
 export interface PathsState {
   params: Resolved;
   round: number;
-  /** The sigma the kept states are at. */
-  sigma: number;
+  /** The noise level the kept states are at (0 once they are finished samples). */
+  level: number;
   /** Null until the N initial states exist; then the kept paths, best first. */
   kept: Scored[] | null;
   done: boolean;
@@ -44,32 +48,40 @@ function resolve(params: PathsParams, plan: SearchPlan): Resolved {
     deltaB: params.deltaB ?? PATHS_DEFAULTS.deltaB,
     backwardSteps: params.backwardSteps ?? PATHS_DEFAULTS.backwardSteps,
   };
-  if (params.n === undefined) resolved.n = Math.max(1, Math.floor(plan.spec.budgetNfe / pathsCost(plan, resolved)));
+  // Sized by the budget only when the walk ends; validate refuses the parameters otherwise.
+  const ends = resolved.deltaB > resolved.deltaF && [resolved.sigmaStart, resolved.deltaF, resolved.deltaB].every((x) => x >= 0 && x <= 1);
+  if (params.n === undefined && ends) resolved.n = Math.max(1, Math.floor(plan.spec.budgetNfe / pathsCost(plan, resolved)));
   return resolved;
 }
 
-function targetSigma(plan: SearchPlan, p: Resolved, sigma: number): number {
-  const target = sigma + p.deltaF - p.deltaB;
-  // The paper's deltas can land on sigma_min up to rounding (0.05 + 0.78 - 0.81 on a model whose sigma_min
-  // is 0.02): that is sigma_min, not a target below it.
-  if (Math.abs(target - plan.sigmaMin) <= 1e-9 * plan.sigmaMin) return plan.sigmaMin;
-  return target < plan.sigmaMin ? 0 : target;
+/** Levels within rounding of each other are one level: the paper's deltas are decimals (0.05 + 0.78 - 0.81). */
+const LEVEL_TOLERANCE = 1e-9;
+
+/** The level a round from `level` ends at: 0 when it lands at or below the level of sigma_min. */
+function targetLevel(plan: SearchPlan, p: Resolved, level: number): number {
+  const target = level + p.deltaF - p.deltaB;
+  return target <= levelOfSigma(plan, plan.sigmaMin) + LEVEL_TOLERANCE ? 0 : target;
+}
+
+/** A level's sigma; level 0 is sigma = 0 (a finished sample) and level 1 is sigma_max exactly. */
+function sigmaOf(plan: SearchPlan, level: number): number {
+  if (level <= 0) return 0;
+  if (level >= 1) return plan.sigmaMax;
+  return sigmaAtLevel(plan, level);
 }
 
 function initialSolve(plan: SearchPlan, p: Resolved): SolveOp {
-  return { sigmaFrom: plan.sigmaMax, sigmaTo: p.sigmaStart, solver: plan.searchSampler.solver, steps: plan.searchSampler.steps };
+  return { sigmaFrom: plan.sigmaMax, sigmaTo: sigmaOf(plan, p.sigmaStart), solver: plan.searchSampler.solver, steps: plan.searchSampler.steps };
 }
 
-function backwardSolve(plan: SearchPlan, p: Resolved, sigma: number): SolveOp {
-  return { sigmaFrom: sigma + p.deltaF, sigmaTo: targetSigma(plan, p, sigma), solver: plan.searchSampler.solver, steps: p.backwardSteps };
+function backwardSolve(plan: SearchPlan, p: Resolved, level: number): SolveOp {
+  return { sigmaFrom: sigmaOf(plan, level + p.deltaF), sigmaTo: sigmaOf(plan, targetLevel(plan, p, level)), solver: plan.searchSampler.solver, steps: p.backwardSteps };
 }
 
-/** Round `round` takes a kept path at `sigma` up by delta_f with fresh noise and back down by delta_b. */
-function roundOps(plan: SearchPlan, p: Resolved, round: number, sigma: number, b: number, j: number): Op[] {
-  return [
-    { renoise: { sigmaFrom: sigma, sigmaTo: sigma + p.deltaF, seed: deriveSeed(plan.spec.seed, SeedStream.pathsRenoise, round, b, j) } },
-    { solve: backwardSolve(plan, p, sigma) },
-  ];
+/** Round `round` takes a kept path at `level` up by delta_f with fresh noise and back down by delta_b. */
+function roundOps(plan: SearchPlan, p: Resolved, round: number, level: number, b: number, j: number): Op[] {
+  const renoise = { sigmaFrom: sigmaOf(plan, level), sigmaTo: sigmaOf(plan, level + p.deltaF), seed: deriveSeed(plan.spec.seed, SeedStream.pathsRenoise, round, b, j) };
+  return [{ renoise }, { solve: backwardSolve(plan, p, level) }];
 }
 
 function noiseOf(plan: SearchPlan, i: number) {
@@ -79,9 +91,8 @@ function noiseOf(plan: SearchPlan, i: number) {
 /** Logical NFEs of the whole search, as the paper counts them. */
 export function pathsCost(plan: SearchPlan, p: Resolved): number {
   let cost = p.n * solveNfe(initialSolve(plan, p));
-  for (let sigma = p.sigmaStart; sigma > 0; sigma = targetSigma(plan, p, sigma)) {
-    const to = targetSigma(plan, p, sigma);
-    cost += p.n * p.m * (solveNfe(backwardSolve(plan, p, sigma)) + (to > 0 ? 1 : 0));
+  for (let level = p.sigmaStart; level > 0; level = targetLevel(plan, p, level)) {
+    cost += p.n * p.m * (solveNfe(backwardSolve(plan, p, level)) + (targetLevel(plan, p, level) > 0 ? 1 : 0));
   }
   return cost;
 }
@@ -95,19 +106,26 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     for (const key of ['n', 'm', 'backwardSteps'] as const) {
       if (!Number.isInteger(p[key]) || p[key] < 1) problems.push(`${key}: ${p[key]} must be a whole number of at least 1`);
     }
-    if (!(p.sigmaStart > plan.sigmaMin && p.sigmaStart < plan.sigmaMax)) {
-      problems.push(`sigmaStart: ${p.sigmaStart} must lie inside the model's sigma range (${plan.sigmaMin}, ${plan.sigmaMax})`);
+    const inRange = (x: number) => x >= 0 && x <= 1;
+    for (const key of ['sigmaStart', 'deltaF', 'deltaB'] as const) {
+      if (!inRange(p[key])) problems.push(`${key}: ${p[key]} is a normalised noise level and must lie in [0, 1] (1: sigma_max, 0: sigma = 0; docs/algorithms.md, "Noise levels")`);
     }
-    if (!(p.deltaF > 0)) problems.push(`deltaF: ${p.deltaF} must be above 0`);
-    if (!(p.deltaB > p.deltaF)) problems.push(`deltaB: ${p.deltaB} must be above deltaF (${p.deltaF}), or the walk never reaches sigma = 0`);
-    else if (p.sigmaStart + p.deltaF > plan.sigmaMax) problems.push(`deltaF: sigmaStart + deltaF = ${p.sigmaStart + p.deltaF} exceeds the model's sigma_max ${plan.sigmaMax}`);
+    const lowest = levelOfSigma(plan, plan.sigmaMin);
+    if (inRange(p.sigmaStart) && !(p.sigmaStart > lowest + LEVEL_TOLERANCE && p.sigmaStart < 1)) {
+      problems.push(`sigmaStart: level ${p.sigmaStart} must lie above the level of the model's sigma_min (${round4(lowest)}) and below 1 (sigma_max)`);
+    }
+    if (inRange(p.deltaF) && !(p.deltaF > 0)) problems.push(`deltaF: ${p.deltaF} must be above 0`);
+    if (inRange(p.deltaF) && inRange(p.deltaB)) {
+      if (!(p.deltaB > p.deltaF)) problems.push(`deltaB: ${p.deltaB} must be above deltaF (${p.deltaF}), or the walk never reaches sigma = 0`);
+      else if (inRange(p.sigmaStart) && p.sigmaStart + p.deltaF > 1 + LEVEL_TOLERANCE) problems.push(`deltaF: sigmaStart + deltaF = ${p.sigmaStart + p.deltaF} is above level 1 (the model's sigma_max)`);
+    }
     if (problems.length === 0) problems.push(...budgetProblems(plan, pathsCost(plan, p), `Paths-${p.n} with M = ${p.m}`));
     return problems;
   },
 
   init(params, plan) {
     const p = resolve(params, plan);
-    return { params: p, round: 0, sigma: p.sigmaStart, kept: null, done: false };
+    return { params: p, round: 0, level: p.sigmaStart, kept: null, done: false };
   },
 
   propose(state, plan) {
@@ -122,14 +140,14 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
       }));
       return { candidates, verify: false };
     }
-    const to = targetSigma(plan, p, state.sigma);
+    const to = targetLevel(plan, p, state.level);
     const candidates = state.kept.flatMap((path, b) =>
       Array.from({ length: p.m }, (_, j): Candidate => {
         const recipe = path.recipe as PathRecipe;
         return {
           id: `paths-${state.round}-${b}-${j}`,
           base: { key: path.key },
-          lineage: { noise: { seed: 0, perturbations: [] }, ops: roundOps(plan, p, state.round, state.sigma, b, j) },
+          lineage: { noise: { seed: 0, perturbations: [] }, ops: roundOps(plan, p, state.round, state.level, b, j) },
           scoreXpred: to > 0,
           recipe: { i: recipe.i, picks: [...recipe.picks, b, j] } satisfies PathRecipe,
         };
@@ -142,15 +160,15 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     const p = state.params;
     if (!state.kept) {
       // Unverified initial states carry no scores; they only need to exist (and be cached).
-      const kept = evaluated.map((e) => scoredOf(e, p.sigmaStart)).filter((s): s is Scored => s !== null);
+      const kept = evaluated.map((e) => scoredOf(e, sigmaOf(plan, p.sigmaStart))).filter((s): s is Scored => s !== null);
       return { ...state, kept, done: kept.length === 0 };
     }
-    const sigma = targetSigma(plan, p, state.sigma);
-    const scored = evaluated.map((e) => scoredOf(e, sigma)).filter((s): s is Scored => s !== null);
+    const level = targetLevel(plan, p, state.level);
+    const scored = evaluated.map((e) => scoredOf(e, sigmaOf(plan, level))).filter((s): s is Scored => s !== null);
     // Not one path of the round survived: the walk ends with the paths kept before it.
     if (scored.length === 0) return { ...state, done: true };
     const kept = topK(scored, plan.spec.verifiers, p.n).map(({ value: _value, ...path }) => path);
-    return { ...state, round: state.round + 1, sigma, kept, done: sigma === 0 };
+    return { ...state, round: state.round + 1, level, kept, done: level === 0 };
   },
 
   best(state, plan) {
@@ -162,18 +180,22 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     const p = resolve(plan.spec.algorithm as PathsParams, plan);
     const { i, picks } = recipe as PathRecipe;
     const ops: Op[] = [{ solve: initialSolve(plan, p) }];
-    let sigma = p.sigmaStart;
+    let level = p.sigmaStart;
     for (let round = 0; 2 * round < picks.length; round++) {
-      ops.push(...roundOps(plan, p, round, sigma, picks[2 * round], picks[2 * round + 1]));
-      sigma = targetSigma(plan, p, sigma);
+      ops.push(...roundOps(plan, p, round, level, picks[2 * round], picks[2 * round + 1]));
+      level = targetLevel(plan, p, level);
     }
     return { noise: noiseOf(plan, i), ops };
   },
 
   scoring(params, plan) {
     const p = resolve(params, plan);
-    const initial = lowestStepSigma(initialSolve(plan, p), plan.sigmaMin, plan.rho);
-    const backward = lowestStepSigma(backwardSolve(plan, p, p.sigmaStart), plan.sigmaMin, plan.rho);
-    return { lowestStepSigma: Math.min(initial, backward), firstScoredSigma: targetSigma(plan, p, p.sigmaStart) };
+    const initial = lowestStepSigma(initialSolve(plan, p), plan);
+    const backward = lowestStepSigma(backwardSolve(plan, p, p.sigmaStart), plan);
+    return { lowestStepSigma: Math.min(initial, backward), firstScoredSigma: sigmaOf(plan, targetLevel(plan, p, p.sigmaStart)) };
   },
 };
+
+function round4(x: number): number {
+  return Math.round(x * 1e4) / 1e4;
+}

@@ -39,7 +39,7 @@ export const PRESETS: Record<string, Preset> = {
     guidanceScale: 4.5,
   },
   'paths-paper': {
-    description: 'Search over paths with N = 4, M = 8, sigma_start = 0.11, delta_f = 0.78, delta_b = 0.81',
+    description: 'Search over paths with N = 4, M = 8, sigma_start = 0.11, delta_f = 0.78, delta_b = 0.81 (normalised noise levels in [0, 1], each mapped onto the model\'s sigma by its schedule)',
     source: 'Ma et al. 2025, Sec. 4 (search over paths on ImageNet)',
     algorithm: { name: 'paths', n: 4, m: 8, sigmaStart: 0.11, deltaF: 0.78, deltaB: 0.81 },
   },

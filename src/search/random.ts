@@ -89,6 +89,6 @@ export const randomSearch: SearchAlgorithm<RandomSearchParams, RandomSearchState
   },
 
   scoring(_params, plan) {
-    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan.sigmaMin, plan.rho), firstScoredSigma: 0 };
+    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan), firstScoredSigma: 0 };
   },
 };

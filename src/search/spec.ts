@@ -2,7 +2,7 @@
 // (SearchPlan). Validation returns every problem at once, each saying what is wrong and what would be right.
 import { MAX_SEED } from './seeds';
 import { solveNfe } from './nfe';
-import type { Condition, ModelInfo, SolveOp, SolverName } from './types';
+import type { Condition, ModelInfo, NoiseSchedule, SolveOp, SolverName } from './types';
 
 export interface SamplerSpec {
   solver: SolverName;
@@ -33,6 +33,7 @@ export interface PathsParams {
   n?: number;
   /** Forward-noise perturbations per kept path (the paper's M). */
   m?: number;
+  /** The paper's sigma_start, delta_f and delta_b, as normalised noise levels in [0, 1] (src/search/schedule.ts). */
   sigmaStart?: number;
   deltaF?: number;
   deltaB?: number;
@@ -73,8 +74,8 @@ export interface SearchPlan {
   spec: SearchSpec;
   sigmaMin: number;
   sigmaMax: number;
-  /** The Karras schedule's rho the servers step by. */
-  rho: number;
+  /** How the model's solves space their steps: the map between noise levels and sigmas. */
+  schedule: NoiseSchedule;
   /** The solvers the model offers. */
   solvers: string[];
   searchSampler: SamplerSpec;
@@ -84,6 +85,13 @@ export interface SearchPlan {
   /** Cost of the final generation; 0 for algorithms whose winner already is a finished sample. */
   finalNfe: number;
   maxBatch: number;
+}
+
+export const SCHEDULE_KINDS = ['karras', 'shifted'];
+
+/** The model's schedule; a description recorded before models said theirs (in a workflow history) is Karras. */
+export function scheduleOf(model: ModelInfo): NoiseSchedule {
+  return model.schedule ?? { kind: 'karras', rho: (model as unknown as { rho: number }).rho, shift: 1 };
 }
 
 /** Solvers that map a noise to one sample: a search sampler must be one (FK steering brings its own). */
@@ -166,11 +174,15 @@ export function planSearch(spec: SearchSpec, model: ModelInfo, finalGeneration: 
   }
   const searchSampler = resolveSampler(spec.searchSampler, model, 'searchSampler', problems);
   const finalSampler = resolveSampler(spec.finalSampler, model, 'finalSampler', problems);
+  const schedule = scheduleOf(model);
+  if (!SCHEDULE_KINDS.includes(schedule.kind)) {
+    problems.push(`model: ${model.model} steps on a "${schedule.kind}" schedule, which this orchestrator does not know (${SCHEDULE_KINDS.join(', ')}); upgrade noisesearch`);
+  }
   const plan: SearchPlan = {
     spec,
     sigmaMin: model.sigmaMin,
     sigmaMax: model.sigmaMax,
-    rho: model.rho,
+    schedule,
     solvers: model.solvers,
     searchSampler,
     finalSampler,

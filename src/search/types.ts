@@ -40,6 +40,8 @@ export interface Lineage {
 export interface Condition {
   classLabel?: number;
   prompt?: string;
+  /** With a prompt: what classifier-free guidance steers away from (unset: the empty prompt). */
+  negativePrompt?: string;
   /** Unset: the model's default; 0: unconditional sampling. */
   guidanceScale?: number;
 }
@@ -80,14 +82,29 @@ export interface VerifierInfo {
   xpredSigma: number;
 }
 
+export type ScheduleKind = 'karras' | 'shifted';
+
+/**
+ * How a model's solves space their steps, as a map from a normalised noise level l in [0, 1] to sigma
+ * (src/search/schedule.ts): "karras" by rho, "shifted" by shift.
+ */
+export interface NoiseSchedule {
+  kind: ScheduleKind;
+  rho: number;
+  shift: number;
+}
+
+/** "ve": a state is x0 + sigma * n; "flow": (1 - sigma) * x0 + sigma * n (rectified flow, sigma_max = 1). */
+export type NoiseProcess = 've' | 'flow';
+
 /** What a model server says of the model it hosts. */
 export interface ModelInfo {
   model: string;
   latentShape: number[];
   sigmaMin: number;
   sigmaMax: number;
-  /** The Karras schedule's rho: solves space their steps by it. */
-  rho: number;
+  process: NoiseProcess;
+  schedule: NoiseSchedule;
   solvers: string[];
   maxBatch: number;
   maxConcurrency: number;
@@ -96,6 +113,10 @@ export interface ModelInfo {
   defaultSteps: number;
   numClasses: number;
   defaultGuidanceScale: number;
+  /** A text-to-image model: its conditions are prompts, not classes. */
+  takesPrompts: boolean;
+  /** [3, H, W] of a decoded sample; empty when the sample is the latent itself. */
+  imageShape: number[];
 }
 
 export interface CandidateError {
@@ -110,8 +131,13 @@ export interface CandidateOutcome {
   nfeLogical: number;
   nfeExecuted: number;
   error?: CandidateError;
-  /** The scored sample, when the request asked for samples. */
+  /** The scored sample, when the request asked for samples (a latent model's). */
   sample?: number[];
+  /**
+   * An image model's decoded sample as PNG bytes, when the request asked for samples. Only activities see
+   * it: it never travels through a workflow's history (packing leaves it out).
+   */
+  image?: Uint8Array;
   /** The final state's key (before any x-prediction): what a later candidate names as its base. */
   key?: string;
   /** The candidate's noise's key, perturbations applied. */

@@ -125,6 +125,6 @@ export const zeroOrderSearch: SearchAlgorithm<ZeroOrderParams, ZeroOrderState> =
   },
 
   scoring(_params, plan) {
-    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan.sigmaMin, plan.rho), firstScoredSigma: 0 };
+    return { lowestStepSigma: lowestStepSigma(fullSolve(plan.sigmaMax, plan.searchSampler), plan), firstScoredSigma: 0 };
   },
 };
