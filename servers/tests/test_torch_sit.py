@@ -313,6 +313,11 @@ def test_broken_folders_fail_at_load(folders, tmp_path):
     with pytest.raises(ConfigError, match="keep one"):
         sit.load(both, CPU, torch.float32)
 
+    nested = copy_folder(folders / "pt", tmp_path / "nested")
+    torch.save({"model": {}, "args": 1}, nested / "SiT-XL-2-256x256.pt")
+    with pytest.raises(ConfigError, match="state dict of tensors"):
+        sit.load(nested, CPU, torch.float32)
+
     garbage = copy_folder(folders / "pt", tmp_path / "garbage")
     (garbage / "SiT-XL-2-256x256.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read"):

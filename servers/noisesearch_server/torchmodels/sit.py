@@ -256,8 +256,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # A training checkpoint ({"model", "ema", "opt", "args"}) samples from its EMA weights, as SiT's sample.py.
     if isinstance(state, dict) and isinstance(state.get("ema"), dict):
         state = state["ema"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"SiT: {str(path)!r} does not hold a state dict (got {type(state).__name__})")
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        found = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"SiT: {str(path)!r} does not hold a state dict of tensors (found {found})")
     return state
 
 
