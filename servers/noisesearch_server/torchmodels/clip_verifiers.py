@@ -184,11 +184,11 @@ class ClipEncoder:
         return F.normalize(features.float(), dim=-1)
 
     def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
-        # Padding to the full context (as CLIP's own tokenize does) keeps a text's embedding independent of
-        # whatever else shares its batch.
+        # Padding to the longest text of a chunk is enough: CLIP's text tower is causal and pools at the end
+        # token, so the padding after it never changes a text's embedding (the tests pad to 77 and agree).
         chunks = []
         for start in range(0, len(texts), TEXT_CHUNK):
-            tokens = self.tokenizer(list(texts[start : start + TEXT_CHUNK]), padding="max_length", truncation=True,
+            tokens = self.tokenizer(list(texts[start : start + TEXT_CHUNK]), padding=True, truncation=True,
                                     max_length=self.max_length, return_tensors="pt").to(self.device)
             features = self.model.get_text_features(**tokens).pooler_output
             chunks.append(F.normalize(features.float(), dim=-1))
