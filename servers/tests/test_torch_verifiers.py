@@ -177,7 +177,8 @@ def test_aesthetic_is_the_mlp_over_the_normalised_embedding(folders, verifiers):
     _, x, _ = clip_reference(folder, images, ["unused"])
     for index in (0, 2, 4, 6, 7):  # no activations between the layers, as released
         x = x @ state[f"layers.{index}.weight"].T + state[f"layers.{index}.bias"]
-    torch.testing.assert_close(verifiers["aesthetic"].score(images, [RowCondition()] * 5, None), x[:, 0], atol=ATOL, rtol=0)
+    scores = verifiers["aesthetic"].score(images, [RowCondition()] * 5, None)
+    torch.testing.assert_close(scores, x[:, 0], atol=ATOL, rtol=0)
 
 
 def test_aesthetic_mlp_loads_the_released_key_names_strictly():
@@ -269,7 +270,8 @@ def test_scores_are_finite_deterministic_and_row_independent(verifiers, name):
     assert scores.shape == (5,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
     assert torch.equal(verifier.score(images, rows, probes), scores)
     for row in range(5):
-        alone = verifier.score(images[row : row + 1], rows[row : row + 1], None if probes is None else probes[row : row + 1])
+        probe = None if probes is None else probes[row : row + 1]
+        alone = verifier.score(images[row : row + 1], rows[row : row + 1], probe)
         torch.testing.assert_close(alone, scores[row : row + 1], atol=ATOL, rtol=0)
     assert verifier.spec.name == name and verifier.spec.needs_condition == (name not in ("aesthetic", "selfsup"))
 

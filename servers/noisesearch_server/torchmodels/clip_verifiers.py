@@ -23,7 +23,14 @@ from ..backend import ConfigError, VerifierSpec
 from .common import ByteBoundedCache, RowCondition, TorchVerifier, require_files, tensor_bytes
 
 # After .common, which makes the Hugging Face hub offline before transformers is first imported.
-from transformers import AutoConfig, AutoImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizer,
+)
 
 MODEL_WEIGHTS = "model.safetensors|model.safetensors.index.json|pytorch_model.bin"
 CLIP_FILES = (
@@ -89,7 +96,9 @@ class TorchImageTransform:
         self.shortest_edge = size.shortest_edge if processor.do_resize else None
         self.resize_to = (size.height, size.width) if processor.do_resize and size.height else None
         if processor.do_resize and self.shortest_edge is None and self.resize_to is None:
-            raise ConfigError(f"{what}: preprocessor_config.json size {dict(size)} has neither shortest_edge nor height/width")
+            raise ConfigError(
+                f"{what}: preprocessor_config.json size {dict(size)} has neither shortest_edge nor height/width"
+            )
         crop = processor.crop_size
         self.crop = (crop.height, crop.width) if processor.do_center_crop else None
         self.mean = torch.tensor(processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
@@ -138,7 +147,9 @@ def load_pretrained(what: str, model_class, root: Path, device: torch.device, dt
         raise ConfigError(f"{what}: cannot read {str(root / 'config.json')!r}: {error}") from None
     wanted = model_class.config_class.model_type
     if model_type != wanted:
-        raise ConfigError(f"{what}: {str(root)!r} holds a {model_type!r} model; want a {wanted!r} one ({model_class.__name__})")
+        raise ConfigError(
+            f"{what}: {str(root)!r} holds a {model_type!r} model; want a {wanted!r} one ({model_class.__name__})"
+        )
     try:
         model = model_class.from_pretrained(str(root), local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as error:
@@ -211,7 +222,9 @@ class PromptVerifier(TorchVerifier):
         return self.prompts.get_or_make(prompt, lambda: self.clip.text_embeds([self.prefix + prompt])[0])
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None
+    ) -> torch.Tensor:
         prompts = [row_prompt(self.spec.name, row, condition) for row, condition in enumerate(conditions)]
         texts = torch.stack([self.prompt_embed(prompt) for prompt in prompts])
         cosine = (self.clip.image_embeds(images) * texts).sum(dim=-1)
@@ -266,7 +279,9 @@ class ClipImageNet(TorchVerifier):
         self.logit_scale = clip.model.logit_scale.detach().float().exp()
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None
+    ) -> torch.Tensor:
         labels = [row_class(self.spec.name, row, c, len(self.class_names)) for row, c in enumerate(conditions)]
         logits = self.logit_scale * self.clip.image_embeds(images) @ self.classes.T
         log_probs = logits.log_softmax(dim=-1)
@@ -351,7 +366,9 @@ class Aesthetic(TorchVerifier):
         self.mlp = mlp.to(clip.device)
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.mlp(self.clip.image_embeds(images)).squeeze(-1)
 
 
@@ -439,4 +456,5 @@ def save_tiny_aesthetic(folder: str | Path, seed: int = 0) -> None:
     """The MLP goes under the released file name, saved the way the release was (a torch.save'd state dict)."""
     root = save_tiny_clip(folder, seed)
     torch.manual_seed(seed + 1)
-    torch.save(AestheticMLP(CLIPConfig.from_pretrained(str(root)).projection_dim).state_dict(), root / AESTHETIC_FILES[0])
+    mlp = AestheticMLP(CLIPConfig.from_pretrained(str(root)).projection_dim)
+    torch.save(mlp.state_dict(), root / AESTHETIC_FILES[0])

@@ -95,7 +95,9 @@ class DinoImageNet(TorchVerifier):
         return self.weight.shape[0]
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None
+    ) -> torch.Tensor:
         labels = [row_class(self.spec.name, row, c, self.num_classes) for row, c in enumerate(conditions)]
         tokens = self.dino.tokens(images)
         features = torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
@@ -125,7 +127,9 @@ class SelfSupervised(TorchVerifier):
         self.dino = dino
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, conditions: Sequence[RowCondition], probes: torch.Tensor | None
+    ) -> torch.Tensor:
         if probes is None or probes.shape[0] != images.shape[0]:
             got = "none" if probes is None else f"{probes.shape[0]} for {images.shape[0]} images"
             raise ValueError(f"selfsup: needs one decoded x-prediction (probe) per row; got {got}")
@@ -138,7 +142,9 @@ class SelfSupervised(TorchVerifier):
 def load_selfsup(folder: str | Path, device: torch.device, dtype: torch.dtype, *, xpred_sigma: float) -> SelfSupervised:
     """xpred_sigma is in the denoiser's sigma units: the caller converts the paper's level 0.4."""
     if not xpred_sigma > 0:
-        raise ConfigError(f"selfsup: xpred_sigma must be positive (the model's sigma for the paper's 0.4); got {xpred_sigma}")
+        raise ConfigError(
+            f"selfsup: xpred_sigma must be positive (the model's sigma for the paper's 0.4); got {xpred_sigma}"
+        )
     return SelfSupervised(DinoEncoder("selfsup", folder, device, dtype), xpred_sigma)
 
 
