@@ -35,14 +35,15 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
 WHAT = "flux"
-# The paper's sampler (and diffusers' FLUX.1-dev example): 30 to 50 Euler steps at guidance 3.5.
+# 30 Euler steps: the noise-search paper's FLUX.1-dev setting; 3.5: the released model card's guidance.
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 3.5
 DEFAULT_RESOLUTION = 1024
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 2**20
-# The smallest sigma a request may stop at. The network was trained on t in (0, 1] and diffusers discretises
-# it at 1/num_train_timesteps = 1e-3, its scheduler's sigma_min; below that the velocity is extrapolated.
+# The smallest nonzero sigma a request may name (a full solve steps from its last sigma straight to 0). The
+# finest timestep of the 1000-step grid the scheduler describes the training on is 1/1000, its sigma_min;
+# a velocity asked for below it is one the network never learned.
 SIGMA_MIN = 1e-3
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -166,6 +167,7 @@ class FluxDenoiser(TorchDenoiser):
     def x0(self, x: torch.Tensor, sigma: float, conditions: Sequence[RowCondition]) -> torch.Tensor:
         if len(conditions) != x.shape[0]:
             raise ValueError(f"{WHAT}: {x.shape[0]} rows but {len(conditions)} conditions")
+        # A row without a prompt gets the empty one: FLUX has no other unconditional input.
         tokens, pooled = zip(*(self.prompt_embeddings(c.prompt or "") for c in conditions))
         rows = x.shape[0]
         guidance = (torch.tensor([c.guidance for c in conditions], device=self.device, dtype=torch.float32)
