@@ -324,11 +324,11 @@ def test_missing_folder_is_a_config_error(tmp_path, name):
     ("name", "removed", "named"),
     [
         ("clip-score", ["model.safetensors", "tokenizer.json", "merges.txt"],
-         "missing model.safetensors|model.safetensors.index.json|pytorch_model.bin, tokenizer.json|merges.txt"),
+         "missing model.safetensors or model.safetensors.index.json or pytorch_model.bin, tokenizer.json or merges.txt"),
         ("pickscore", ["preprocessor_config.json"], "missing preprocessor_config.json"),
         ("clip-imagenet", ["imagenet_classes.txt"], "missing imagenet_classes.txt"),
         ("aesthetic", ["sac+logos+ava1-l14-linearMSE.pth"],
-         "missing sac\\+logos\\+ava1-l14-linearMSE.pth\\|aesthetic_mlp.safetensors"),
+         "missing sac\\+logos\\+ava1-l14-linearMSE.pth or aesthetic_mlp.safetensors"),
         ("dino-imagenet", ["linear_head.safetensors", "config.json"], "missing config.json, linear_head.safetensors"),
         ("selfsup", ["model.safetensors"], "missing model.safetensors"),
     ],

@@ -53,7 +53,8 @@ def require_files(what: str, folder: str | Path, required: Sequence[str]) -> Pat
         raise ConfigError(f"{what}: folder {str(root)!r} does not exist; point it at a local copy of the weights")
     missing = [entry for entry in required if not any((root / option).exists() for option in entry.split("|"))]
     if missing:
-        raise ConfigError(f"{what}: folder {str(root)!r} is incomplete: missing {', '.join(missing)}")
+        named = ", ".join(entry.replace("|", " or ") for entry in missing)
+        raise ConfigError(f"{what}: folder {str(root)!r} is incomplete: missing {named}")
     return root
 
 

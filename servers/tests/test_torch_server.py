@@ -1,0 +1,166 @@
+"""Real-model servers end to end over gRPC: tiny random-weight folders, written by the same save_tiny a user can
+run, loaded through the server's own command line, evaluated, scored, refused."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noisesearch_server.backend import ConfigError
+from noisesearch_server.proto import load
+from noisesearch_server.server import build_backend, parse_args, start_server
+from noisesearch_server.torchmodels.registry import save_tiny
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    for name in ("sit", "flux", "dino-imagenet", "selfsup", "clip-score", "aesthetic"):
+        save_tiny(name, root / name)
+    return root
+
+
+async def serve(argv):
+    config = parse_args(["--port", "0", "--batch-window-ms", "0", "--device", "cpu", *argv])
+    running = await start_server(config)
+    channel = grpc.aio.insecure_channel(running.address)
+    return running, channel, load()[1].DenoiserStub(channel), load()[0]
+
+
+def candidate(pb, seed, condition, steps=3, sigma_to=0.0, solver="heun"):
+    message = pb.Candidate(id=f"c{seed}", condition=condition)
+    message.lineage.noise.seed = seed
+    message.lineage.ops.add().solve.CopyFrom(pb.Solve(sigma_from=1.0, sigma_to=sigma_to, solver=solver, steps=steps))
+    return message
+
+
+def picture(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+async def test_a_class_model_evaluates_scores_and_returns_pictures(folders):
+    running, channel, denoiser, pb = await serve([
+        "--model", f"sit={folders / 'sit'}", "--verifier", f"dino-imagenet={folders / 'dino-imagenet'}",
+        "--verifier", f"selfsup={folders / 'selfsup'}",
+    ])
+    try:
+        described = await denoiser.Describe(pb.DescribeRequest())
+        assert (described.process, described.schedule, described.schedule_shift) == ("flow", "shifted", 1.0)
+        assert not described.takes_prompts and described.num_classes == 10
+        height, width = described.image_shape[1:]
+        request = pb.EvaluateRequest(
+            model=described.model, verifiers=["dino-imagenet", "selfsup"], return_samples=True,
+            candidates=[candidate(pb, seed, pb.Condition(class_label=seed)) for seed in (1, 2)],
+        )
+        first = await denoiser.Evaluate(request)
+        for result in first.results:
+            assert not result.HasField("error"), result.error
+            assert set(result.scores) == {"dino-imagenet", "selfsup"}
+            # Heun, 3 steps to 0: 2 * 3 - 1 evaluations.
+            assert (result.nfe_logical, result.nfe_executed) == (5, 5)
+            assert picture(result.image).shape == (height, width, 3) and len(result.sample) == 0
+        assert first.results[0].image != first.results[1].image
+        # Same recipes again: every state comes from the cache, and every number and picture is the same.
+        again = await denoiser.Evaluate(request)
+        assert again.cache_hits == 2
+        for before, after in zip(first.results, again.results):
+            assert dict(after.scores) == dict(before.scores) and after.image == before.image
+            assert after.nfe_executed == 0
+        # And with the cache cold, from a fresh server: still bit-identical.
+        fresh, fresh_channel, fresh_denoiser, _ = await serve([
+            "--model", f"sit={folders / 'sit'}", "--verifier", f"dino-imagenet={folders / 'dino-imagenet'}",
+            "--verifier", f"selfsup={folders / 'selfsup'}",
+        ])
+        try:
+            cold = await fresh_denoiser.Evaluate(request)
+            assert [dict(r.scores) for r in cold.results] == [dict(r.scores) for r in first.results]
+            assert [r.image for r in cold.results] == [r.image for r in first.results]
+        finally:
+            await fresh_channel.close()
+            await fresh.stop(grace=0.1)
+
+        prompt = await denoiser.Evaluate(pb.EvaluateRequest(candidates=[candidate(pb, 3, pb.Condition(prompt="a cat"))]))
+        assert prompt.results[0].error.code == "INVALID_ARGUMENT"
+        assert prompt.results[0].error.message.startswith("candidates[0].condition.prompt: this model takes no text prompt")
+        assert prompt.results[0].nfe_executed == 0
+    finally:
+        await channel.close()
+        await running.stop(grace=0.1)
+
+
+async def test_a_text_model_takes_prompts_and_refuses_classes(folders):
+    running, channel, denoiser, pb = await serve([
+        "--model", f"flux={folders / 'flux'}", "--verifier", f"clip-score={folders / 'clip-score'}",
+        "--verifier", f"aesthetic={folders / 'aesthetic'}", "--resolution", "32",
+    ])
+    try:
+        described = await denoiser.Describe(pb.DescribeRequest())
+        assert described.takes_prompts and described.default_steps == 30 and described.default_guidance_scale == 3.5
+        prompts = ["a red cube on a blue sphere", "a photo of a cat"]
+        response = await denoiser.Evaluate(pb.EvaluateRequest(
+            verifiers=["clip-score", "aesthetic"], return_samples=True,
+            candidates=[candidate(pb, i, pb.Condition(prompt=p), steps=2, solver="euler") for i, p in enumerate(prompts)],
+        ))
+        for result in response.results:
+            assert not result.HasField("error"), result.error
+            assert set(result.scores) == {"clip-score", "aesthetic"} and result.nfe_logical == 2
+            assert picture(result.image).shape[2] == 3
+        refused = await denoiser.Evaluate(pb.EvaluateRequest(
+            verifiers=["clip-score"], candidates=[
+                candidate(pb, 7, pb.Condition(class_label=3)), candidate(pb, 8, pb.Condition()),
+            ],
+        ))
+        assert refused.results[0].error.message.startswith(
+            "candidates[0].condition.class_label: got 3; this text-to-image model takes prompts, not classes"
+        )
+        assert refused.results[1].error.message == (
+            "candidates[1].condition: verifier 'clip-score' needs a condition; set condition.prompt"
+        )
+        assert all(r.nfe_executed == 0 for r in refused.results)
+
+        # The PNG a result carried scores the same through Score as inside Evaluate.
+        verifier = load()[1].VerifierStub(channel)
+        scored = await verifier.Score(pb.ScoreRequest(verifiers=["clip-score", "aesthetic"], samples=[
+            pb.Sample(image=r.image, condition=pb.Condition(prompt=p)) for r, p in zip(response.results, prompts)
+        ]))
+        for result, again in zip(response.results, scored.results):
+            # Scored from 8-bit pixels rather than floats: close, not equal.
+            for name in ("clip-score", "aesthetic"):
+                assert again.scores[name] == pytest.approx(result.scores[name], abs=0.02)
+        with pytest.raises(grpc.aio.AioRpcError) as bad_png:
+            await verifier.Score(pb.ScoreRequest(verifiers=["aesthetic"], samples=[pb.Sample(image=b"not a png")]))
+        assert bad_png.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_png.value.details().startswith("samples[0].image: not a readable PNG")
+    finally:
+        await channel.close()
+        await running.stop(grace=0.1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--model", "flux={missing}"], "does not exist"),
+        (["--model", "sit={weights}/sit", "--verifier", "clip-score={weights}/clip-score"],
+         "--verifier clip-score: it scores against a prompt, and model 'sit' takes classes"),
+        (["--model", "flux={weights}/flux", "--verifier", "dino-imagenet={weights}/dino-imagenet"],
+         "--verifier dino-imagenet: it scores against a class, and model 'flux' has none"),
+        (["--model", "flux={weights}/flux", "--verifier", "no-such={weights}/aesthetic"], "unknown verifier 'no-such'"),
+        (["--model", "flux={weights}/flux", "--resolution", "100"], "100"),
+        (["--model", "sit={weights}/flux"], "missing SiT-XL-2-256x256.pt or model.safetensors"),
+        (["--model", "nosuch={weights}/flux"], "unknown model 'nosuch'"),
+        (["--model", "sit={weights}/sit", "--resolution", "512"], "SiT: unknown options ['resolution']"),
+    ],
+)
+def test_bad_folders_and_pairings_are_refused_at_start(folders, tmp_path, argv, fragment):
+    argv = [a.format(weights=folders, missing=tmp_path / "absent") for a in argv]
+    with pytest.raises(ConfigError) as refused:
+        build_backend(parse_args(["--device", "cpu", *argv]))
+    assert fragment in str(refused.value)
+    assert "\n" not in str(refused.value)
