@@ -48,7 +48,7 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
     const cases: Array<[string[], RegExp]> = [
       [['search', '--class', '3', '--bogus'], /Unknown option '--bogus'.*usage: noisesearch search/],
       [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
-      [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want one of gmm/],
+      [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want (one of )?gmm/],
       [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
       [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(55 NFEs\) plus the final generation \(55 NFEs\), which costs 110 NFEs; use --budget 110 or more/],
       [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],
@@ -60,6 +60,8 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
       [['search', '--class', '3', '--m', '3'], /--m applies to paths, not to --algorithm random/],
       [['search', '--class', '3', '--algorithm', 'zero-order', '--t', '1.5'], /t: 1.5 must lie in \(0, 1\)/],
       [['search', '--class', '3', '--verifier', 'gmm-oracle,clip'], /verifier: "clip" is not hosted/],
+      [['search', '--prompt', 'a red car'], /prompt: model gmm is class-conditional \(10 classes\) and takes no text prompt; give a class from 0 to 9/],
+      [['search', '--class', '3', '--negative-prompt', 'blurry'], /negativePrompt: model gmm is class-conditional/],
       [['budget', 'some-search', 'lots'], /--budget: "lots" is not a whole number/],
     ];
     for (const [args, pattern] of cases) {

@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
 import { loadDataset, validateDatasetSpec } from '../datasets/load';
-import type { DatasetSpec } from '../datasets/types';
+import type { DatasetItem, DatasetSpec } from '../datasets/types';
 import { ALGORITHM_NAMES, createRun } from '../search/run';
 import { conditionProblems, SpecError, type AlgorithmSpec } from '../search/spec';
 import type { ModelInfo } from '../search/types';
@@ -23,6 +23,8 @@ export interface CampaignSpec {
     verifiers: Array<string | string[]>;
     budgets: number[];
   };
+  /** With a prompt dataset: what classifier-free guidance steers away from, for every prompt. */
+  negativePrompt?: string;
   /** Verifiers scored on every final sample, whatever it was searched with (default: all the model hosts). */
   evaluation?: string[];
   seeds?: number[];
@@ -87,6 +89,18 @@ function storeOf(spec: CampaignSpec, folder: string, problems: string[]): StoreC
   return { kind: 'sqlite', path: path.resolve(results.path ?? path.join(folder, 'results.sqlite')) };
 }
 
+/** A prompt dataset for a model that takes no prompts, or a class dataset for a text-to-image model. */
+function datasetKindProblem(kind: string, items: DatasetItem[], model: ModelInfo): string | null {
+  if (items.some((item) => item.condition.prompt !== undefined) && !model.takesPrompts) {
+    const takes = model.numClasses > 0 ? `is class-conditional (${model.numClasses} classes)` : 'takes no prompt';
+    return `dataset.kind: ${kind} gives text prompts, but model ${model.model} ${takes}; use a text-to-image model, or a class dataset (gmm-classes, imagenet)`;
+  }
+  if (items.some((item) => item.condition.classLabel !== undefined) && model.takesPrompts) {
+    return `dataset.kind: ${kind} gives classes, but model ${model.model} is a text-to-image model; use a prompt dataset (drawbench, partiprompts, t2i-compbench, geneval), or a class-conditional model`;
+  }
+  return null;
+}
+
 /**
  * Checks the whole spec against the model and resolves it into the campaign workflow's input; throws
  * SpecError with every problem.
@@ -99,11 +113,17 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   if ((spec.model ?? model.model) !== model.model) problems.push(`model: "${spec.model}" is not hosted; the fleet hosts ${model.model}`);
   const datasetProblems = validateDatasetSpec(spec.dataset, 'dataset');
   problems.push(...datasetProblems);
-  const items = datasetProblems.length === 0 ? loadDataset(spec.dataset) : [];
-  const promptsForClasses = items.some((item) => item.condition.prompt !== undefined) && model.numClasses > 0;
-  if (promptsForClasses) {
-    problems.push(`dataset.kind: ${spec.dataset.kind} gives text prompts, but model ${model.model} is class-conditional (${model.numClasses} classes); use a text-to-image model, or a class dataset (gmm-classes, imagenet)`);
+  if (spec.negativePrompt !== undefined && typeof spec.negativePrompt !== 'string') problems.push(`negativePrompt: ${JSON.stringify(spec.negativePrompt)} must be text`);
+  const negativePrompt = typeof spec.negativePrompt === 'string' ? spec.negativePrompt : undefined;
+  const items = (datasetProblems.length === 0 ? loadDataset(spec.dataset) : []).map((item) =>
+    negativePrompt !== undefined && item.condition.prompt !== undefined ? { ...item, condition: { ...item.condition, negativePrompt } } : item,
+  );
+  if (negativePrompt !== undefined && items.length > 0 && !items.some((item) => item.condition.prompt !== undefined)) {
+    problems.push(`negativePrompt: dataset ${spec.dataset.kind} gives no prompts for it to steer away from; leave it out`);
   }
+  // A dataset of the wrong kind for the model is one problem, not one per item.
+  const wrongKind = datasetKindProblem(spec.dataset?.kind, items, model);
+  if (wrongKind) problems.push(wrongKind);
   if (!isObject(spec.grid)) problems.push('grid: must be a mapping with algorithms, verifiers and budgets');
   const grid = isObject(spec.grid) ? spec.grid : { algorithms: [], verifiers: [], budgets: [] };
   const algorithms = list(grid.algorithms, 'grid.algorithms', problems, (v, f) => algorithmOf(v, f, problems));
@@ -117,11 +137,11 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
 
   // Every dataset item must be a condition the model takes, with every verifier it will be scored by.
   const scoredBy = [...new Set([...verifierSets.flat(), ...evaluation])];
-  const badItems = promptsForClasses ? [] : items.flatMap((item, i) => conditionProblems(item.condition, scoredBy, model).map((problem) => `dataset item ${i} (${item.id}): ${problem}`));
+  const badItems = wrongKind ? [] : items.flatMap((item, i) => conditionProblems(item.condition, scoredBy, model).map((problem) => `dataset item ${i} (${item.id}): ${problem}`));
   problems.push(...badItems.slice(0, MAX_ITEM_PROBLEMS));
   if (badItems.length > MAX_ITEM_PROBLEMS) problems.push(`dataset: ${badItems.length - MAX_ITEM_PROBLEMS} more item problems like these`);
   // Every grid cell must be a search the model can run: refused here, not hours later.
-  const probe = items[0];
+  const probe = wrongKind ? undefined : items[0];
   if (probe) {
     algorithms.forEach((algorithm, a) =>
       verifierSets.forEach((verifiers, v) =>

@@ -17,14 +17,16 @@ import { finiteNumber, oneOf, parseFlags, UsageError, wholeNumber } from './args
 import { openDeployment } from './deployment';
 
 const SEARCH_USAGE =
-  'noisesearch search [--model gmm] [--class N] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE]';
+  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE]';
 
 const SEARCH_HELP = `Runs one search and prints its result.
 
 Usage: ${SEARCH_USAGE}
 
   --model NAME         model to search with (default gmm, the embedded Gaussian mixture)
-  --class N            class label to condition on
+  --class N            class label to condition on (a class-conditional model)
+  --prompt TEXT        prompt to condition on (a text-to-image model)
+  --negative-prompt T  what classifier-free guidance steers away from (with --prompt; default: the empty prompt)
   --algorithm NAME     ${ALGORITHM_NAMES.join(' | ')} (default random)
   --verifier A[,B..]   verifier, or an ensemble ranked by mean rank (default gmm-classifier)
   --budget NFES        total denoiser evaluations: search plus final generation (default 2000)
@@ -78,6 +80,8 @@ const ALGORITHM_FLAGS: Record<string, AlgorithmFlag> = {
 const FLAGS = {
   model: { type: 'string' },
   class: { type: 'string' },
+  prompt: { type: 'string' },
+  'negative-prompt': { type: 'string' },
   algorithm: { type: 'string' },
   verifier: { type: 'string' },
   budget: { type: 'string' },
@@ -121,10 +125,12 @@ export function specFromFlags(v: Values): SearchSpec {
   const solver = oneOf('solver', str('solver'), ['euler', 'heun'] as const);
   return {
     model: str('model') ?? preset?.model ?? 'gmm',
-    condition: {
+    condition: defined({
       classLabel: wholeNumber('class', str('class')),
+      prompt: str('prompt'),
+      negativePrompt: str('negative-prompt'),
       guidanceScale: finiteNumber('guidance', str('guidance')) ?? preset?.guidanceScale,
-    },
+    }),
     algorithm: algorithmFromFlags(v, preset),
     verifiers: (str('verifier') ?? 'gmm-classifier').split(',').map((s) => s.trim()),
     budgetNfe: wholeNumber('budget', str('budget') ?? '2000', { min: 1 })!,
@@ -161,10 +167,14 @@ export async function describeForValidation(model: string, fleet: string | undef
 }
 
 export function formatResult(result: SearchResult & { workflowId: string; driver: string }): string {
-  const className = result.condition.classLabel ?? 'none';
+  const { classLabel, prompt, negativePrompt } = result.condition;
+  const condition =
+    prompt !== undefined
+      ? `prompt ${JSON.stringify(prompt)}${negativePrompt !== undefined ? ` (not ${JSON.stringify(negativePrompt)})` : ''}`
+      : `class ${classLabel ?? 'none'}`;
   return [
     `${result.workflowId} (${result.driver})`,
-    `  model ${result.model} · class ${className} · ${result.algorithm} · verifier ${result.verifiers.join(',')} · seed ${result.seed}`,
+    `  model ${result.model} · ${condition} · ${result.algorithm} · verifier ${result.verifiers.join(',')} · seed ${result.seed}`,
     `  best score     ${result.best.score.toFixed(4)} (during search ${result.best.searchScore.toFixed(4)})${result.stopped ? ' (stopped early)' : ''}`,
     ...Object.entries(result.best.scores).map(([verifier, score]) => `    ${verifier.padEnd(16)} ${score.toFixed(4)}`),
     `  NFEs           search ${result.nfe.search} + final ${result.nfe.final} = ${result.nfe.total} of ${result.budget.nfe} (executed ${result.nfe.executed}${result.nfe.failed > 0 ? `; ${result.nfe.failed} on failed candidates` : ''})`,

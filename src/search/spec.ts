@@ -126,15 +126,31 @@ function resolveSampler(
   return { solver, steps };
 }
 
-/** What is wrong with a condition for this model and these verifiers; [] when nothing is. */
+/** What is wrong with a condition for this model and these verifiers, one line each; [] when nothing is. */
 export function conditionProblems(condition: Condition, verifiers: string[], model: ModelInfo): string[] {
   const problems: string[] = [];
-  const { classLabel, prompt, guidanceScale } = condition;
-  const needsCondition = verifiers.some((name) => model.verifiers.find((v) => v.name === name)?.needsCondition);
-  if (prompt !== undefined && model.numClasses > 0) {
-    problems.push(`prompt: model ${model.model} is class-conditional (${model.numClasses} classes) and takes no text prompt; give a class from 0 to ${model.numClasses - 1}`);
+  const { classLabel, prompt, negativePrompt, guidanceScale } = condition;
+  const needing = verifiers.filter((name) => model.verifiers.find((v) => v.name === name)?.needsCondition);
+  if (model.takesPrompts) {
+    if (classLabel !== undefined) {
+      problems.push(`class: model ${model.model} is a text-to-image model and takes no class; give a prompt (--prompt "...")`);
+    } else if (prompt === undefined && needing.length > 0) {
+      problems.push(`prompt: verifier ${needing.join(',')} scores against a prompt; give --prompt "..."`);
+    } else if (prompt !== undefined && typeof prompt !== 'string') {
+      problems.push(`prompt: ${JSON.stringify(prompt)} is not text`);
+    }
+    if (negativePrompt !== undefined && prompt === undefined && classLabel === undefined) {
+      problems.push('negativePrompt: a negative prompt steers away from what a prompt asks for; give --prompt too');
+    }
+  } else if (prompt !== undefined || negativePrompt !== undefined) {
+    const what = prompt !== undefined ? 'prompt' : 'negativePrompt';
+    problems.push(
+      model.numClasses > 0
+        ? `${what}: model ${model.model} is class-conditional (${model.numClasses} classes) and takes no text prompt; give a class from 0 to ${model.numClasses - 1}`
+        : `${what}: model ${model.model} takes no text prompt; leave it out`,
+    );
   } else if (classLabel === undefined) {
-    if (needsCondition && prompt === undefined) problems.push(`class: verifier ${verifiers.join(',')} scores against a class; give --class 0..${model.numClasses - 1}`);
+    if (needing.length > 0) problems.push(`class: verifier ${verifiers.join(',')} scores against a class; give --class 0..${model.numClasses - 1}`);
   } else if (!Number.isInteger(classLabel) || classLabel < 0 || classLabel >= model.numClasses) {
     problems.push(`class: ${classLabel} is not a class of model ${model.model}; use a whole number from 0 to ${model.numClasses - 1}`);
   }
