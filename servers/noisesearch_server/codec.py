@@ -172,10 +172,13 @@ def encode_score_response(response: ScoreResponse):
 
 
 def encode_population_response(result: PopulationResult):
-    return pb.PopulationResponse(
+    message = pb.PopulationResponse(
         frechet_distance=result.frechet_distance,
         inception_score=result.inception_score,
         samples=result.samples,
         reference_samples=result.reference_samples,
         feature_dim=result.feature_dim,
     )
+    if result.clip_frechet_distance is not None:
+        message.clip_frechet_distance = result.clip_frechet_distance
+    return message

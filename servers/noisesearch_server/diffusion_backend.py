@@ -53,6 +53,7 @@ class DiffusionBackend(Backend):
         max_concurrency: int,
         cache_bytes: int,
         population: PopulationModel | None = None,
+        image_metrics: Any | None = None,
         max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE,
         faults: FaultPlan | None = None,
     ) -> None:
@@ -74,6 +75,8 @@ class DiffusionBackend(Backend):
             raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
         self.model = model
         self.population_model = population
+        # ImagePopulationMetrics (torchmodels/image_metrics.py) for an image model: FID, IS, CLIP-FID.
+        self.image_metrics = image_metrics
         self.verifiers = {v.spec.name: v for v in verifiers}
         self.max_batch = max_batch
         self.max_concurrency = max_concurrency
@@ -246,6 +249,8 @@ class DiffusionBackend(Backend):
         return self.model.stack_images(images)
 
     def population(self, request: PopulationRequest) -> PopulationResult:
+        if self.model.spec.image_shape:
+            return self._image_population(request)
         if self.population_model is None:
             raise RequestError("UNIMPLEMENTED", f"population metrics: model {self.model.spec.name!r} has no reference")
         spec = self.model.spec
@@ -267,6 +272,34 @@ class DiffusionBackend(Backend):
         size = math.prod(spec.latent_shape)
         values = np.stack([s.values.astype(np.float64).reshape(size) for s in request.samples])
         result = population_metrics(self.population_model, values, np.array(labels))
+        if not (math.isfinite(result.frechet_distance) and math.isfinite(result.inception_score)):
+            raise RequestError("INTERNAL", f"population metrics are not finite: {result}")
+        return result
+
+    def _image_population(self, request: PopulationRequest) -> PopulationResult:
+        metrics = self.image_metrics
+        if metrics is None or metrics.fid_reference is None:
+            raise RequestError(
+                "UNIMPLEMENTED",
+                f"population metrics: this {self.model.spec.name!r} server has no FID reference; start it with "
+                f"--fid-inception FILE --fid-reference NPZ (and --clip-fid DIR --clip-fid-reference NPZ for CLIP-FID)",
+            )
+        if not 2 <= len(request.samples) <= MAX_POPULATION_SAMPLES:
+            raise RequestError(
+                "INVALID_ARGUMENT", f"samples: got {len(request.samples)}; send 2 to {MAX_POPULATION_SAMPLES} pictures"
+            )
+        for i, sample in enumerate(request.samples):
+            if not sample.image:
+                raise RequestError("INVALID_ARGUMENT", f"samples[{i}].image: empty; send the PNG a CandidateResult's image gave")
+        computed = metrics.compute(self._sample_values(request.samples))
+        result = PopulationResult(
+            frechet_distance=computed["fid"],
+            inception_score=computed["is"],
+            samples=computed["samples"],
+            reference_samples=computed["reference_samples"] or 0,
+            feature_dim=computed["feature_dim"],
+            clip_frechet_distance=computed.get("clip_fid"),
+        )
         if not (math.isfinite(result.frechet_distance) and math.isfinite(result.inception_score)):
             raise RequestError("INTERNAL", f"population metrics are not finite: {result}")
         return result

@@ -47,6 +47,8 @@ class PopulationResult:
     samples: int
     reference_samples: int
     feature_dim: int
+    # An image model's Fréchet distance in CLIP image-embedding space, when the server has a CLIP reference.
+    clip_frechet_distance: float | None = None
 
 
 def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,12 @@ class ServerConfig:
     # gRPC's default 4 MB is one 1024-px latent batch of four; raised deliberately, on both ends (the client
     # sets the same limit), so a batch that is still too large fails with an error that says so.
     max_message_mb: int = 256
+    # Population metrics of an image model's pictures: FID and IS (FID Inception weights and a reference
+    # .npz), CLIP-FID (a CLIP folder and its reference .npz).
+    fid_inception: str | None = None
+    fid_reference: str | None = None
+    clip_fid: str | None = None
+    clip_fid_reference: str | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -86,6 +92,17 @@ def build_torch_backend(config: ServerConfig) -> Backend:
     try:
         model = load_model(config.model, config.model_folder, config.device, config.dtype, config.resolution)
         verifiers = load_verifiers(dict(config.verifier_folders), model, config.dtype)
+        image_metrics = None
+        if config.fid_inception or config.fid_reference or config.clip_fid or config.clip_fid_reference:
+            import torch
+
+            from .torchmodels.image_metrics import ImagePopulationMetrics
+
+            # float32 whatever the model runs in: FIDs compare with published ones only at full precision.
+            image_metrics = ImagePopulationMetrics.load(
+                config.fid_inception, config.fid_reference, config.clip_fid, config.clip_fid_reference,
+                model.device, torch.float32,
+            )
     except ConfigError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -100,6 +117,7 @@ def build_torch_backend(config: ServerConfig) -> Backend:
         cache_bytes=config.cache_bytes,
         max_request_nfe=config.max_request_nfe,
         faults=config.faults,
+        image_metrics=image_metrics,
     )
 
 
@@ -165,6 +183,10 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     parser.add_argument("--dtype", default=defaults.dtype, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     parser.add_argument("--resolution", type=int, help="image size in pixels (default: the model's own)")
     parser.add_argument("--max-message-mb", type=int, default=defaults.max_message_mb)
+    parser.add_argument("--fid-inception", metavar="FILE", help="pt_inception-2015-12-05-6726825d.pth, for FID and IS")
+    parser.add_argument("--fid-reference", metavar="NPZ", help="reference statistics (mu, sigma) for FID")
+    parser.add_argument("--clip-fid", metavar="DIR", help="a CLIP folder, for CLIP-FID")
+    parser.add_argument("--clip-fid-reference", metavar="NPZ", help="reference statistics for CLIP-FID")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms)
@@ -218,6 +240,10 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         dtype=args.dtype,
         resolution=args.resolution,
         max_message_mb=args.max_message_mb,
+        fid_inception=args.fid_inception,
+        fid_reference=args.fid_reference,
+        clip_fid=args.clip_fid,
+        clip_fid_reference=args.clip_fid_reference,
     )
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")

@@ -164,3 +164,48 @@ def test_bad_folders_and_pairings_are_refused_at_start(folders, tmp_path, argv, 
         build_backend(parse_args(["--device", "cpu", *argv]))
     assert fragment in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+async def test_population_metrics_of_pictures_against_a_reference(folders, tmp_path):
+    from noisesearch_server.torchmodels.image_metrics import (
+        ImagePopulationMetrics, save_random_fid_inception, save_tiny_clip,
+    )
+
+    inception, clip = tmp_path / "pt_inception-2015-12-05-6726825d.pth", tmp_path / "clip"
+    save_random_fid_inception(inception)
+    save_tiny_clip(clip)
+    plain, channel, denoiser, pb = await serve(["--model", f"sit={folders / 'sit'}"])
+    try:
+        response = await denoiser.Evaluate(pb.EvaluateRequest(
+            return_samples=True, candidates=[candidate(pb, seed, pb.Condition(class_label=seed % 10)) for seed in range(4)],
+        ))
+        pictures = [r.image for r in response.results]
+        verifier = load()[1].VerifierStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as unconfigured:
+            await verifier.Population(pb.PopulationRequest(samples=[pb.Sample(image=p) for p in pictures]))
+        assert unconfigured.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "--fid-inception FILE --fid-reference NPZ" in unconfigured.value.details()
+    finally:
+        await channel.close()
+        await plain.stop(grace=0.1)
+
+    # Reference statistics written from the very same pictures: both distances are then 0 up to rounding.
+    metrics = ImagePopulationMetrics.load(inception, None, clip, None, torch.device("cpu"), torch.float32)
+    images = torch.stack([torch.from_numpy(picture(p).copy()).permute(2, 0, 1).float() / 255 for p in pictures])
+    metrics.write_reference(images, tmp_path / "fid.npz", tmp_path / "clip.npz")
+    running, channel, _, pb = await serve([
+        "--model", f"sit={folders / 'sit'}", "--fid-inception", str(inception), "--fid-reference", str(tmp_path / "fid.npz"),
+        "--clip-fid", str(clip), "--clip-fid-reference", str(tmp_path / "clip.npz"),
+    ])
+    try:
+        verifier = load()[1].VerifierStub(channel)
+        same = await verifier.Population(pb.PopulationRequest(samples=[pb.Sample(image=p) for p in pictures]))
+        assert (same.samples, same.reference_samples, same.feature_dim) == (4, 4, 2048)
+        assert abs(same.frechet_distance) < 1e-3 and abs(same.clip_frechet_distance) < 1e-3
+        assert same.inception_score >= 1.0
+        # Half the set against the whole: a positive distance.
+        half = await verifier.Population(pb.PopulationRequest(samples=[pb.Sample(image=p) for p in pictures[:2]]))
+        assert half.frechet_distance > 1e-3 and half.clip_frechet_distance > 1e-3
+    finally:
+        await channel.close()
+        await running.stop(grace=0.1)
