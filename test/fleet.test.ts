@@ -49,6 +49,10 @@ describe('error classification', () => {
       const failure = classifyGrpcError(Object.assign(new Error('x'), { code, details: 'why', metadata: null }), 'h:1');
       assert.deepEqual([failure.code, failure.retryable, failure.message], [name, retryable, `h:1: ${name}: why`]);
     }
+    // A message over a size limit is RESOURCE_EXHAUSTED too, but sending it again cannot help.
+    const tooLarge = classifyGrpcError(Object.assign(new Error('x'), { code: 8, details: 'Received message larger than max (300000000 vs. 268435456)', metadata: null }), 'h:1');
+    assert.deepEqual([tooLarge.code, tooLarge.retryable], ['MESSAGE_TOO_LARGE', false]);
+    assert.match(tooLarge.message, /^h:1: Received message larger than max .*raise the limits \(the servers' --max-message-mb\)$/);
     const notFromTheServer = classifyGrpcError(new TypeError('bad request object'), 'h:1');
     assert.deepEqual([notFromTheServer.code, notFromTheServer.retryable], ['INTERNAL', false]);
   });

@@ -13,6 +13,8 @@ import { renderReport, samplePicture, writeReport } from '../src/report/report';
 import type { SearchResult } from '../src/search/run';
 import type { SearchSpec } from '../src/search/spec';
 import type { CampaignRecord, CellMetricsRecord, SearchRecord } from '../src/store/types';
+import { baselineKey, type SampleImages } from '../src/campaign/samples';
+import { tinyPng } from './fake-server';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CAMPAIGN_ID = 'cmp-2025-scaling-01';
@@ -253,6 +255,40 @@ describe('campaign report', () => {
 
     after(async () => {
       await browser?.close();
+    });
+
+    it('shows an image model\'s PNGs, embedded, per prompt beside its no-search baseline, without a sideways scroll', async () => {
+      // 4 items at their smallest seed (11): the baseline and 3 algorithms x 2 verifier sets x 4 budgets each.
+      const png = (r: number, g: number) => tinyPng(24, 16, (x, y) => [(r + 9 * x) % 256, (g + 13 * y) % 256, 128]);
+      const images: SampleImages = { searches: new Map(), baselines: new Map() };
+      input.searches.filter((r) => r.status === 'done').forEach((r, i) => images.searches.set(r.workflowId, png(i, 3 * i)));
+      for (const item of ITEMS) for (const seed of SEEDS) images.baselines.set(baselineKey(item.id, seed), { itemId: item.id, seed, image: png(7, seed), evaluation: { 'gmm-oracle': 0.25 }, nfe: 19 });
+      const pictured = await renderReport({ ...input, images });
+      assert.equal(count(pictured, /<img src="data:image\/png;base64,/g), 4 * (1 + 24));
+      assert.equal(count(pictured, /<figure class="pic baseline">/g), 4);
+      assert.equal(count(pictured, /<svg class="sample"/g), 0, 'no latent heatmaps for an image model');
+      assert.ok(pictured.includes('width="128" height="85"'), 'a 24 x 16 picture keeps its aspect');
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'noisesearch-report-images-'));
+      const imageFile = await writeReport({ ...input, images }, path.join(dir, 'report.html'));
+      const context = await browser.newContext({ viewport: { width: 1200, height: 900 }, offline: true });
+      const page = await context.newPage();
+      const blocked: string[] = [];
+      await page.route('**', (route) => {
+        const url = route.request().url();
+        if (url.startsWith('file:') || url.startsWith('data:')) return route.continue();
+        blocked.push(url);
+        return route.abort('blockedbyclient');
+      });
+      await page.goto(pathToFileURL(imageFile).href, { waitUntil: 'load' });
+      const shown = await page.evaluate(() => {
+        const doc = (globalThis as any).document;
+        const pictures = Array.from(doc.querySelectorAll('figure.pic img') as ArrayLike<any>);
+        const root = doc.documentElement;
+        return { decoded: pictures.filter((img) => img.complete && img.naturalWidth === 24 && img.naturalHeight === 16).length, total: pictures.length, overflow: root.scrollWidth - root.clientWidth };
+      });
+      assert.deepEqual(shown, { decoded: 100, total: 100, overflow: 0 });
+      assert.deepEqual(blocked, []);
+      await context.close();
     });
 
     it('writes the same document it renders, creating the folder', async () => {

@@ -1,18 +1,23 @@
 // Campaign activities: the results store, evaluation of final samples, pictures and population metrics.
-// Each is idempotent (upserts keyed by workflow ID or cell), so a retry or a crashed worker never
-// writes a search twice.
-import { mkdirSync, writeFileSync } from 'node:fs';
+// Each is idempotent (upserts keyed by workflow ID or cell, pictures written whole under fixed names), so
+// a retry or a crashed worker never writes a search twice. An image model's PNGs stay here: they go to
+// files and to the model servers, and no activity returns one to a workflow.
+import { existsSync, readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
-import * as path from 'node:path';
 import { classified } from '../activities';
-import type { Fleet } from '../fleet/client';
+import type { Fleet, PopulationSample } from '../fleet/client';
+import { FleetError, MESSAGE_TOO_LARGE } from '../fleet/errors';
 import { samplePicture } from '../report/report';
+import { solveNfe } from '../search/nfe';
 import { BASE_MISSING, type SearchResult } from '../search/run';
-import type { BatchRequest, CandidateOutcome, WireCandidate } from '../search/types';
+import { deriveSeed, SeedStream } from '../search/seeds';
+import { fullSolve, type SamplerSpec } from '../search/spec';
+import type { BatchRequest, CandidateOutcome, SolverName, WireCandidate } from '../search/types';
 import { openStore } from '../store';
 import type { ResultsStore, SearchRecord, StoreConfig } from '../store/types';
 import { canonicalJson } from './hash';
 import { allCells, type CampaignInput, type CampaignItem } from './plan';
+import { baselinePath, samplePath, writeFileAtomic } from './samples';
 
 export interface FinishedSearch {
   campaign: Pick<CampaignInput, 'campaignId' | 'model' | 'evaluation' | 'store' | 'folder'>;
@@ -26,10 +31,6 @@ export interface FailedSearch {
   item: CampaignItem;
   error: string;
   wallSeconds: number;
-}
-
-function pictureFile(folder: string, workflowId: string): string {
-  return path.join(folder, 'samples', `${workflowId.replace(/[^\w.-]+/g, '_')}.svg`);
 }
 
 function baseRecord(campaignId: string, item: CampaignItem, wallSeconds: number): Omit<SearchRecord, 'status' | 'error' | 'result' | 'evaluation' | 'sample' | 'nfeSearch' | 'nfeFinal' | 'nfeTotal' | 'nfeExecuted' | 'verifierSeconds'> {
@@ -99,10 +100,10 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
     recordSearch: classified(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
       const outcome = await evaluateFinalSample(fleet, campaign, item, result);
       if (outcome.error) throw new Error(`evaluating the final sample failed: ${outcome.error.code}: ${outcome.error.message}`);
-      const sample = outcome.sample ?? [];
-      const file = pictureFile(campaign.folder, item.workflowId);
-      mkdirSync(path.dirname(file), { recursive: true });
-      writeFileSync(file, await samplePicture(sample, item.item.label));
+      // An image model's sample is its decoded PNG, kept as a file: the store holds no latent of it.
+      const sample = outcome.image ? [] : (outcome.sample ?? []);
+      if (outcome.image) writeFileAtomic(samplePath(campaign.folder, item.workflowId, 'png'), outcome.image);
+      else writeFileAtomic(samplePath(campaign.folder, item.workflowId, 'svg'), await samplePicture(sample, item.item.label));
       const store = await storeFor(campaign.store);
       await store.upsertSearch({
         ...baseRecord(campaign.campaignId, item, wallSeconds),
@@ -136,16 +137,35 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
       });
     }),
 
-    /** Fréchet distance and Inception-Score analogue of each grid cell's final samples. */
+    /**
+     * For an image model, first the no-search baseline of every (item, seed) the report shows beside its
+     * searches; then the Fréchet distance and Inception-Score analogue of each grid cell's final samples
+     * (an image model's as their PNGs). Returns the cells written.
+     */
     computeCellMetrics: classified(async (input: Omit<CampaignInput, 'items'>): Promise<number> => {
       const store = await storeFor(input.store);
-      const done = (await store.searches(input.campaignId)).filter((s) => s.status === 'done' && s.sample.length > 0);
+      const done = (await store.searches(input.campaignId)).filter((s) => s.status === 'done');
+      const pictured = done.filter((s) => existsSync(samplePath(input.folder, s.workflowId, 'png')));
+      if (pictured.length > 0) await recordBaselines(fleet, input, pictured);
+      const sampleOf = (s: (typeof done)[number]): PopulationSample | null => {
+        const png = samplePath(input.folder, s.workflowId, 'png');
+        if (existsSync(png)) return { image: readFileSync(png), condition: s.spec.condition };
+        return s.sample.length > 0 ? { values: s.sample, condition: s.spec.condition } : null;
+      };
       let written = 0;
       for (const cell of allCells({ ...input, items: [] })) {
-        const samples = done.filter((s) => s.cell === cell).map((s) => ({ values: s.sample, condition: s.spec.condition }));
+        const samples = done.filter((s) => s.cell === cell).map(sampleOf).filter((s): s is PopulationSample => s !== null);
         if (samples.length < 2) continue;
         Context.current().heartbeat({ cell });
-        const metrics = await fleet.population(input.model, samples);
+        let metrics;
+        try {
+          metrics = await fleet.population(input.model, samples);
+        } catch (error) {
+          // A cell too big for one message has no metrics, and the campaign keeps the rest.
+          if (!(error instanceof FleetError && error.code === MESSAGE_TOO_LARGE)) throw error;
+          Context.current().log.warn(`population metrics of cell ${cell} left out: ${error.message}`);
+          continue;
+        }
         await store.upsertCellMetrics({
           campaignId: input.campaignId,
           cell,
@@ -159,6 +179,48 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
       return written;
     }),
   };
+}
+
+/**
+ * The no-search sample of each (item, seed) among `pictured` that has none yet: the noise random search
+ * draws first, generated once with the model's default sampler and scored by the evaluation verifiers,
+ * a batch of seeds per item. Its NFEs are outside every search's budget.
+ */
+async function recordBaselines(fleet: Fleet, input: Omit<CampaignInput, 'items'>, pictured: Array<{ itemId: string; seed: number; spec: { condition: BatchRequest['condition'] } }>): Promise<void> {
+  const missing = new Map<string, { condition: BatchRequest['condition']; seeds: Set<number> }>();
+  for (const s of pictured) {
+    if (existsSync(baselinePath(input.folder, s.itemId, s.seed, 'json'))) continue;
+    const entry = missing.get(s.itemId) ?? { condition: s.spec.condition, seeds: new Set<number>() };
+    entry.seeds.add(s.seed);
+    missing.set(s.itemId, entry);
+  }
+  if (missing.size === 0) return;
+  const model = await fleet.describe(input.model);
+  const sampler: SamplerSpec = { solver: model.defaultSolver as SolverName, steps: model.defaultSteps };
+  const solve = fullSolve(model.sigmaMax, sampler);
+  for (const [itemId, { condition, seeds }] of missing) {
+    const all = [...seeds].sort((a, b) => a - b);
+    for (let start = 0; start < all.length; start += Math.max(1, model.maxBatch)) {
+      Context.current().heartbeat({ baseline: itemId });
+      const chunk = all.slice(start, start + Math.max(1, model.maxBatch));
+      const candidates: WireCandidate[] = chunk.map((seed) => ({
+        id: `baseline-${seed}`,
+        lineage: { noise: { seed: deriveSeed(seed, SeedStream.randomNoise, 0), perturbations: [] }, ops: [{ solve }] },
+        scoreXpred: false,
+      }));
+      const batch = await fleet.evaluate({ model: input.model, condition, verifiers: input.evaluation, candidates, returnSamples: true });
+      for (const [i, seed] of chunk.entries()) {
+        const outcome = batch.outcomes.find((o) => o.id === candidates[i].id);
+        if (!outcome || outcome.error || !outcome.image) {
+          const why = outcome?.error ? `${outcome.error.code}: ${outcome.error.message}` : 'no image came back';
+          throw new Error(`the no-search baseline of ${itemId}, seed ${seed}, failed: ${why}`);
+        }
+        writeFileAtomic(baselinePath(input.folder, itemId, seed, 'png'), outcome.image);
+        // The scores last: a baseline counts as recorded once its picture is there.
+        writeFileAtomic(baselinePath(input.folder, itemId, seed, 'json'), JSON.stringify({ evaluation: outcome.scores, nfe: solveNfe(solve) }));
+      }
+    }
+  }
 }
 
 export type CampaignActivities = ReturnType<typeof createCampaignActivities>;

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { type Client, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { CampaignInput } from '../campaign/plan';
+import { loadSampleImages } from '../campaign/samples';
 import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
 import { stateDir } from '../embedded/paths';
 import { writeReport } from '../report/report';
@@ -255,7 +256,11 @@ export async function writeCampaignReport(campaignId: string, storeConfig: Store
   try {
     const campaign = await store.getCampaign(campaignId);
     if (!campaign) throw new UsageError(`campaign ${campaignId}: not in the results store`);
-    return await writeReport({ campaign, searches: await store.searches(campaignId), cellMetrics: await store.cellMetrics(campaignId) }, out);
+    const searches = await store.searches(campaignId);
+    // An image model's pictures are files in the campaign's folder, on this machine when it ran the workers.
+    const folder = (campaign.spec as { folder?: unknown } | null)?.folder;
+    const images = typeof folder === 'string' ? loadSampleImages(folder, searches) : undefined;
+    return await writeReport({ campaign, searches, cellMetrics: await store.cellMetrics(campaignId), images }, out);
   } finally {
     await store.close();
   }

@@ -6,8 +6,17 @@ import * as grpc from '@grpc/grpc-js';
 import pLimit from 'p-limit';
 import { opsNfe } from '../search/nfe';
 import type { BatchOutcome, BatchRequest, CandidateOutcome, Condition, ModelInfo, PopulationMetrics } from '../search/types';
-import { classifyGrpcError, FleetError } from './errors';
+import { classifyGrpcError, FleetError, MESSAGE_TOO_LARGE } from './errors';
 import { services } from './proto';
+
+/**
+ * The largest gRPC message either end takes, as the model servers' default (--max-message-mb 256): an
+ * image model's batch of PNGs, or a cell's samples for population metrics, is megabytes.
+ */
+export const MAX_MESSAGE_BYTES = 256 << 20;
+
+/** A final sample for population metrics: a latent model's values, or an image model's decoded PNG. */
+export type PopulationSample = { values: number[]; condition: Condition } | { image: Uint8Array; condition: Condition };
 
 export interface FleetOptions {
   /** Deadline of one Evaluate call, before what its NFEs add (`msPerNfe`). */
@@ -168,7 +177,7 @@ export class Fleet {
     this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
     this.recheckMs = options.recheckMs ?? 500;
     const { Denoiser, Verifier, Health } = services();
-    const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': 64 << 20 };
+    const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES };
     this.endpoints = addresses.map((address) => ({
       address,
       denoiser: new Denoiser(address, grpc.credentials.createInsecure(), channelOptions),
@@ -275,10 +284,24 @@ export class Fleet {
     });
   }
 
-  /** Population metrics (Frechet distance, Inception-Score analogue) of final samples against the model's true distribution. */
-  async population(model: string, samples: Array<{ values: number[]; condition: Condition }>): Promise<PopulationMetrics> {
+  /**
+   * Population metrics (Frechet distance, Inception-Score analogue) of final samples against the model's
+   * true distribution; an image model's samples go as their PNGs.
+   */
+  async population(model: string, samples: PopulationSample[]): Promise<PopulationMetrics> {
+    const bytes = samples.reduce((sum, s) => sum + ('image' in s ? s.image.length : 4 * s.values.length) + 256, 0);
+    if (bytes > MAX_MESSAGE_BYTES) {
+      throw new FleetError(MESSAGE_TOO_LARGE, `population: ${samples.length} samples make a request of ${(bytes / 2 ** 20).toFixed(0)} MiB, over the ${MAX_MESSAGE_BYTES / 2 ** 20} MiB a gRPC message may carry; use fewer items or seeds per cell`, false);
+    }
     return this.onEndpoint(model, async (endpoint) => {
-      const request = { samples: samples.map((s) => ({ values: s.values, shape: endpoint.model!.latentShape, condition: s.condition })) };
+      const described = endpoint.model!;
+      const request = {
+        samples: samples.map((s) =>
+          'image' in s
+            ? { image: Buffer.from(s.image), shape: described.imageShape, condition: toCondition(s.condition) }
+            : { values: s.values, shape: described.latentShape, condition: toCondition(s.condition) },
+        ),
+      };
       const r: any = await unary(endpoint.verifier, 'Population', request, this.callDeadlineMs);
       return { frechetDistance: r.frechetDistance, inceptionScore: r.inceptionScore, samples: r.samples, referenceSamples: r.referenceSamples };
     });

@@ -1,11 +1,15 @@
-// A campaign's report: one self-contained HTML document (inline CSS and SVG only: no script, no font, no
-// image and no stylesheet from anywhere else, readable without JavaScript), laid out like the figures and
-// tables of Ma et al. 2025 (arXiv 2501.09732): scaling curves against NFEs, the search-verifier x
-// evaluation-verifier table, cost breakdowns, a gallery of the best final samples and the failed searches.
+// A campaign's report: one self-contained HTML document (inline CSS and SVG, and an image model's PNGs
+// as data: URIs: no script, no font, no image and no stylesheet from anywhere else, readable without
+// JavaScript), laid out like the figures and tables of Ma et al. 2025 (arXiv 2501.09732): scaling curves
+// against NFEs, the search-verifier x evaluation-verifier table, cost breakdowns, a gallery of final
+// samples (src/report/gallery.ts) and the failed searches.
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { SampleImages } from '../campaign/samples';
 import type { CampaignRecord, CellMetricsRecord, SearchRecord } from '../store/types';
-import { escapeHtml, inlineSvg, renderSvg, samplePicture, type VlSpec } from './plot';
+import { fmt } from './format';
+import { GALLERY_CSS, GALLERY_PROMPTS, GALLERY_SIZE, imageGallery, latentGallery, MAX_EMBEDDED_BYTES } from './gallery';
+import { escapeHtml, inlineSvg, renderSvg, type VlSpec } from './plot';
 
 export { samplePicture } from './plot';
 
@@ -13,10 +17,9 @@ export interface ReportInput {
   campaign: CampaignRecord;
   searches: SearchRecord[];
   cellMetrics: CellMetricsRecord[];
+  /** An image model's decoded final samples and no-search baselines (src/campaign/samples.ts). */
+  images?: SampleImages;
 }
-
-/** Final samples shown per (algorithm, search verifier set) in the gallery. */
-const GALLERY_SIZE = 4;
 
 // ---------------------------------------------------------------------------------------------------------
 // Numbers and grouping
@@ -35,16 +38,6 @@ function std(values: number[]): number {
 
 function sum(values: number[]): number {
   return values.filter((v) => Number.isFinite(v)).reduce((a, b) => a + b, 0);
-}
-
-/** Significant-digit formatting that reads well in a table: 0.8123, 12.35, 1 234, 1.2e-5. */
-function fmt(value: number, digits = 4): string {
-  if (!Number.isFinite(value)) return '–';
-  const abs = Math.abs(value);
-  if (abs !== 0 && (abs < 1e-3 || abs >= 1e7)) return value.toExponential(2);
-  if (Number.isInteger(value) && abs >= 1000) return value.toLocaleString('en-US');
-  if (abs >= 1000) return Math.round(value).toLocaleString('en-US');
-  return Number(value.toPrecision(digits)).toString();
 }
 
 function fmtSeconds(seconds: number): string {
@@ -433,70 +426,6 @@ function crossTables(groups: Group[], evalVerifiers: string[], byCell: Map<strin
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Gallery
-
-async function gallery(groups: Group[], evalVerifiers: string[]): Promise<string> {
-  const largest = new Map<string, number>();
-  for (const g of groups) largest.set(g.algorithm, Math.max(largest.get(g.algorithm) ?? -Infinity, g.budget));
-  const shown = groups.filter((g) => g.budget === largest.get(g.algorithm));
-  const ranking = evalVerifiers[0];
-  const picks = shown.map((g) => ({
-    group: g,
-    records: [...g.records]
-      .filter((r) => Array.isArray(r.sample) && r.sample.length > 0)
-      .sort((a, b) => {
-        const sa = ranking ? a.evaluation?.[ranking] : NaN;
-        const sb = ranking ? b.evaluation?.[ranking] : NaN;
-        return (Number.isFinite(sb) ? sb! : -Infinity) - (Number.isFinite(sa) ? sa! : -Infinity) || a.itemId.localeCompare(b.itemId) || a.seed - b.seed;
-      })
-      .slice(0, GALLERY_SIZE),
-  }));
-  const all = picks.flatMap((p) => p.records.flatMap((r) => r.sample)).filter((v) => Number.isFinite(v));
-  if (all.length === 0) return '';
-  // One colour scale for the whole gallery, so that the pictures compare.
-  const magnitude = Math.max(1e-9, ...all.map((v) => Math.abs(v)));
-  const domain: [number, number] = [-magnitude, magnitude];
-  const rows: string[] = [];
-  for (const p of picks) {
-    if (p.records.length === 0) continue;
-    const tiles: string[] = [];
-    for (const r of p.records) {
-      const svg = inlineSvg(await samplePicture(r.sample, undefined, { domain, size: 76 }), 'sample', `final sample for ${r.itemLabel}`);
-      const scores = evalVerifiers
-        .filter((v) => r.evaluation?.[v] !== undefined)
-        .map((v) => `<div class="score${v === ranking ? ' rank' : ''}"><span title="${escapeHtml(v)}">${escapeHtml(v)}</span> ${fmt(r.evaluation[v])}</div>`)
-        .join('');
-      tiles.push(`<figure class="tile">${svg}<figcaption><div class="item" title="${escapeHtml(r.itemLabel)}">${escapeHtml(r.itemLabel)}</div><div class="cat">${
-        r.itemCategory ? `${escapeHtml(r.itemCategory)} · ` : ''
-      }seed ${r.seed}</div>${scores}</figcaption></figure>`);
-    }
-    rows.push(`<div class="gallery-row"><h4>${escapeHtml(p.group.algorithm)} <span class="sep">·</span> ${escapeHtml(p.group.verifiers)} <span class="budget">${fmt(p.group.budget)} NFEs</span></h4><div class="tiles">${tiles.join('')}</div></div>`);
-  }
-  const legend = inlineSvg(await colourBar(domain), 'colourbar', 'colour scale of the sample pictures');
-  return `<div class="gallery">${rows.join('\n')}</div><div class="gallery-legend"><span>latent value</span><span>${fmt(domain[0], 2)}</span>${legend}<span>+${fmt(
-    domain[1],
-    2,
-  )}</span></div>`;
-}
-
-async function colourBar(domain: [number, number]): Promise<string> {
-  const steps = 41;
-  const values = Array.from({ length: steps }, (_, i) => ({ v: domain[0] + ((domain[1] - domain[0]) * i) / (steps - 1) }));
-  return renderSvg({
-    width: 220,
-    height: 10,
-    padding: 4,
-    data: { values },
-    mark: { type: 'rect' },
-    encoding: {
-      x: { field: 'v', type: 'ordinal', axis: null },
-      color: { field: 'v', type: 'quantitative', legend: null, scale: { scheme: 'redblue', reverse: true, domain, domainMid: 0 } },
-    },
-    config: { view: { stroke: null } },
-  });
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // The document
 
 const CSS = `
@@ -547,21 +476,6 @@ table.data th.pop { border-left: 1px solid var(--rule); }
 table.data tbody tr:nth-child(even) { background: #fbfbfc; }
 table.compact th, table.compact td { padding: 3px 10px; }
 .costs { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 20px 28px; align-items: start; }
-.gallery-row { margin: 10px 0 16px; }
-.gallery-row h4 .sep { color: var(--muted); }
-.gallery-row h4 .budget { color: var(--muted); font-weight: 400; margin-left: 6px; }
-.tiles { display: flex; flex-wrap: wrap; gap: 12px; }
-figure.tile { width: 246px; padding: 8px; border: 1px solid var(--rule); border-radius: 6px; background: white;
-  display: flex; gap: 10px; align-items: flex-start; }
-figure.tile svg.sample { display: block; flex: none; }
-figure.tile figcaption { font-size: 11.5px; line-height: 1.35; flex: 1; min-width: 0; }
-figure.tile .item { font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-figure.tile .cat { color: var(--muted); margin-bottom: 2px; }
-figure.tile .score { display: flex; justify-content: space-between; font-variant-numeric: tabular-nums; }
-figure.tile .score span { color: var(--muted); overflow: hidden; text-overflow: ellipsis; white-space: nowrap; margin-right: 4px; }
-figure.tile .score.rank { font-weight: 700; }
-figure.tile .score.rank span { color: var(--ink); font-weight: 400; }
-.gallery-legend { display: flex; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); }
 ol.failures { list-style: none; padding: 0; margin: 8px 0; }
 li.failure { border-left: 3px solid #c0392b; background: #fdf6f5; padding: 8px 12px; margin-bottom: 10px; border-radius: 0 4px 4px 0; }
 li.failure .what { font-size: 13px; }
@@ -633,7 +547,8 @@ export async function renderReport(input: ReportInput): Promise<string> {
 
   const scaling = await scalingFigures(groups, evalVerifiers, byCell);
   const costs = await costFigures(groups, done);
-  const galleryHtml = await gallery(groups, evalVerifiers);
+  const pictures = input.images && input.images.searches.size > 0 ? imageGallery(groups, evalVerifiers, input.images) : null;
+  const galleryHtml = pictures ? pictures.html : await latentGallery(groups, evalVerifiers);
 
   const categories =
     dataset.categories.length === 0
@@ -671,14 +586,26 @@ export async function renderReport(input: ReportInput): Promise<string> {
   body.push(groups.length > 0 ? crossTables(groups, evalVerifiers, byCell) : '<p class="note">No finished search.</p>');
   body.push(h2('costs', 'Compute breakdown'));
   body.push(costs.length > 0 ? figuresHtml(costs, counter, 'costs', verifierCostTable(done)) : '<p class="note">No finished search.</p>');
-  body.push(h2('gallery', 'Best final samples at the largest budget'));
-  body.push(
-    galleryHtml
-      ? `<p class="note">For each algorithm and search verifier set, the ${GALLERY_SIZE} final samples with the highest ${
-          evalVerifiers[0] ? `<b>${escapeHtml(evalVerifiers[0])}</b> score` : 'score'
-        }; each latent drawn as a near-square heatmap (4×4 for the 16-dim latent, row-major), blue negative, red positive, one colour scale for all.</p>${galleryHtml}`
-      : '<p class="note">No final sample to show.</p>',
-  );
+  if (pictures) {
+    const shown = Math.min(pictures.prompts, GALLERY_PROMPTS);
+    body.push(h2('gallery', 'Final samples against no search'));
+    body.push(
+      `<p class="note">For ${shown === pictures.prompts ? `each of the ${shown}` : `the first ${shown} of ${pictures.prompts}`} prompts (by item id), at its smallest seed: the no-search baseline (the noise random search draws first, generated once with the model's default sampler, outside every budget) beside the final sample of each algorithm and search verifier set at each budget, with its evaluation scores (${
+        evalVerifiers[0] ? `<b>${escapeHtml(evalVerifiers[0])}</b> first` : 'none'
+      }). Images are the decoded PNGs, embedded in this file as data: URIs, so it opens offline${
+        pictures.left > 0 ? `; ${pictures.left} more over ${MAX_EMBEDDED_BYTES >> 20} MB are left out here and kept in the campaign's samples/ folder` : ''
+      }.</p>${pictures.html}`,
+    );
+  } else {
+    body.push(h2('gallery', 'Best final samples at the largest budget'));
+    body.push(
+      galleryHtml
+        ? `<p class="note">For each algorithm and search verifier set, the ${GALLERY_SIZE} final samples with the highest ${
+            evalVerifiers[0] ? `<b>${escapeHtml(evalVerifiers[0])}</b> score` : 'score'
+          }; each latent drawn as a near-square heatmap (4×4 for the 16-dim latent, row-major), blue negative, red positive, one colour scale for all.</p>${galleryHtml}`
+        : '<p class="note">No final sample to show.</p>',
+    );
+  }
   body.push(h2('failures', 'Failed searches'));
   body.push(failuresHtml(failed));
   body.push(specHtml(campaign.spec));
@@ -690,7 +617,7 @@ export async function renderReport(input: ReportInput): Promise<string> {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escapeHtml(campaign.name)} · noisesearch report</title>
-<style>${CSS}</style>
+<style>${CSS}${GALLERY_CSS}</style>
 </head>
 <body>
 ${body.join('\n')}
