@@ -277,7 +277,7 @@ def test_broken_folders_fail_at_load(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError) as empty:
         sit.load(tmp_path / "empty", CPU, torch.float32)
-    for name in ("SiT-XL-2-256x256.pt|model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model"):
+    for name in ("SiT-XL-2-256x256.pt or model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model"):
         assert name in str(empty.value)
 
     no_vae = copy_folder(folders / "pt", tmp_path / "no_vae")
