@@ -38,12 +38,15 @@ Usage: ${WORKER_USAGE}
   --fleet LIST|FILE  model servers: comma-separated host:port, or a file (JSON {"endpoints": [...]} or one a line)
 `;
 
-const SERVER_USAGE = 'noisesearch server start|stop|status';
+const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME] [--device D] | stop | status';
 const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
 
 Usage: ${SERVER_USAGE}
 
-  start    start (or reuse) the Temporal dev server (persisted to a file) and the gmm model server
+  start    start (or reuse) the Temporal dev server (persisted to a file) and the model server: the embedded
+           gmm, or a PyTorch model from a local folder with its verifiers (docs/real-models.md), e.g.
+             noisesearch server start --model flux=/weights/FLUX.1-dev --verifier clip-score=/weights/clip
+           (the PyTorch extra installs with: .venv/bin/pip install -e 'servers[torch]')
   stop     stop them
   status   say whether each is running and ready
 `;
@@ -78,8 +81,31 @@ async function workerCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The model server's arguments for `server start`, or undefined for whatever runs (the gmm at first). */
+function modelServerArgs(values: { model?: string; models?: string; verifier?: string[]; device?: string; resolution?: string }): string[] | undefined {
+  const { model, models, verifier = [], device, resolution } = values;
+  if (model === undefined) {
+    if (models !== undefined || verifier.length > 0 || device !== undefined || resolution !== undefined) {
+      throw new UsageError(`server start: --models, --verifier, --device and --resolution go with --model; usage: ${SERVER_USAGE}`);
+    }
+    return undefined;
+  }
+  if (model === 'gmm' && (models !== undefined || verifier.length > 0)) throw new UsageError('server start: the embedded gmm hosts its own verifiers; --verifier and --models go with a PyTorch model');
+  return [
+    '--model', model,
+    ...(models !== undefined ? ['--models', models] : []),
+    ...verifier.flatMap((v) => ['--verifier', v]),
+    ...(device !== undefined ? ['--device', device] : []),
+    ...(resolution !== undefined ? ['--resolution', resolution] : []),
+  ];
+}
+
 async function serverCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, {}, SERVER_USAGE);
+  const { values, positionals } = parseFlags(
+    argv,
+    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' } },
+    SERVER_USAGE,
+  );
   if (values.help) {
     process.stdout.write(SERVER_HELP);
     return 0;
@@ -89,7 +115,7 @@ async function serverCommand(argv: string[]): Promise<number> {
     throw new UsageError(`server: "${positionals.join(' ')}" is not an action; usage: ${SERVER_USAGE}`);
   }
   if (action === 'start') {
-    const embedded = await ensureEmbedded({ temporal: true, log: (line) => process.stderr.write(`${line}\n`) });
+    const embedded = await ensureEmbedded({ temporal: true, modelArgs: modelServerArgs(values), log: (line) => process.stderr.write(`${line}\n`) });
     process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
   } else if (action === 'stop') {
     const stopped = await stopEmbedded();

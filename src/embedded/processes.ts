@@ -4,7 +4,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { Connection } from '@temporalio/client';
-import { Fleet } from '../fleet/client';
+import * as grpc from '@grpc/grpc-js';
+import { unary } from '../fleet/client';
+import { services } from '../fleet/proto';
 import { devServerSearchAttributeFlags } from '../temporal/search-attributes';
 import { TEMPORAL_BIN, VENV_PYTHON } from './paths';
 
@@ -29,10 +31,20 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** The last line a process logged: a server that refuses its configuration says why there, in one line. */
+function lastLogLine(log: string): string {
+  try {
+    const lines = readFileSync(log, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean);
+    return lines.length > 0 ? `: ${lines[lines.length - 1]}` : '';
+  } catch {
+    return '';
+  }
+}
+
 async function waitFor(what: string, ready: () => Promise<boolean>, child: ChildProcess | null, timeoutMs: number, log: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child && child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode} while starting; see ${log}`);
+    if (child && child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode} while starting${lastLogLine(log)} (log: ${log})`);
     if (await ready()) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -93,18 +105,24 @@ export async function startTemporal(options: TemporalOptions): Promise<StartedPr
   return { pid: child.pid!, address, uiPort, child };
 }
 
-export async function modelServerReady(address: string, model: string): Promise<boolean> {
-  const fleet = new Fleet([address], { probeDeadlineMs: 500 });
+/** Whether the server at `address` answers Describe (hosting `model`, when one is named). */
+export async function modelServerReady(address: string, model?: string): Promise<boolean> {
+  const { Denoiser } = services();
+  const client = new Denoiser(address, grpc.credentials.createInsecure());
   try {
-    return await fleet.describe(model).then(() => true, () => false);
+    const described = await unary<object, { model: string }>(client, 'Describe', {}, 500);
+    return model === undefined || described.model === model;
+  } catch {
+    return false;
   } finally {
-    fleet.close();
+    client.close();
   }
 }
 
 export interface ModelServerOptions {
   logFile: string;
   port?: number;
+  /** The server's --model: a name (gmm), or NAME=DIR for a PyTorch model loaded from a folder. */
   model?: string;
   extraArgs?: string[];
   detached?: boolean;
@@ -116,7 +134,9 @@ export async function startModelServer(options: ModelServerOptions): Promise<Sta
   const args = ['-m', 'noisesearch_server', '--host', '127.0.0.1', '--port', String(port), '--model', model, ...(options.extraArgs ?? [])];
   const child = spawnLogged(VENV_PYTHON, args, options.logFile, options.detached ?? false);
   const address = `127.0.0.1:${port}`;
-  await waitFor('model server', () => modelServerReady(address, model), child, 60_000, options.logFile);
+  // A real model reads gigabytes of weights before it serves; the embedded one is up in seconds.
+  const embedded = model === 'gmm';
+  await waitFor('model server', () => modelServerReady(address, embedded ? model : undefined), child, embedded ? 60_000 : 1_800_000, options.logFile);
   return { pid: child.pid!, address, child };
 }
 

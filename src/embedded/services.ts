@@ -11,6 +11,8 @@ interface ServiceRecord {
   pid: number;
   address: string;
   uiPort?: number;
+  /** The model server's model and verifiers (`--model flux=DIR --verifier ...`); absent for the embedded gmm. */
+  args?: string[];
 }
 
 type ServicesRecord = Partial<Record<ServiceName, ServiceRecord>>;
@@ -47,7 +49,7 @@ export interface ServiceStatus {
 
 async function isReady(name: ServiceName, record: ServiceRecord): Promise<boolean> {
   if (!runs(record.pid, COMMAND_OF[name])) return false;
-  return name === 'temporal' ? temporalReady(record.address) : modelServerReady(record.address, EMBEDDED_MODEL);
+  return name === 'temporal' ? temporalReady(record.address) : modelServerReady(record.address, record.args ? undefined : EMBEDDED_MODEL);
 }
 
 export async function serviceStatus(): Promise<ServiceStatus[]> {
@@ -76,9 +78,15 @@ export interface Embedded {
   started: ServiceName[];
 }
 
-async function ensure(name: ServiceName, record: ServicesRecord, log: (line: string) => void): Promise<boolean> {
+function sameArgs(a: string[] | undefined, b: string[] | undefined): boolean {
+  return JSON.stringify(a ?? []) === JSON.stringify(b ?? []);
+}
+
+async function ensure(name: ServiceName, record: ServicesRecord, log: (line: string) => void, modelArgs?: string[]): Promise<boolean> {
   const existing = record[name];
-  if (existing && (await isReady(name, existing))) return false;
+  // A model server is reused unless another model was asked for (`server start --model ...`).
+  const wantedModel = name !== 'modelServer' || modelArgs === undefined || sameArgs(existing?.args, modelArgs);
+  if (existing && wantedModel && (await isReady(name, existing))) return false;
   if (existing) await stopRecorded(name, existing);
   const dir = stateDir();
   mkdirSync(dir, { recursive: true });
@@ -87,9 +95,11 @@ async function ensure(name: ServiceName, record: ServicesRecord, log: (line: str
     const t = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log'), detached: true });
     record.temporal = { pid: t.pid, address: t.address, uiPort: t.uiPort };
   } else {
-    log('starting model server (gmm)');
-    const m = await startModelServer({ logFile: path.join(dir, 'model-server.log'), model: EMBEDDED_MODEL, detached: true });
-    record.modelServer = { pid: m.pid, address: m.address };
+    const args = modelArgs ?? existing?.args;
+    const [, model = EMBEDDED_MODEL, ...extraArgs] = args ?? [];
+    log(`starting model server (${model})`);
+    const m = await startModelServer({ logFile: path.join(dir, 'model-server.log'), model, extraArgs, detached: true });
+    record.modelServer = { pid: m.pid, address: m.address, ...(args ? { args } : {}) };
   }
   writeRecord(record);
   return true;
@@ -97,12 +107,12 @@ async function ensure(name: ServiceName, record: ServicesRecord, log: (line: str
 
 /** Starts (or reuses) the embedded services. */
 /** Starts (or reuses) the embedded Temporal dev server and model server, whichever are asked for. */
-export async function ensureEmbedded(options: { temporal: boolean; modelServer?: boolean; log?: (line: string) => void }): Promise<Embedded> {
+export async function ensureEmbedded(options: { temporal: boolean; modelServer?: boolean; modelArgs?: string[]; log?: (line: string) => void }): Promise<Embedded> {
   const log = options.log ?? (() => {});
   const record = readRecord();
   const started: ServiceName[] = [];
   const wanted = ([options.temporal && 'temporal', (options.modelServer ?? true) && 'modelServer'] as const).filter((name): name is ServiceName => Boolean(name));
-  await Promise.all(wanted.map(async (name) => (await ensure(name, record, log)) && started.push(name)));
+  await Promise.all(wanted.map(async (name) => (await ensure(name, record, log, options.modelArgs)) && started.push(name)));
   return {
     temporalAddress: record.temporal?.address,
     uiUrl: record.temporal?.uiPort ? `http://127.0.0.1:${record.temporal.uiPort}` : undefined,
