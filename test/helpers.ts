@@ -11,9 +11,10 @@ export function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), `noisesearch-${prefix}-`));
 }
 
-export async function withModelServer(extraArgs: string[] = [], port?: number): Promise<StartedProcess & { logFile: string }> {
+/** A model server: the embedded gmm, or `model` = NAME=DIR for a PyTorch model from a folder. */
+export async function withModelServer(extraArgs: string[] = [], port?: number, model?: string): Promise<StartedProcess & { logFile: string }> {
   const logFile = path.join(tempDir('model-server'), 'server.log');
-  return { ...(await startModelServer({ logFile, extraArgs, port })), logFile };
+  return { ...(await startModelServer({ logFile, extraArgs, port, model })), logFile };
 }
 
 export async function stopServer(server: StartedProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
