@@ -22,7 +22,10 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
-    for name in ("sit", "flux", "dino-imagenet", "selfsup", "clip-score", "aesthetic"):
+    for name in (
+        "sit", "flux", "sdxl", "pixart-sigma", "dino-imagenet", "selfsup", "clip-score", "aesthetic", "pickscore",
+        "clip-imagenet", "imagereward",
+    ):
         save_tiny(name, root / name)
     return root
 
@@ -141,6 +144,60 @@ async def test_a_text_model_takes_prompts_and_refuses_classes(folders):
     finally:
         await channel.close()
         await running.stop(grace=0.1)
+
+
+@pytest.mark.parametrize(
+    ("model", "verifiers", "condition"),
+    [
+        ("sdxl", ("pickscore", "imagereward"), {"prompt": "a corgi on a skateboard", "negative_prompt": "blurry"}),
+        ("pixart-sigma", ("clip-score", "aesthetic"), {"prompt": "a bowl of ramen"}),
+        ("sit", ("clip-imagenet", "dino-imagenet"), {"class_label": 4}),
+    ],
+)
+async def test_every_model_and_verifier_serves_bit_identical_results_warm_and_cold(folders, model, verifiers, condition):
+    argv = ["--model", f"{model}={folders / model}", *[a for v in verifiers for a in ("--verifier", f"{v}={folders / v}")]]
+    running, channel, denoiser, pb = await serve(argv)
+    try:
+        described = await denoiser.Describe(pb.DescribeRequest())
+        sigma_max = described.sigma_max
+        candidates = []
+        for seed in (11, 12):
+            message = candidate(pb, seed, pb.Condition(**condition), steps=2, solver="euler")
+            message.lineage.ops[0].solve.sigma_from = sigma_max
+            candidates.append(message)
+        request = pb.EvaluateRequest(verifiers=list(verifiers), return_samples=True, candidates=candidates)
+        warm_up = await denoiser.Evaluate(request)
+        cached = await denoiser.Evaluate(request)
+    finally:
+        await channel.close()
+        await running.stop(grace=0.1)
+    cold_server, cold_channel, cold_denoiser, _ = await serve(argv)
+    try:
+        cold = await cold_denoiser.Evaluate(request)
+    finally:
+        await cold_channel.close()
+        await cold_server.stop(grace=0.1)
+    assert cached.cache_hits == 2 and cold.cache_hits == 0
+    for first, again, fresh in zip(warm_up.results, cached.results, cold.results):
+        assert not first.HasField("error"), first.error
+        assert set(first.scores) == set(verifiers) and first.nfe_logical == 2
+        assert picture(first.image).shape == (described.image_shape[1], described.image_shape[2], 3)
+        for other in (again, fresh):
+            assert dict(other.scores) == dict(first.scores) and other.image == first.image
+    assert warm_up.results[0].image != warm_up.results[1].image
+
+
+def test_a_missing_torch_extra_names_the_command_that_installs_it(folders, monkeypatch):
+    import importlib.util
+
+    from noisesearch_server import server
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(server.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(ConfigError) as refused:
+        build_backend(parse_args(["--model", f"flux={folders / 'flux'}"]))
+    assert str(refused.value).endswith("PyTorch models need the torch extra; run pip install -e 'servers[torch]' "
+                                       "(in the project's .venv: npm test installs it)")
 
 
 @pytest.mark.parametrize(
