@@ -50,6 +50,27 @@ describe('class datasets', () => {
     ]);
   });
 
+  it('labels ImageNet classes by name from a names file (BOM and CRLF allowed), and refuses a file of the wrong length', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'noisesearch-names-'));
+    const names = path.join(dir, 'imagenet_classes.txt');
+    fs.writeFileSync(names, `\uFEFF${Array.from({ length: 1000 }, (_, i) => `name ${i}`).join('\r\n')}\r\n`);
+    assert.deepEqual(loadDataset({ kind: 'imagenet', classes: [1, 207], names }), [
+      { id: 'imagenet-1', condition: { classLabel: 1 }, label: 'name 1 (ImageNet class 1)' },
+      { id: 'imagenet-207', condition: { classLabel: 207 }, label: 'name 207 (ImageNet class 207)' },
+    ]);
+    const short = path.join(dir, 'short.txt');
+    fs.writeFileSync(short, 'tench\n\ngoldfish\n');
+    assert.deepEqual(validateDatasetSpec({ kind: 'imagenet', classes: [1], names: short }, 'dataset'), [
+      `dataset.names: ${short} has 3 lines (line 2 is blank); want 1000 class names, one a line, in class-id order`,
+    ]);
+    assert.deepEqual(validateDatasetSpec({ kind: 'imagenet', classes: [1], names: path.join(dir, 'absent.txt') }, 'dataset'), [
+      `dataset.names: file ${path.join(dir, 'absent.txt')} does not exist; give a file of 1000 class names, one a line`,
+    ]);
+    assert.deepEqual(validateDatasetSpec({ kind: 'gmm-classes', classes: [1], names: short }, 'dataset'), [
+      'dataset.names: not a field of a gmm-classes dataset; use kind, classes',
+    ]);
+  });
+
   it('reports every problem with the spec, one line each naming the field', () => {
     assert.deepEqual(validateDatasetSpec({ kind: 'gmm-classes', classes: [1, 2, -1, 1.5, '3', 2] }, 'dataset'), [
       'dataset.classes[2]: -1 is not a class id (a whole number >= 0)',

@@ -86,12 +86,15 @@ function resolveDataset(spec: unknown, field: string): Resolved {
     return { items: [], problems: [`${field}.kind: ${show(kind)} is not one of ${DATASET_KINDS.join(', ')}`] };
   }
   const k = kind as DatasetKind;
-  const allowed = CLASS_KINDS.has(k) ? ['kind', 'classes'] : ['kind', 'path', 'limit'];
+  const allowed = k === 'imagenet' ? ['kind', 'classes', 'names'] : CLASS_KINDS.has(k) ? ['kind', 'classes'] : ['kind', 'path', 'limit'];
   for (const key of Object.keys(spec)) {
     if (!allowed.includes(key)) problems.push(`${field}.${key}: not a field of a ${k} dataset; use ${allowed.join(', ')}`);
   }
   if (CLASS_KINDS.has(k)) {
-    const items = classItems(k, spec.classes, field, problems);
+    const names = k === 'imagenet' && spec.names !== undefined ? classNames(spec.names, `${field}.names`, problems) : null;
+    const items = classItems(k, spec.classes, field, problems).map((item) =>
+      names ? { ...item, label: `${names[item.condition.classLabel!]} (ImageNet class ${item.condition.classLabel})` } : item,
+    );
     return { items, problems };
   }
 
@@ -112,6 +115,27 @@ function resolveDataset(spec: unknown, field: string): Resolved {
   const items = fileItems(k, file, pathField, problems);
   const limited = typeof limit === 'number' && Number.isInteger(limit) && limit >= 1 ? items.slice(0, limit) : items;
   return { items: limited, problems };
+}
+
+/** ImageNet's class names, one a line in class-id order (the file the clip-imagenet verifier reads too). */
+function classNames(file: unknown, field: string, problems: string[]): string[] | null {
+  if (typeof file !== 'string' || file.trim() === '') {
+    problems.push(`${field}: ${show(file)} is not a path; give a file of ${IMAGENET_CLASSES} class names, one a line`);
+    return null;
+  }
+  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  if (stat === undefined || !stat.isFile()) {
+    problems.push(`${field}: file ${file} does not exist; give a file of ${IMAGENET_CLASSES} class names, one a line`);
+    return null;
+  }
+  const names = stripBom(fs.readFileSync(file, 'utf8')).split(/\r?\n/).map((l) => l.trim());
+  while (names.length > 0 && names[names.length - 1] === '') names.pop();
+  const blank = names.findIndex((n) => n === '');
+  if (names.length !== IMAGENET_CLASSES || blank >= 0) {
+    problems.push(`${field}: ${file} has ${names.length} lines${blank >= 0 ? ` (line ${blank + 1} is blank)` : ''}; want ${IMAGENET_CLASSES} class names, one a line, in class-id order`);
+    return null;
+  }
+  return names;
 }
 
 function classItems(kind: DatasetKind, classes: unknown, field: string, problems: string[]): DatasetItem[] {

@@ -26,7 +26,7 @@ export interface GenevalObject {
 
 export type DatasetSpec =
   | { kind: 'gmm-classes'; classes: number[] }
-  | { kind: 'imagenet'; classes: number[] }
+  | { kind: 'imagenet'; classes: number[]; /** One class name a line, in id order: labels read "goldfish (ImageNet class 1)". */ names?: string }
   | { kind: 'drawbench'; path: string; limit?: number }
   | { kind: 'partiprompts'; path: string; limit?: number }
   | { kind: 't2i-compbench'; path: string; limit?: number }
