@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,8 @@ from typing import Any
 import torch
 
 from ..backend import ConfigError
+from . import vp
 from .common import require_files
-from .vp import (
-    VPEpsilonDenoiser,
-    check_options,
-    check_resolution,
-    folder_fingerprint,
-    load_component,
-    read_json,
-    trained_sigmas,
-    vae_dtype,
-    variant,
-    vp_spec,
-    weights,
-)
 
 NAME = "pixart-sigma"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -38,46 +25,33 @@ OPTIONS = ("resolution",)
 # PixArtSigmaPipeline's max_sequence_length: the length T5 embeddings are padded (and truncated) to.
 MAX_SEQUENCE_LENGTH = 300
 REQUIRED = [
-    "transformer/config.json", weights("transformer", "diffusion_pytorch_model"),
-    "vae/config.json", weights("vae", "diffusion_pytorch_model"),
-    "text_encoder/config.json", weights("text_encoder", "model"),
+    "transformer/config.json", vp.weights("transformer", "diffusion_pytorch_model"),
+    "vae/config.json", vp.weights("vae", "diffusion_pytorch_model"),
+    "text_encoder/config.json", vp.weights("text_encoder", "model"),
     "tokenizer/spiece.model|tokenizer/tokenizer.json",
     "scheduler/scheduler_config.json",
 ]
 
 
-class PixArtSigma(VPEpsilonDenoiser):
+class PixArtSigma(vp.VPEpsilonDenoiser):
     def __init__(self, root: Path, device: torch.device, dtype: torch.dtype, resolution: int | None):
-        from diffusers import AutoencoderKL, PixArtTransformer2DModel
+        from diffusers import PixArtTransformer2DModel
         from transformers import T5EncoderModel, T5Tokenizer
 
         what = f"{NAME} ({root})"
-        common = {"local_files_only": True}
-        self.transformer = load_component(f"{what} transformer", lambda: PixArtTransformer2DModel.from_pretrained(
-            root, subfolder="transformer", torch_dtype=dtype,
-            variant=variant(root, "transformer", "diffusion_pytorch_model"), **common))
-        vae_config = AutoencoderKL.load_config(root, subfolder="vae", **common)
-        vae = load_component(f"{what} vae", lambda: AutoencoderKL.from_pretrained(
-            root, subfolder="vae", torch_dtype=vae_dtype(vae_config, dtype),
-            variant=variant(root, "vae", "diffusion_pytorch_model"), **common))
-        self.text_encoder = load_component(f"{what} text_encoder", lambda: T5EncoderModel.from_pretrained(
-            root, subfolder="text_encoder", dtype=dtype, variant=variant(root, "text_encoder", "model"), **common))
-        self.tokenizer = load_component(f"{what} tokenizer", lambda: T5Tokenizer.from_pretrained(
-            root, subfolder="tokenizer", **common))
-        for module in (self.transformer, vae, self.text_encoder):
-            module.to(device).eval().requires_grad_(False)
+        self.transformer = vp.load_network(what, PixArtTransformer2DModel, root, "transformer", device, dtype)
+        vae = vp.load_vae(what, root, device, dtype)
+        self.text_encoder = vp.load_network(what, T5EncoderModel, root, "text_encoder", device, dtype)
+        self.tokenizer = vp.load_tokenizer(what, T5Tokenizer, root, "tokenizer")
         if self.transformer.use_additional_conditions:
             raise ConfigError(f"{what}: the transformer takes resolution and aspect-ratio conditions (PixArt-Alpha); "
                               "this loader serves PixArt-Sigma")
         config = self.transformer.config
-        sigmas = trained_sigmas(read_json(root / "scheduler" / "scheduler_config.json"), f"{what} scheduler")
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = check_resolution(what, config.sample_size * scale if resolution is None else resolution,
-                                      scale * config.patch_size)
+        sigmas = vp.scheduler_sigmas(root, what)
+        scale = vp.vae_scale(vae)
+        resolution = vp.check_resolution(what, resolution, config.sample_size * scale, scale * config.patch_size)
         self.learned_sigma = config.out_channels // 2 == config.in_channels
-        latent = resolution // scale
-        identity = f"{NAME}:{resolution}px:{str(dtype).removeprefix('torch.')}:{folder_fingerprint(root, SUBFOLDERS)}"
-        spec = vp_spec(NAME, sigmas, (config.in_channels, latent, latent), (3, resolution, resolution), 4.5, identity)
+        spec = vp.vp_spec(NAME, root, SUBFOLDERS, dtype, sigmas, config.in_channels, resolution, scale, 4.5)
         super().__init__(spec, device, dtype, sigmas, vae)
 
     def embed(self, text: str, negative: bool) -> tuple[torch.Tensor, ...]:
@@ -101,7 +75,7 @@ class PixArtSigma(VPEpsilonDenoiser):
 def load(folder: str | Path, device: torch.device, dtype: torch.dtype, **options: Any) -> PixArtSigma:
     """Options: resolution (pixels per side; default the transformer's sample_size times the VAE's scale,
     1024 for PixArt-Sigma-XL-2-1024-MS)."""
-    check_options(NAME, options, OPTIONS)
+    vp.check_options(NAME, options, OPTIONS)
     root = require_files(NAME, folder, REQUIRED)
     return PixArtSigma(root, device, dtype, options.get("resolution"))
 
@@ -134,12 +108,12 @@ def write_t5_tokenizer(folder: Path) -> int:
 def save_tiny(folder: str | Path, seed: int = 0) -> None:
     """A random-weight PixArt-Sigma of a few hundred kB, saved by PixArtSigmaPipeline.save_pretrained with the
     real folder's layout and scheduler config; 64 x 64 images (8 x 8 latents)."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     root = Path(folder)
-    scratch = root / "_tokenizer"
-    vocab_size = write_t5_tokenizer(scratch)
+    scratch = root / "_tokenizers"
+    vocab_size = write_t5_tokenizer(scratch / "tokenizer")
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
         sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
@@ -147,11 +121,7 @@ def save_tiny(folder: str | Path, seed: int = 0) -> None:
         num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
         use_additional_conditions=False,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-        sample_size=64, scaling_factor=0.13025, force_upcast=True,
-    )
+    vae = vp.tiny_vae()
     text_encoder = T5EncoderModel(T5Config(
         vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
@@ -160,9 +130,7 @@ def save_tiny(folder: str | Path, seed: int = 0) -> None:
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon",
     )
-    pipeline = PixArtSigmaPipeline(tokenizer=T5Tokenizer.from_pretrained(scratch), text_encoder=text_encoder,
-                                   vae=vae, transformer=transformer, scheduler=scheduler)
-    pipeline.save_pretrained(root)
-    # save_pretrained writes tokenizer.json; the released folder holds spiece.model: load that.
-    shutil.rmtree(root / "tokenizer")
-    shutil.move(scratch, root / "tokenizer")
+    pipeline = PixArtSigmaPipeline(tokenizer=T5Tokenizer.from_pretrained(scratch / "tokenizer"),
+                                   text_encoder=text_encoder, vae=vae, transformer=transformer,
+                                   scheduler=scheduler)
+    vp.save_with_tokenizers(pipeline, root, scratch)

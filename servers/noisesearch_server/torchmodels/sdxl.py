@@ -9,7 +9,6 @@ CLIP text encoders concatenated, the pooled projection of the second, and the si
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,8 @@ from typing import Any
 import torch
 
 from ..backend import ConfigError
+from . import vp
 from .common import require_files
-from .vp import (
-    VPEpsilonDenoiser,
-    check_options,
-    check_resolution,
-    folder_fingerprint,
-    load_component,
-    read_json,
-    trained_sigmas,
-    vae_dtype,
-    variant,
-    vp_spec,
-    weights,
-)
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 OPTIONS = ("name", "resolution")
@@ -41,61 +28,47 @@ def tokenizer_files(sub: str) -> list[str]:
 
 
 REQUIRED = [
-    "unet/config.json", weights("unet", "diffusion_pytorch_model"),
-    "vae/config.json", weights("vae", "diffusion_pytorch_model"),
-    "text_encoder/config.json", weights("text_encoder", "model"),
-    "text_encoder_2/config.json", weights("text_encoder_2", "model"),
+    "unet/config.json", vp.weights("unet", "diffusion_pytorch_model"),
+    "vae/config.json", vp.weights("vae", "diffusion_pytorch_model"),
+    "text_encoder/config.json", vp.weights("text_encoder", "model"),
+    "text_encoder_2/config.json", vp.weights("text_encoder_2", "model"),
     *tokenizer_files("tokenizer"), *tokenizer_files("tokenizer_2"),
     "scheduler/scheduler_config.json",
 ]
 
 
-class SDXL(VPEpsilonDenoiser):
+class SDXL(vp.VPEpsilonDenoiser):
     def __init__(self, root: Path, device: torch.device, dtype: torch.dtype, name: str, resolution: int | None):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         what = f"{name} ({root})"
-        common = {"local_files_only": True}
-        self.unet = load_component(f"{what} unet", lambda: UNet2DConditionModel.from_pretrained(
-            root, subfolder="unet", torch_dtype=dtype, variant=variant(root, "unet", "diffusion_pytorch_model"),
-            **common))
-        vae_config = AutoencoderKL.load_config(root, subfolder="vae", **common)
-        vae = load_component(f"{what} vae", lambda: AutoencoderKL.from_pretrained(
-            root, subfolder="vae", torch_dtype=vae_dtype(vae_config, dtype),
-            variant=variant(root, "vae", "diffusion_pytorch_model"), **common))
-        self.text_encoder = load_component(f"{what} text_encoder", lambda: CLIPTextModel.from_pretrained(
-            root, subfolder="text_encoder", dtype=dtype, variant=variant(root, "text_encoder", "model"), **common))
-        self.text_encoder_2 = load_component(f"{what} text_encoder_2", lambda: CLIPTextModelWithProjection.from_pretrained(
-            root, subfolder="text_encoder_2", dtype=dtype, variant=variant(root, "text_encoder_2", "model"), **common))
-        self.tokenizer = load_component(f"{what} tokenizer", lambda: CLIPTokenizer.from_pretrained(
-            root, subfolder="tokenizer", **common))
-        self.tokenizer_2 = load_component(f"{what} tokenizer_2", lambda: CLIPTokenizer.from_pretrained(
-            root, subfolder="tokenizer_2", **common))
-        for module in (self.unet, vae, self.text_encoder, self.text_encoder_2):
-            module.to(device).eval().requires_grad_(False)
+        self.unet = vp.load_network(what, UNet2DConditionModel, root, "unet", device, dtype)
+        vae = vp.load_vae(what, root, device, dtype)
+        self.text_encoder = vp.load_network(what, CLIPTextModel, root, "text_encoder", device, dtype)
+        self.text_encoder_2 = vp.load_network(what, CLIPTextModelWithProjection, root, "text_encoder_2", device, dtype)
+        self.tokenizer = vp.load_tokenizer(what, CLIPTokenizer, root, "tokenizer")
+        self.tokenizer_2 = vp.load_tokenizer(what, CLIPTokenizer, root, "tokenizer_2")
 
         index = root / "model_index.json"
         # StableDiffusionXLPipeline's default: an absent negative prompt is zero embeddings, not the empty prompt.
-        self.force_zeros = bool(read_json(index).get("force_zeros_for_empty_prompt", True)) if index.exists() else True
-        sigmas = trained_sigmas(read_json(root / "scheduler" / "scheduler_config.json"), f"{what} scheduler")
+        self.force_zeros = (bool(vp.read_json(index).get("force_zeros_for_empty_prompt", True)) if index.exists()
+                            else True)
+        sigmas = vp.scheduler_sigmas(root, what)
 
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        down = 2 ** (len(self.unet.config.down_block_types) - 1)
-        resolution = check_resolution(what, self.unet.config.sample_size * scale if resolution is None else resolution,
-                                      scale * down)
+        config = self.unet.config
+        scale = vp.vae_scale(vae)
+        resolution = vp.check_resolution(what, resolution, config.sample_size * scale,
+                                      scale * 2 ** (len(config.down_block_types) - 1))
         time_ids = [resolution, resolution, 0, 0, resolution, resolution]
         expected = self.unet.add_embedding.linear_1.in_features
-        passed = self.unet.config.addition_time_embed_dim * len(time_ids) + self.text_encoder_2.config.projection_dim
+        passed = config.addition_time_embed_dim * len(time_ids) + self.text_encoder_2.config.projection_dim
         if expected != passed:
             raise ConfigError(f"{what}: the unet expects added embeddings of {expected} values, the text encoders and "
                               f"time ids give {passed}; the folder's components do not belong together")
         self.time_ids = torch.tensor([time_ids], dtype=dtype, device=device)
-        latent = resolution // scale
-        identity = (f"{name}:{resolution}px:{str(dtype).removeprefix('torch.')}:zeros={self.force_zeros}:"
-                    f"{folder_fingerprint(root, SUBFOLDERS)}")
-        spec = vp_spec(name, sigmas, (self.unet.config.in_channels, latent, latent), (3, resolution, resolution),
-                       5.0, identity)
+        spec = vp.vp_spec(name, root, SUBFOLDERS, dtype, sigmas, config.in_channels, resolution, scale, 5.0,
+                       tags=[f"zeros={self.force_zeros}"])
         super().__init__(spec, device, dtype, sigmas, vae)
 
     def embed(self, text: str, negative: bool) -> tuple[torch.Tensor, ...]:
@@ -119,7 +92,7 @@ class SDXL(VPEpsilonDenoiser):
 def load(folder: str | Path, device: torch.device, dtype: torch.dtype, **options: Any) -> SDXL:
     """Options: name ("sdxl"; e.g. "sdxl-dpo" for a fine-tune), resolution (pixels per side; default the
     unet's sample_size times the VAE's scale, 1024 for SDXL)."""
-    check_options("sdxl", options, OPTIONS)
+    vp.check_options("sdxl", options, OPTIONS)
     name = options.get("name", "sdxl")
     root = require_files(name, folder, REQUIRED)
     return SDXL(root, device, dtype, name, options.get("resolution"))
@@ -153,7 +126,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str) -> int:
 def save_tiny(folder: str | Path, seed: int = 0) -> None:
     """A random-weight SDXL of a few hundred kB, saved by StableDiffusionXLPipeline.save_pretrained with the
     real folder's layout and scheduler config; 64 x 64 images (8 x 8 latents)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = Path(folder)
@@ -168,11 +141,7 @@ def save_tiny(folder: str | Path, seed: int = 0) -> None:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
         cross_attention_dim=64, norm_num_groups=1,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-        sample_size=64, scaling_factor=0.13025, force_upcast=True,
-    )
+    vae = vp.tiny_vae()
     text_config = CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=77, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=1,
@@ -189,10 +158,4 @@ def save_tiny(folder: str | Path, seed: int = 0) -> None:
         tokenizer_2=CLIPTokenizer.from_pretrained(scratch / "tokenizer_2"),
         unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
-    pipeline.save_pretrained(root)
-    # save_pretrained writes tokenizer.json; the released folders hold vocab.json and merges.txt: load those.
-    for sub in ("tokenizer", "tokenizer_2"):
-        shutil.rmtree(root / sub)
-        shutil.move(scratch / sub, root / sub)
-    scratch.rmdir()
-
+    vp.save_with_tokenizers(pipeline, root, scratch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,17 +83,35 @@ def folder_fingerprint(root: Path, subfolders: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def scheduler_sigmas(root: Path, what: str) -> np.ndarray:
+    return trained_sigmas(read_json(root / "scheduler" / "scheduler_config.json"), f"{what} scheduler")
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent side: the VAE halves the side at every block but the last."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def vp_spec(
     name: str,
+    root: Path,
+    subfolders: Sequence[str],
+    dtype: torch.dtype,
     sigmas: np.ndarray,
-    latent_shape: tuple[int, ...],
-    image_shape: tuple[int, ...],
+    channels: int,
+    resolution: int,
+    scale: int,
     default_guidance_scale: float,
-    identity: str,
+    tags: Sequence[str] = (),
 ) -> ModelSpec:
+    """The spec of a resolution x resolution model with `channels` latent channels; its identity names the
+    resolution, the dtype, the tags (what else changes its outputs) and the weights' fingerprint."""
+    latent = resolution // scale
+    identity = ":".join([name, f"{resolution}px", str(dtype).removeprefix("torch."), *tags,
+                         folder_fingerprint(root, subfolders)])
     return ModelSpec(
         name=name,
-        latent_shape=latent_shape,
+        latent_shape=(channels, latent, latent),
         sigma_min=float(sigmas[0]),
         sigma_max=float(sigmas[-1]),
         rho=7.0,
@@ -104,7 +123,7 @@ def vp_spec(
         process="ve",
         schedule="karras",
         takes_prompts=True,
-        image_shape=image_shape,
+        image_shape=(3, resolution, resolution),
     )
 
 
@@ -191,7 +210,9 @@ def check_options(what: str, options: dict[str, Any], known: Sequence[str]) -> N
         raise ConfigError(f"{what}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
-def check_resolution(what: str, resolution: Any, multiple: int) -> int:
+def check_resolution(what: str, resolution: Any, default: int, multiple: int) -> int:
+    """The resolution option, `default` when it is not given."""
+    resolution = default if resolution is None else resolution
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0 or resolution % multiple:
         raise ConfigError(f"{what}: resolution {resolution!r} must be a positive multiple of {multiple}")
     return resolution
@@ -215,3 +236,46 @@ def load_component(what: str, make):
         return make()
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"{what}: cannot load it: {error}") from None
+
+
+def load_network(what: str, cls, root: Path, sub: str, device: torch.device, dtype: torch.dtype):
+    """One network of the folder, from root/sub, on the device for inference. diffusers' model classes name
+    their weights diffusion_pytorch_model.* and their dtype argument torch_dtype; transformers' model.* and dtype."""
+    from diffusers import ModelMixin
+
+    base, dtype_arg = ("diffusion_pytorch_model", "torch_dtype") if issubclass(cls, ModelMixin) else ("model", "dtype")
+    network = load_component(f"{what} {sub}", lambda: cls.from_pretrained(
+        root, subfolder=sub, variant=variant(root, sub, base), local_files_only=True, **{dtype_arg: dtype}))
+    return network.to(device).eval().requires_grad_(False)
+
+
+def load_vae(what: str, root: Path, device: torch.device, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    config = AutoencoderKL.load_config(root, subfolder="vae", local_files_only=True)
+    return load_network(what, AutoencoderKL, root, "vae", device, vae_dtype(config, dtype))
+
+
+def load_tokenizer(what: str, cls, root: Path, sub: str):
+    return load_component(f"{what} {sub}", lambda: cls.from_pretrained(root, subfolder=sub, local_files_only=True))
+
+
+def tiny_vae():
+    """The tiny random-weight VAE of the save_tiny folders: SDXL's latent scaling, 8 pixels per latent side."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        sample_size=64, scaling_factor=0.13025, force_upcast=True,
+    )
+
+
+def save_with_tokenizers(pipeline, root: Path, scratch: Path) -> None:
+    """pipeline.save_pretrained(root), then each tokenizer folder replaced by its namesake in scratch:
+    save_pretrained writes tokenizer.json, the released folders hold the slow tokenizers' files; load those."""
+    pipeline.save_pretrained(root)
+    for folder in sorted(scratch.iterdir()):
+        shutil.rmtree(root / folder.name)
+        shutil.move(folder, root / folder.name)
+    scratch.rmdir()
