@@ -244,3 +244,13 @@ def test_missing_or_incomplete_folder(case, folder, tmp_path):
         case.module.load(folder, CPU, torch.float32, resolution=72)
     with pytest.raises(ConfigError, match="unknown option"):
         case.module.load(folder, CPU, torch.float32, **case.unknown_option)
+
+
+def test_a_vae_that_asks_for_upcasting_decodes_in_float32_under_float16():
+    from noisesearch_server.torchmodels.vp import vae_dtype
+
+    # The folder's config as load_config returns it (a dict), and a loaded VAE's (attributes).
+    assert vae_dtype({"force_upcast": True}, torch.float16) == torch.float32
+    assert vae_dtype({"force_upcast": False}, torch.float16) == torch.float16
+    assert vae_dtype(type("Config", (), {"force_upcast": True})(), torch.float16) == torch.float32
+    assert vae_dtype({"force_upcast": True}, torch.bfloat16) == torch.bfloat16

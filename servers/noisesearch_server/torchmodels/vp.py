@@ -200,8 +200,13 @@ class VPEpsilonDenoiser(TorchDenoiser):
 
 
 def vae_dtype(vae_config: Any, dtype: torch.dtype) -> torch.dtype:
-    """The SDXL VAE overflows in float16 (its config says force_upcast): diffusers decodes it in float32."""
-    return torch.float32 if dtype == torch.float16 and getattr(vae_config, "force_upcast", False) else dtype
+    """The SDXL VAE overflows in float16 (its config says force_upcast): diffusers decodes it in float32.
+    `vae_config` is the folder's config (a dict, from load_config) or a loaded VAE's (attributes)."""
+    if isinstance(vae_config, dict):
+        upcast = vae_config.get("force_upcast", False)
+    else:
+        upcast = getattr(vae_config, "force_upcast", False)
+    return torch.float32 if dtype == torch.float16 and upcast else dtype
 
 
 def check_options(what: str, options: dict[str, Any], known: Sequence[str]) -> None:
