@@ -112,6 +112,9 @@ describe('real models (tiny random weights) through Temporal', { timeout: 900_00
       const html = readFileSync(await writeCampaignReport(input.campaignId, input.store, path.join(dir, 'report.html')), 'utf8');
       // Per prompt: the no-search baseline, then random and zero-order at 90 and 150 NFEs.
       assert.equal((html.match(/<img src="data:image\/png;base64,/g) ?? []).length, 2 * (1 + 4));
+      // On pictures the population metrics are FID and IS proper, not the embedded model's analogues.
+      assert.ok(html.includes('FID of each cell’s final pictures') && html.includes('Inception Score of each cell'));
+      assert.ok(!html.includes('Inception Score analogue'));
       const first = records[0];
       assert.ok(html.includes(readFileSync(samplePath(input.folder, first.workflowId, 'png')).toString('base64')));
     } finally {

@@ -197,7 +197,15 @@ function scalingSpec(title: string, yTitle: string, points: ScalingPoint[], logX
   };
 }
 
-async function scalingFigures(groups: Group[], evalVerifiers: string[], byCell: Map<string, CellMetricsRecord>): Promise<Figure[]> {
+/** The population metrics' names: FID and IS proper on an image model's pictures, their analogues on the embedded model. */
+function populationNames(pictures: boolean) {
+  return pictures
+    ? { fd: 'FID', fdCaption: 'FID of each cell’s final pictures against the model server’s reference statistics (lower is better)', is: 'Inception Score', isShort: 'IS' }
+    : { fd: 'Fréchet distance', fdCaption: 'Fréchet distance of each cell’s final samples to the true distribution (lower is better)', is: 'Inception Score analogue', isShort: 'IS analogue' };
+}
+
+async function scalingFigures(groups: Group[], evalVerifiers: string[], byCell: Map<string, CellMetricsRecord>, pictures: boolean): Promise<Figure[]> {
+  const names = populationNames(pictures);
   if (groups.length === 0) return [];
   const base = groups.map((g) => ({
     algorithm: g.algorithm,
@@ -219,16 +227,16 @@ async function scalingFigures(groups: Group[], evalVerifiers: string[], byCell: 
     })),
     {
       name: 'fd',
-      title: 'Fréchet distance',
-      yTitle: 'Fréchet distance ↓',
-      caption: 'Fréchet distance of each cell’s final samples to the true distribution (lower is better), against the mean total NFEs per search.',
+      title: names.fd,
+      yTitle: `${names.fd} ↓`,
+      caption: `${names.fdCaption}, against the mean total NFEs per search.`,
       value: (g: Group) => groupMetrics(g, byCell)?.fd ?? NaN,
     },
     {
       name: 'is',
-      title: 'Inception Score analogue',
-      yTitle: 'IS analogue ↑',
-      caption: 'Inception-Score analogue of each cell’s final samples (higher is better), against the mean total NFEs per search.',
+      title: names.is,
+      yTitle: `${names.isShort} ↑`,
+      caption: `${names.is} of each cell’s final samples (higher is better), against the mean total NFEs per search.`,
       value: (g: Group) => groupMetrics(g, byCell)?.is ?? NaN,
     },
   ];
@@ -545,7 +553,7 @@ export async function renderReport(input: ReportInput): Promise<string> {
   const verifierSets = unique(searches.map(verifierSet)).sort();
   const budgets = unique(searches.map((r) => r.budgetNfe)).sort((a, b) => a - b);
 
-  const scaling = await scalingFigures(groups, evalVerifiers, byCell);
+  const scaling = await scalingFigures(groups, evalVerifiers, byCell, Boolean(input.images && input.images.searches.size > 0));
   const costs = await costFigures(groups, done);
   const pictures = input.images && input.images.searches.size > 0 ? imageGallery(groups, evalVerifiers, input.images) : null;
   const galleryHtml = pictures ? pictures.html : await latentGallery(groups, evalVerifiers);
