@@ -27,7 +27,8 @@ class Solve:
     sigma_to: float
     solver: str
     steps: int
-    schedule: str = "karras"
+    # Empty: the model's own schedule (validation fills it in before any key is computed).
+    schedule: str = ""
     seed: int = 0
 
 
