@@ -189,6 +189,8 @@ describe('campaigns that survive SIGKILL and outages', { timeout: 900_000 }, () 
       const metrics = await store.cellMetrics(input.campaignId);
       assert.equal(metrics.length, 2 * 3, 'population metrics for every grid cell');
       for (const m of metrics) assert.ok(Number.isFinite(m.frechetDistance) && m.inceptionScore >= 1);
+      // The embedded model's server computes no CLIP-FID: none on the wire, none stored.
+      for (const m of metrics) assert.equal(m.clipFrechetDistance, undefined);
     } finally {
       await store.close();
     }

@@ -238,7 +238,9 @@ export async function serveFakeModel(description: Record<string, unknown>, optio
   server.addService((Verifier as any).service, {
     Population: unaryOf((request) => {
       populations.push(request);
-      return { frechetDistance: request.samples.length, inceptionScore: 1, samples: request.samples.length, referenceSamples: 0, featureDim: 0 };
+      // Pictures get a CLIP-FID, as from a server started with --clip-fid; latents none.
+      const pictures = request.samples.some((s: any) => s.image?.length > 0);
+      return { frechetDistance: request.samples.length, inceptionScore: 1, samples: request.samples.length, referenceSamples: 0, featureDim: 0, ...(pictures ? { clipFrechetDistance: 0.25 } : {}) };
     }),
   });
   server.addService((Health as any).service, { Check: unaryOf(() => ({ status: 'SERVING' })) });

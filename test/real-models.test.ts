@@ -105,9 +105,12 @@ describe('real models (tiny random weights) through Temporal', { timeout: 900_00
         const png = readFileSync(samplePath(input.folder, r.workflowId, 'png'));
         assert.ok(png.subarray(0, 8).equals(PNG_SIGNATURE));
       }
-      // Every cell (2 algorithms x 2 budgets) has a real FID and IS over its two pictures.
+      // Every cell (2 algorithms x 2 budgets) has a real FID, IS and CLIP-FID over its two pictures.
       assert.equal(cells.length, 4);
-      for (const c of cells) assert.ok(c.frechetDistance > 0 && c.inceptionScore >= 1 && c.samples === 2, JSON.stringify(c));
+      for (const c of cells) {
+        assert.ok(c.frechetDistance > 0 && c.inceptionScore >= 1 && c.samples === 2, JSON.stringify(c));
+        assert.ok(Number.isFinite(c.clipFrechetDistance) && c.clipFrechetDistance! > 0, `CLIP-FID of ${JSON.stringify(c)}`);
+      }
 
       const html = readFileSync(await writeCampaignReport(input.campaignId, input.store, path.join(dir, 'report.html')), 'utf8');
       // Per prompt: the no-search baseline, then random and zero-order at 90 and 150 NFEs.
@@ -115,6 +118,7 @@ describe('real models (tiny random weights) through Temporal', { timeout: 900_00
       // On pictures the population metrics are FID and IS proper, not the embedded model's analogues.
       assert.ok(html.includes('FID of each cell’s final pictures') && html.includes('Inception Score of each cell'));
       assert.ok(!html.includes('Inception Score analogue'));
+      assert.ok(html.includes("CLIP-FID: Fréchet distance of CLIP image embeddings of each cell's final pictures against the server's reference (lower is better)"));
       const first = records[0];
       assert.ok(html.includes(readFileSync(samplePath(input.folder, first.workflowId, 'png')).toString('base64')));
     } finally {

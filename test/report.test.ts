@@ -233,6 +233,18 @@ describe('campaign report', () => {
     assert.match(await samplePicture([]), /<svg/);
   });
 
+  it('shows CLIP-FID, as a figure and a column, only when some cell has it', async () => {
+    assert.ok(!html.includes('CLIP-FID'), 'no cell has it: no figure, no column');
+    // Half the cells have it (a server restarted with a CLIP reference midway): the figure plots those.
+    const cellMetrics = input.cellMetrics.map((m, i) => (i % 2 === 0 ? { ...m, clipFrechetDistance: 10 + i } : m));
+    const withClip = await renderReport({ ...input, cellMetrics });
+    assert.equal(count(withClip, /<svg class="plot"/g), 9);
+    assert.ok(withClip.includes("CLIP-FID: Fréchet distance of CLIP image embeddings of each cell's final pictures against the server's reference (lower is better)"));
+    const paths = withClip.match(/<table class="data cross" data-algorithm="paths">[\s\S]*?<\/table>/)![0];
+    assert.ok(paths.includes('CLIP-FID&thinsp;↓') && paths.includes('colspan="3" class="group">population'));
+    assert.ok(paths.includes('FD, IS and CLIP-FID are the cell’s population metrics'));
+  });
+
   it('renders an empty campaign without failing', async () => {
     const empty = await renderReport({ campaign: input.campaign, searches: [], cellMetrics: [] });
     assert.ok(empty.includes('No finished search to plot.'));

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
+import { Client } from 'pg';
 import type { SearchResult } from '../src/search/run';
 import { exportSearches } from '../src/store/export';
 import { openStore } from '../src/store/index';
@@ -87,8 +88,20 @@ function campaign(campaignId: string, overrides: Partial<CampaignRecord> = {}): 
   };
 }
 
-/** The whole suite, against one backend; `config()` gives a config for a fresh store of it. */
-function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Promise<void>, tearDown: () => Promise<void>): void {
+/** cell_metrics as stores made before CLIP-FID created it (its column list then), and a row written then. */
+const OLD_CELL_METRICS = {
+  sqlite: `CREATE TABLE cell_metrics (campaign_id TEXT NOT NULL, cell TEXT NOT NULL, samples INTEGER NOT NULL, frechet_distance REAL NOT NULL,
+    inception_score REAL NOT NULL, computed_at TEXT NOT NULL, PRIMARY KEY (campaign_id, cell)) STRICT`,
+  postgres: `CREATE TABLE cell_metrics (campaign_id TEXT COLLATE "C" NOT NULL, cell TEXT COLLATE "C" NOT NULL, samples BIGINT NOT NULL,
+    frechet_distance DOUBLE PRECISION NOT NULL, inception_score DOUBLE PRECISION NOT NULL, computed_at TEXT COLLATE "C" NOT NULL, PRIMARY KEY (campaign_id, cell))`,
+};
+const OLD_ROW = `INSERT INTO cell_metrics VALUES ('old-campaign', 'random|clip|400', 64, 1.5, 2.5, '2024-12-01T00:00:00.000Z')`;
+
+/**
+ * The whole suite, against one backend; `config()` gives a config for a fresh store of it, `oldStore()` one
+ * for a fresh store holding OLD_CELL_METRICS with OLD_ROW.
+ */
+function storeSuite(backend: string, config: () => StoreConfig, oldStore: () => Promise<StoreConfig>, setUp: () => Promise<void>, tearDown: () => Promise<void>): void {
   describe(`results store (${backend})`, () => {
     let store: ResultsStore;
 
@@ -165,9 +178,45 @@ function storeSuite(backend: string, config: () => StoreConfig, setUp: () => Pro
       });
       await store.upsertCellMetrics(metrics('random|clip|400'));
       await store.upsertCellMetrics(metrics('random|clip|400', { samples: 128, frechetDistance: -1e-300 }));
+      await store.upsertCellMetrics(metrics('fk|clip|100', { clipFrechetDistance: 1 / 3 }));
+      await store.upsertCellMetrics(metrics('paths|clip|100', { clipFrechetDistance: 0 }));
+      assert.deepEqual(await store.cellMetrics(id), [
+        metrics('fk|clip|100', { clipFrechetDistance: 1 / 3 }),
+        metrics('paths|clip|100', { clipFrechetDistance: 0 }),
+        metrics('random|clip|400', { samples: 128, frechetDistance: -1e-300 }),
+      ]);
+      // Computed again without a CLIP reference: the cell has none.
       await store.upsertCellMetrics(metrics('fk|clip|100'));
-      assert.deepEqual(await store.cellMetrics(id), [metrics('fk|clip|100'), metrics('random|clip|400', { samples: 128, frechetDistance: -1e-300 })]);
+      assert.deepEqual((await store.cellMetrics(id))[0], metrics('fk|clip|100'));
       assert.deepEqual(await store.cellMetrics(uniqueId('none')), []);
+    });
+
+    it('opens a store made before CLIP-FID, adding its column, and keeps its rows', async () => {
+      const old = await oldStore();
+      // Two workers of the new version starting on it at once: one adds the column, the other finds it.
+      const [a, b] = await Promise.all([openStore(old), openStore(old)]);
+      try {
+        assert.deepEqual(await a.cellMetrics('old-campaign'), [
+          { campaignId: 'old-campaign', cell: 'random|clip|400', samples: 64, frechetDistance: 1.5, inceptionScore: 2.5, computedAt: '2024-12-01T00:00:00.000Z' },
+        ]);
+        const id = uniqueId('campaign');
+        const cell = (name: string, clipFrechetDistance?: number): CellMetricsRecord => ({
+          campaignId: id, cell: name, samples: 2, frechetDistance: 0.5, inceptionScore: 1, ...(clipFrechetDistance !== undefined ? { clipFrechetDistance } : {}), computedAt: '2025-05-01T00:00:00.000Z',
+        });
+        await a.upsertCellMetrics(cell('fk|clip|100', 0.1 + 0.2));
+        await b.upsertCellMetrics(cell('random|clip|400'));
+        assert.deepEqual(await b.cellMetrics(id), [cell('fk|clip|100', 0.1 + 0.2), cell('random|clip|400')]);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+      }
+      const reopened = await openStore(old);
+      try {
+        assert.equal((await reopened.cellMetrics('old-campaign')).length, 1);
+        await reopened.upsertCellMetrics({ campaignId: 'old-campaign', cell: 'random|clip|400', samples: 64, frechetDistance: 1.5, inceptionScore: 2.5, clipFrechetDistance: 7, computedAt: '2025-05-02T00:00:00.000Z' });
+        assert.equal((await reopened.cellMetrics('old-campaign'))[0].clipFrechetDistance, 7);
+      } finally {
+        await reopened.close();
+      }
     });
 
     it('round-trips JSON and doubles exactly', async () => {
@@ -215,6 +264,14 @@ storeSuite(
   'SQLite',
   () => ({ kind: 'sqlite', path: path.join(sqliteDir, 'nested', 'folder', 'results.db') }),
   async () => {
+    const file = path.join(tempDir('store-old'), 'results.db');
+    const db = new Database(file);
+    db.exec(OLD_CELL_METRICS.sqlite);
+    db.exec(OLD_ROW);
+    db.close();
+    return { kind: 'sqlite', path: file };
+  },
+  async () => {
     sqliteDir = tempDir('store');
   },
   async () => {},
@@ -224,6 +281,21 @@ let postgres: StartedPostgres | undefined;
 storeSuite(
   'PostgreSQL',
   () => ({ kind: 'postgres', url: postgres!.url }),
+  async () => {
+    // A database of its own: the suite's already has the current tables.
+    const database = `old_${uniqueId('store').replace(/[^a-z0-9]/gi, '_').toLowerCase()}`;
+    const url = postgres!.url.replace(/\/[^/]+$/, `/${database}`);
+    for (const [target, sql] of [[postgres!.url, [`CREATE DATABASE ${database}`]], [url, [OLD_CELL_METRICS.postgres, OLD_ROW]]] as const) {
+      const client = new Client({ connectionString: target });
+      await client.connect();
+      try {
+        for (const statement of sql) await client.query(statement);
+      } finally {
+        await client.end();
+      }
+    }
+    return { kind: 'postgres', url };
+  },
   async () => {
     // Fails (does not skip) when the server cannot start: `npm run setup` installs it.
     postgres = await withPostgres();
@@ -336,7 +408,7 @@ describe('export', () => {
   const expectedColumns = [
     'workflow_id', 'campaign_id', 'item_id', 'item_label', 'item_category', 'cell', 'algorithm', 'search_verifiers',
     'budget_nfe', 'seed', 'status', 'error', 'best_score', 'nfe_search', 'nfe_final', 'nfe_total', 'nfe_executed',
-    'verifier_seconds', 'wall_seconds', 'finished_at',
+    'verifier_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
     'eval_aesthetic', 'eval_extra', 'eval_gmm-classifier', 'eval_image-reward',
     'score_clip', 'score_gmm-classifier',
   ];
@@ -379,7 +451,7 @@ describe('export', () => {
     assert.equal(get('wall_seconds'), 'inf');
     assert.equal(get('verifier_seconds'), '');
     assert.equal(get('eval_v'), '-inf');
-    assert.deepEqual(parseCsv(exportSearches([], 'csv')), [expectedColumns.slice(0, 20)]);
+    assert.deepEqual(parseCsv(exportSearches([], 'csv')), [expectedColumns.slice(0, 23)]);
     assert.equal(exportSearches([], 'jsonl'), '');
   });
 
@@ -403,6 +475,21 @@ describe('export', () => {
     assert.equal(objects[0].seed, 9_007_199_254_740_991);
     assert.equal(objects[0].best_score, 0.1 + 0.2);
     assert.equal(objects[1].result, null);
+  });
+
+  it('gives each search its cell\'s population metrics, CLIP-FID where the cell has it', () => {
+    const computedAt = '2025-01-04T00:00:00.000Z';
+    const cells: CellMetricsRecord[] = [
+      { campaignId: id, cell: 'random|gmm-classifier+clip|400', samples: 3, frechetDistance: 0.1 + 0.2, inceptionScore: 2, clipFrechetDistance: 1 / 3, computedAt },
+      { campaignId: id, cell: 'fk|clip|100', samples: 2, frechetDistance: 4, inceptionScore: 1.5, computedAt },
+      { campaignId: 'another-campaign', cell: 'paths|clip|100', samples: 2, frechetDistance: 99, inceptionScore: 99, clipFrechetDistance: 99, computedAt },
+    ];
+    const searches = [search(id, 'wf-1'), search(id, 'wf-2', { cell: 'fk|clip|100' }), search(id, 'wf-3', { cell: 'paths|clip|100' })];
+    const [header, ...rows] = parseCsv(exportSearches(searches, 'csv', cells));
+    const metrics = (row: string[]) => ['cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance'].map((c) => row[header.indexOf(c)]);
+    assert.deepEqual(rows.map(metrics), [[String(0.1 + 0.2), '2', String(1 / 3)], ['4', '1.5', ''], ['', '', '']]);
+    const objects = exportSearches(searches, 'jsonl', cells).trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(objects.map((o) => o.cell_clip_frechet_distance), [1 / 3, null, null]);
   });
 
   it('rejects an unknown format', () => {

@@ -139,6 +139,7 @@ describe('a text-to-image model over gRPC', () => {
     const samples = outcome.outcomes.map((o) => ({ image: o.image!, condition: { prompt: 'A red colored car.' } }));
     const metrics = await fleet.population('tiny-flux', samples);
     assert.equal(metrics.samples, 2);
+    assert.equal(metrics.clipFrechetDistance, 0.25);
     const sent = server.populations.at(-1);
     sent.samples.forEach((s: any, i: number) => {
       assert.ok(Buffer.from(s.image).equals(Buffer.from(samples[i].image)));
@@ -238,6 +239,7 @@ describe('a DrawBench campaign on a text-to-image model, through Temporal', { ti
     assert.equal((html.match(/<img src="data:image\/png;base64,/g) ?? []).length, 2 * (1 + 4));
     assert.equal((html.match(/<figure class="pic baseline">/g) ?? []).length, 2);
     assert.ok(html.includes('A red colored car.') && html.includes('no search'));
+    assert.ok(html.includes('CLIP-FID: Fréchet distance of CLIP image embeddings'), 'the server\'s CLIP-FID, stored and shown');
     const first = records.find((r) => r.itemId === input.items[0].id)!;
     assert.ok(html.includes(readFileSync(samplePath(input.folder, first.workflowId, 'png')).toString('base64')), 'the file\'s own bytes, embedded');
     assert.doesNotMatch(html, /\b(src|href)\s*=\s*["']?\s*(https?:|file:|\.\.?\/|samples\/)/i, 'nothing linked: the report opens on its own');

@@ -186,6 +186,7 @@ async function cellMetrics(fleet: Fleet, store: ResultsStore, input: Omit<Campai
       samples: metrics.samples,
       frechetDistance: metrics.frechetDistance,
       inceptionScore: metrics.inceptionScore,
+      ...(metrics.clipFrechetDistance !== undefined ? { clipFrechetDistance: metrics.clipFrechetDistance } : {}),
       computedAt: new Date().toISOString(),
     });
     written++;

@@ -243,7 +243,7 @@ export async function exportCommand(argv: string[]): Promise<number> {
   try {
     const out = path.resolve((values.out as string | undefined) ?? path.join(folder, `${campaignId}.${format}`));
     mkdirSync(path.dirname(out), { recursive: true });
-    writeFileSync(out, exportSearches(await store.searches(campaignId), format));
+    writeFileSync(out, exportSearches(await store.searches(campaignId), format, await store.cellMetrics(campaignId)));
     process.stdout.write(`${out}\n`);
     return 0;
   } finally {

@@ -285,8 +285,9 @@ export class Fleet {
   }
 
   /**
-   * Population metrics (Frechet distance, Inception-Score analogue) of final samples against the model's
-   * true distribution; an image model's samples go as their PNGs.
+   * Population metrics (Frechet distance, Inception-Score analogue, and CLIP-FID from an image model's
+   * server with a CLIP reference) of final samples against the model's true distribution; an image
+   * model's samples go as their PNGs.
    */
   async population(model: string, samples: PopulationSample[]): Promise<PopulationMetrics> {
     const bytes = samples.reduce((sum, s) => sum + ('image' in s ? s.image.length : 4 * s.values.length) + 256, 0);
@@ -303,7 +304,14 @@ export class Fleet {
         ),
       };
       const r: any = await unary(endpoint.verifier, 'Population', request, this.callDeadlineMs);
-      return { frechetDistance: r.frechetDistance, inceptionScore: r.inceptionScore, samples: r.samples, referenceSamples: r.referenceSamples };
+      // clip_frechet_distance is optional on the wire: proto-loader leaves it out (no default) unless the server set it.
+      return {
+        frechetDistance: r.frechetDistance,
+        inceptionScore: r.inceptionScore,
+        samples: r.samples,
+        referenceSamples: r.referenceSamples,
+        ...(r.clipFrechetDistance !== undefined ? { clipFrechetDistance: r.clipFrechetDistance } : {}),
+      };
     });
   }
 

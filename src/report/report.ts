@@ -98,14 +98,21 @@ function groupCells(done: SearchRecord[]): Group[] {
   );
 }
 
+/** A metric of cells averaged by their sample counts; NaN when no cell has it. */
+function weightedByCount(cells: CellMetricsRecord[], value: (m: CellMetricsRecord) => number | undefined): number {
+  const have = cells.filter((m) => value(m) !== undefined);
+  if (have.length === 0) return NaN;
+  return sum(have.map((m) => value(m)! * Math.max(1, m.samples))) / sum(have.map((m) => Math.max(1, m.samples)));
+}
+
 /** The population metrics of a group: its cell's, averaged by sample count when the group spans cells. */
-function groupMetrics(g: Group, byCell: Map<string, CellMetricsRecord>): { fd: number; is: number; samples: number } | null {
+function groupMetrics(g: Group, byCell: Map<string, CellMetricsRecord>): { fd: number; is: number; clipFd: number; samples: number } | null {
   const found = g.cells.map((c) => byCell.get(c)).filter((m): m is CellMetricsRecord => m !== undefined);
   if (found.length === 0) return null;
-  const weight = sum(found.map((m) => Math.max(1, m.samples)));
   return {
-    fd: sum(found.map((m) => m.frechetDistance * Math.max(1, m.samples))) / weight,
-    is: sum(found.map((m) => m.inceptionScore * Math.max(1, m.samples))) / weight,
+    fd: weightedByCount(found, (m) => m.frechetDistance),
+    is: weightedByCount(found, (m) => m.inceptionScore),
+    clipFd: weightedByCount(found, (m) => m.clipFrechetDistance),
     samples: sum(found.map((m) => m.samples)),
   };
 }
@@ -204,6 +211,13 @@ function populationNames(pictures: boolean) {
     : { fd: 'Fréchet distance', fdCaption: 'Fréchet distance of each cell’s final samples to the true distribution (lower is better)', is: 'Inception Score analogue', isShort: 'IS analogue' };
 }
 
+const CLIP_FID_CAPTION = "CLIP-FID: Fréchet distance of CLIP image embeddings of each cell's final pictures against the server's reference (lower is better)";
+
+/** Only an image model's server with a CLIP reference computes CLIP-FID: it is shown when some cell has it. */
+function hasClipFd(byCell: Map<string, CellMetricsRecord>): boolean {
+  return [...byCell.values()].some((m) => m.clipFrechetDistance !== undefined);
+}
+
 async function scalingFigures(groups: Group[], evalVerifiers: string[], byCell: Map<string, CellMetricsRecord>, pictures: boolean): Promise<Figure[]> {
   const names = populationNames(pictures);
   if (groups.length === 0) return [];
@@ -239,6 +253,17 @@ async function scalingFigures(groups: Group[], evalVerifiers: string[], byCell: 
       caption: `${names.is} of each cell’s final samples (higher is better), against the mean total NFEs per search.`,
       value: (g: Group) => groupMetrics(g, byCell)?.is ?? NaN,
     },
+    ...(hasClipFd(byCell)
+      ? [
+          {
+            name: 'clip-fd',
+            title: 'CLIP-FID',
+            yTitle: 'CLIP-FID ↓',
+            caption: `${CLIP_FID_CAPTION}, against the mean total NFEs per search.`,
+            value: (g: Group) => groupMetrics(g, byCell)?.clipFd ?? NaN,
+          },
+        ]
+      : []),
   ];
   const figures: Figure[] = [];
   for (const m of metrics) {
@@ -388,6 +413,7 @@ function verifierCostTable(done: SearchRecord[]): string {
 // Tables
 
 function crossTables(groups: Group[], evalVerifiers: string[], byCell: Map<string, CellMetricsRecord>): string {
+  const clipFd = hasClipFd(byCell);
   const algorithms = unique(groups.map((g) => g.algorithm));
   const tables: string[] = [];
   for (const algorithm of algorithms) {
@@ -403,6 +429,7 @@ function crossTables(groups: Group[], evalVerifiers: string[], byCell: Map<strin
       })),
       { head: 'FD&thinsp;↓', better: 'low', value: (g) => groupMetrics(g, byCell)?.fd ?? NaN, cls: 'pop' },
       { head: 'IS&thinsp;↑', better: 'high', value: (g) => groupMetrics(g, byCell)?.is ?? NaN, cls: 'pop' },
+      ...(clipFd ? [{ head: 'CLIP-FID&thinsp;↓', better: 'low' as const, value: (g: Group) => groupMetrics(g, byCell)?.clipFd ?? NaN, cls: 'pop' }] : []),
     ];
     const best = columns.map((c) => {
       const vals = rows.map(c.value).filter((v) => Number.isFinite(v));
@@ -425,8 +452,8 @@ function crossTables(groups: Group[], evalVerifiers: string[], byCell: Map<strin
       })
       .join('\n');
     tables.push(`<table class="data cross" data-algorithm="${escapeHtml(algorithm)}">
-<caption><b>${escapeHtml(algorithm)}</b> at its largest budget, ${fmt(largest)} NFEs: mean evaluation score of the final samples (± standard deviation over items and seeds) for each search verifier set; FD and IS are the cell’s population metrics. Best per column in bold.</caption>
-<thead><tr><th rowspan="2">search verifiers</th><th colspan="${evalVerifiers.length}" class="group">evaluation verifiers ↑</th><th colspan="2" class="group">population</th><th rowspan="2">searches</th><th rowspan="2">mean NFEs</th></tr>
+<caption><b>${escapeHtml(algorithm)}</b> at its largest budget, ${fmt(largest)} NFEs: mean evaluation score of the final samples (± standard deviation over items and seeds) for each search verifier set; ${clipFd ? 'FD, IS and CLIP-FID' : 'FD and IS'} are the cell’s population metrics. Best per column in bold.</caption>
+<thead><tr><th rowspan="2">search verifiers</th><th colspan="${evalVerifiers.length}" class="group">evaluation verifiers ↑</th><th colspan="${clipFd ? 3 : 2}" class="group">population</th><th rowspan="2">searches</th><th rowspan="2">mean NFEs</th></tr>
 <tr>${head}</tr></thead>
 <tbody>${body}</tbody></table>`);
   }

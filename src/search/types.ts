@@ -168,6 +168,8 @@ export interface PopulationMetrics {
   inceptionScore: number;
   samples: number;
   referenceSamples: number;
+  /** CLIP-FID: only from an image model's server started with a CLIP reference (--clip-fid). */
+  clipFrechetDistance?: number;
 }
 
 export interface BatchOutcome {

@@ -1,8 +1,9 @@
 // Searches as files for analysis, read by pandas as they are: `pd.read_csv(path)` (RFC 4180, header row,
 // one row per search, flat columns) or `pd.read_json(path, lines=True)` (the same flat fields plus the
-// nested `result` and `sample`). Numbers are written in the shortest form that reads back to the same
+// nested `result` and `sample`). Each row carries its grid cell's population metrics (`cell_*`, empty
+// where the cell has none), so a cell-level table is a `groupby('cell').first()` away. Numbers are written in the shortest form that reads back to the same
 // double; pass `float_precision='round_trip'` (read_csv) or `precise_float=True` (read_json) for exactness.
-import type { SearchRecord } from './types';
+import type { CellMetricsRecord, SearchRecord } from './types';
 
 export type ExportFormat = 'csv' | 'jsonl';
 
@@ -11,7 +12,7 @@ type Flat = Record<string, string | number | null>;
 const FIXED_COLUMNS = [
   'workflow_id', 'campaign_id', 'item_id', 'item_label', 'item_category', 'cell', 'algorithm', 'search_verifiers',
   'budget_nfe', 'seed', 'status', 'error', 'best_score', 'nfe_search', 'nfe_final', 'nfe_total', 'nfe_executed',
-  'verifier_seconds', 'wall_seconds', 'finished_at',
+  'verifier_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
 ] as const;
 
 function searchScores(record: SearchRecord): Record<string, number> {
@@ -30,7 +31,7 @@ export function exportColumns(records: SearchRecord[]): string[] {
   return [...FIXED_COLUMNS, ...sorted(evals).map((n) => `eval_${n}`), ...sorted(scores).map((n) => `score_${n}`)];
 }
 
-function flatten(record: SearchRecord, columns: string[]): Flat {
+function flatten(record: SearchRecord, columns: string[], cell: CellMetricsRecord | undefined): Flat {
   const fixed: Record<(typeof FIXED_COLUMNS)[number], string | number | null> = {
     workflow_id: record.workflowId,
     campaign_id: record.campaignId,
@@ -52,6 +53,9 @@ function flatten(record: SearchRecord, columns: string[]): Flat {
     verifier_seconds: record.verifierSeconds,
     wall_seconds: record.wallSeconds,
     finished_at: record.finishedAt,
+    cell_frechet_distance: cell?.frechetDistance ?? null,
+    cell_inception_score: cell?.inceptionScore ?? null,
+    cell_clip_frechet_distance: cell?.clipFrechetDistance ?? null,
   };
   const flat: Flat = {};
   const scores = searchScores(record);
@@ -75,19 +79,22 @@ function csvField(value: string | number | null): string {
   return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
 }
 
-export function exportSearches(records: SearchRecord[], format: ExportFormat): string {
+/** The searches, each with the population metrics of its cell among `cellMetrics` (the same campaign's). */
+export function exportSearches(records: SearchRecord[], format: ExportFormat, cellMetrics: CellMetricsRecord[] = []): string {
   const columns = exportColumns(records);
+  const byCell = new Map(cellMetrics.map((m) => [JSON.stringify([m.campaignId, m.cell]), m]));
+  const cellOf = (r: SearchRecord) => byCell.get(JSON.stringify([r.campaignId, r.cell]));
   if (format === 'csv') {
     const lines = [columns.map(csvField).join(',')];
     for (const r of records) {
-      const flat = flatten(r, columns);
+      const flat = flatten(r, columns, cellOf(r));
       lines.push(columns.map((c) => csvField(flat[c])).join(','));
     }
     return lines.map((l) => `${l}\r\n`).join('');
   }
   if (format === 'jsonl') {
     // Non-finite numbers have no JSON form: JSON.stringify writes them as null.
-    return records.map((r) => `${JSON.stringify({ ...flatten(r, columns), result: r.result, sample: r.sample })}\n`).join('');
+    return records.map((r) => `${JSON.stringify({ ...flatten(r, columns, cellOf(r)), result: r.result, sample: r.sample })}\n`).join('');
   }
   throw new Error(`export format "${String(format)}" is unknown; use csv or jsonl`);
 }

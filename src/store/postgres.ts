@@ -1,6 +1,6 @@
 // The results store in PostgreSQL (a pg Pool): for many workers on many machines writing at once.
 import { Pool, type PoolConfig } from 'pg';
-import { CAMPAIGNS, CELL_METRICS, QUERIES, SEARCHES, campaignFromRow, cellMetricsFromRow, numbered, schemaStatements, searchFromRow, toParams, upsertStatement } from './schema';
+import { addColumnStatements, CAMPAIGNS, CELL_METRICS, EXISTING_COLUMNS, QUERIES, SEARCHES, campaignFromRow, cellMetricsFromRow, numbered, schemaStatements, searchFromRow, toParams, upsertStatement } from './schema';
 import type { CampaignRecord, CellMetricsRecord, ResultsStore, SearchRecord } from './types';
 
 /** Serializes concurrent init() calls: CREATE TABLE IF NOT EXISTS races with itself across sessions. */
@@ -32,6 +32,7 @@ export class PostgresStore implements ResultsStore {
         await client.query('BEGIN');
         await client.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
         for (const sql of schemaStatements('postgres')) await client.query(sql);
+        for (const sql of addColumnStatements('postgres', (await client.query(EXISTING_COLUMNS.postgres)).rows)) await client.query(sql);
         await client.query('COMMIT');
       } catch (error) {
         await client.query('ROLLBACK').catch(() => {});

@@ -84,12 +84,20 @@ export const CELL_METRICS: Table<CellMetricsRecord> = {
     { name: 'samples', kind: 'int', get: (r) => r.samples },
     { name: 'frechet_distance', kind: 'real', get: (r) => r.frechetDistance },
     { name: 'inception_score', kind: 'real', get: (r) => r.inceptionScore },
+    // Added after the first release: a store made before it gets the column when opened.
+    { name: 'clip_frechet_distance', kind: 'real', nullable: true, get: (r) => r.clipFrechetDistance },
     { name: 'computed_at', kind: 'text', get: (r) => r.computedAt },
   ],
 };
 
+const TABLES: Table<any>[] = [CAMPAIGNS, SEARCHES, CELL_METRICS];
+
+function columnDefinition<R>(column: Column<R>, dialect: Dialect): string {
+  return `${column.name} ${TYPES[dialect][column.kind]}${column.nullable ? '' : ' NOT NULL'}`;
+}
+
 function createTable<R>(table: Table<R>, dialect: Dialect): string {
-  const columns = table.columns.map((c) => `  ${c.name} ${TYPES[dialect][c.kind]}${c.nullable ? '' : ' NOT NULL'}`);
+  const columns = table.columns.map((c) => `  ${columnDefinition(c, dialect)}`);
   const strict = dialect === 'sqlite' ? ' STRICT' : '';
   return `CREATE TABLE IF NOT EXISTS ${table.name} (\n${columns.join(',\n')},\n  PRIMARY KEY (${table.key.join(', ')})\n)${strict}`;
 }
@@ -102,6 +110,29 @@ export function schemaStatements(dialect: Dialect): string[] {
     `CREATE INDEX IF NOT EXISTS searches_campaign ON searches (campaign_id, status)`,
     createTable(CELL_METRICS, dialect),
   ];
+}
+
+/** Each table's column names as the database has them: (table_name, column_name) rows of the schema in use. */
+export const EXISTING_COLUMNS: Record<Dialect, string> = {
+  sqlite: `SELECT m.name AS table_name, p.name AS column_name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table'`,
+  postgres: `SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()`,
+};
+
+/**
+ * ALTER TABLE ... ADD COLUMN for each column a store made by an earlier version lacks, run after
+ * `schemaStatements` with the rows of EXISTING_COLUMNS. Rows written before a column was added have no
+ * value for it, so such a column must be nullable.
+ */
+export function addColumnStatements(dialect: Dialect, existing: Array<Record<string, unknown>>): string[] {
+  const statements: string[] = [];
+  for (const table of TABLES) {
+    const have = new Set(existing.filter((r) => r.table_name === table.name).map((r) => r.column_name));
+    for (const column of table.columns.filter((c) => !have.has(c.name))) {
+      if (!column.nullable) throw new Error(`results store: table ${table.name} lacks the column ${column.name}, which its existing rows have no value for; a column added to a released table must be nullable`);
+      statements.push(`ALTER TABLE ${table.name} ADD COLUMN ${columnDefinition(column, dialect)}`);
+    }
+  }
+  return statements;
 }
 
 /** INSERT ... ON CONFLICT (key) DO UPDATE: writing the same record twice leaves one row. */
@@ -189,6 +220,7 @@ export function cellMetricsFromRow(row: Row): CellMetricsRecord {
     samples: r.samples,
     frechetDistance: r.frechet_distance,
     inceptionScore: r.inception_score,
+    ...(r.clip_frechet_distance !== null ? { clipFrechetDistance: r.clip_frechet_distance } : {}),
     computedAt: r.computed_at,
   };
 }

@@ -2,7 +2,7 @@
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { CAMPAIGNS, CELL_METRICS, QUERIES, SEARCHES, campaignFromRow, cellMetricsFromRow, schemaStatements, searchFromRow, toParams, upsertStatement } from './schema';
+import { addColumnStatements, CAMPAIGNS, CELL_METRICS, EXISTING_COLUMNS, QUERIES, SEARCHES, campaignFromRow, cellMetricsFromRow, schemaStatements, searchFromRow, toParams, upsertStatement } from './schema';
 import type { CampaignRecord, CellMetricsRecord, ResultsStore, SearchRecord } from './types';
 
 /** How long a write waits for another process's write to finish before failing with SQLITE_BUSY. */
@@ -24,6 +24,7 @@ export class SqliteStore implements ResultsStore {
       db.pragma('journal_mode = WAL');
       db.transaction(() => {
         for (const sql of schemaStatements('sqlite')) db.exec(sql);
+        for (const sql of addColumnStatements('sqlite', db.prepare(EXISTING_COLUMNS.sqlite).all() as Row[])) db.exec(sql);
       }).immediate();
       this.statements = {
         upsertCampaign: db.prepare(upsertStatement(CAMPAIGNS, 'sqlite')),

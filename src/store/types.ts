@@ -49,6 +49,8 @@ export interface CellMetricsRecord {
   samples: number;
   frechetDistance: number;
   inceptionScore: number;
+  /** CLIP-FID, when the model's server computes it (an image model with a CLIP reference). */
+  clipFrechetDistance?: number;
   computedAt: string;
 }
 
