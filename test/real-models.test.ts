@@ -159,4 +159,23 @@ describe('real models (tiny random weights) through Temporal', { timeout: 900_00
       assert.ok(result.nfe.total <= 80 && result.nfe.search > 0, `${algorithm} spent ${JSON.stringify(result.nfe)}`);
     }
   });
+
+  it('starts the embedded model server on a PyTorch model, and searches it with no fleet named', async () => {
+    const home = tempDir('embedded-sit');
+    const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), ...args], { encoding: 'utf8', env: { ...process.env, NOISESEARCH_HOME: home }, timeout: 300_000 });
+    try {
+      const started = cli('server', 'start', '--model', `sit=${path.join(weights, 'sit')}`, '--verifier', `dino-imagenet=${path.join(weights, 'dino-imagenet')}`, '--device', 'cpu');
+      assert.equal(started.status, 0, started.stderr);
+      assert.match(started.stderr, /starting model server \(sit=/);
+      const searched = cli('search', '--model', 'sit', '--class', '2', '--verifier', 'dino-imagenet', '--budget', '30', '--solver', 'euler', '--steps', '4', '--final-steps', '4', '--json');
+      assert.equal(searched.status, 0, searched.stderr);
+      assert.deepEqual(Object.keys(JSON.parse(searched.stdout).best.scores), ['dino-imagenet']);
+      // The embedded server hosts SiT now: a gmm search is refused in one line that says how to switch back.
+      const gmm = cli('search', '--class', '2', '--budget', '100');
+      assert.equal(gmm.status, 2);
+      assert.match(gmm.stderr, /^noisesearch search: --model: model "gmm" is not hosted by the fleet .*; the embedded model server hosts another model: noisesearch server start --model gmm\n$/);
+    } finally {
+      cli('server', 'stop');
+    }
+  });
 });

@@ -1,5 +1,6 @@
 import { WorkflowFailedError } from '@temporalio/client';
 import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
+import { readyEmbeddedModelServer } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
 import type { FleetWait } from '../fleet/wait';
@@ -146,12 +147,17 @@ function defined<T extends object>(value: T): Partial<T> {
 
 /** The model as whoever will run the search describes it; null when only remote workers know. */
 export async function describeForValidation(model: string, fleet: string | undefined, remoteWorkers: boolean): Promise<ModelInfo | null> {
+  // A running embedded model server is the one the search will use, whatever model it hosts
+  // (`server start --model flux=DIR`): ask it rather than describing a model that needs weights.
+  const embedded = fleet === undefined && !remoteWorkers ? await readyEmbeddedModelServer() : undefined;
+  fleet ??= embedded;
   if (fleet) {
     const f = new Fleet(parseFleet(fleet));
     try {
       return await f.describe(model);
     } catch (error) {
-      if (error instanceof FleetError && !error.retryable) throw new UsageError(`--model: ${error.message}`);
+      const restart = embedded ? `; the embedded model server hosts another model: noisesearch server start --model ${model === 'gmm' ? 'gmm' : `${model}=DIR`}` : '';
+      if (error instanceof FleetError && !error.retryable) throw new UsageError(`--model: ${error.message}${restart}`);
       throw error;
     } finally {
       f.close();

@@ -121,6 +121,12 @@ export async function ensureEmbedded(options: { temporal: boolean; modelServer?:
   };
 }
 
+/** The embedded model server's address while it is up: commands validate specs against what it hosts. */
+export async function readyEmbeddedModelServer(): Promise<string | undefined> {
+  const record = readRecord().modelServer;
+  return record && (await isReady('modelServer', record)) ? record.address : undefined;
+}
+
 export async function stopEmbedded(names: ServiceName[] = ['temporal', 'modelServer']): Promise<ServiceName[]> {
   const record = readRecord();
   const stopped: ServiceName[] = [];
