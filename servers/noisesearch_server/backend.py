@@ -236,6 +236,10 @@ class Backend(ABC):
     @abstractmethod
     def score(self, request: ScoreRequest) -> ScoreResponse: ...
 
+    def ready(self) -> bool:
+        """Whether the backend can serve now: always, once loaded, unless its networks are remote (Triton)."""
+        return True
+
     @abstractmethod
     def population(self, request: PopulationRequest) -> PopulationResult:
         """Fréchet distance and Inception Score of the samples against the true distribution (population.py);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,9 @@ class DiffusionBackend(Backend):
         image_metrics: Any | None = None,
         max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE,
         faults: FaultPlan | None = None,
+        readiness: Callable[[], bool] | None = None,
     ) -> None:
+        """readiness: whether remote networks (Triton) answer now; None when the networks are in-process."""
         if max_request_nfe < 1:
             raise ConfigError(f"max_request_nfe must be >= 1, got {max_request_nfe}")
         if max_batch < 1:
@@ -74,6 +77,7 @@ class DiffusionBackend(Backend):
         if len(probe_sigmas) > 1:
             raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
         self.model = model
+        self._readiness = readiness
         self.population_model = population
         # ImagePopulationMetrics (torchmodels/image_metrics.py) for an image model: FID, IS, CLIP-FID.
         self.image_metrics = image_metrics
@@ -84,6 +88,9 @@ class DiffusionBackend(Backend):
         self.server_id = str(uuid.uuid4())
         self.cache = TrajectoryCache(cache_bytes)
         self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None, faults)
+
+    def ready(self) -> bool:
+        return self._readiness is None or self._readiness()
 
     def describe(self) -> Description:
         return Description(
@@ -160,7 +167,15 @@ class DiffusionBackend(Backend):
                     results.append(CandidateResult(id=candidate.id, error=outcome))
             request_results.append(results)
 
-        for (r, i), result in zip(slots, self.engine.run(jobs)):
+        try:
+            finished = self.engine.run(jobs)
+        except RequestError as error:
+            # A call the engine depends on failed as a whole (a Triton server down): every request that had
+            # candidates to run fails with it, retryably or not as its code says; none of its candidates is failed.
+            for r in {r for r, _ in slots}:
+                request_results[r] = error
+            finished = []
+        for (r, i), result in zip(slots, finished):
             request_results[r][i] = result
 
         responses: list[EvaluateResponse | RequestError] = []

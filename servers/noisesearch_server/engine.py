@@ -23,6 +23,7 @@ from .backend import (
     ModelSpec,
     RowCondition,
     Rows,
+    RequestError,
     Verifier,
     describe_failure,
 )
@@ -355,6 +356,9 @@ class Engine:
 
         try:
             return rows, attempt(rows)
+        except RequestError:
+            # The whole call failed (a remote network server is unreachable): no row is to blame, nothing retried.
+            raise
         except Exception as failure:
             if len(rows) == 1:
                 fail(rows[0], failure)
@@ -363,6 +367,8 @@ class Engine:
         for i in rows:
             try:
                 outputs.append(attempt([i]))
+            except RequestError:
+                raise
             except Exception as failure:
                 fail(i, failure)
                 continue

@@ -28,6 +28,8 @@ from .proto import load, service_name
 from .service import DenoiserService, VerifierService
 
 GRACE_SECONDS = 5.0
+# How often a server with remote networks (Triton) asks whether they are ready, to say so in its health.
+READINESS_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ class ServerConfig:
     fid_reference: str | None = None
     clip_fid: str | None = None
     clip_fid_reference: str | None = None
+    # A Triton fleet (docs/triton.md): the denoiser and each verifier are models of the Triton server at this
+    # address; the start waits triton_wait_s for it, and each call has triton_timeout_s.
+    triton: str | None = None
+    triton_model: str | None = None
+    triton_verifiers: tuple[tuple[str, str], ...] = ()
+    triton_wait_s: float = 300.0
+    triton_timeout_s: float = 600.0
 
     @property
     def cache_bytes(self) -> int:
@@ -121,10 +130,41 @@ def build_torch_backend(config: ServerConfig) -> Backend:
     )
 
 
+TRITON_EXTRA = "pip install -e 'servers[triton]' (in the project's .venv: npm test installs it)"
+
+
+def build_triton_backend(config: ServerConfig) -> Backend:
+    if importlib.util.find_spec("tritonclient") is None:
+        raise ConfigError(f"--triton {config.triton}: the Triton backend needs the triton extra; run {TRITON_EXTRA}")
+    from .triton.remote import connect
+
+    assert config.triton is not None and config.triton_model is not None
+    denoiser, verifiers, readiness = connect(
+        config.triton, config.model, config.triton_model, config.triton_verifiers,
+        wait_s=config.triton_wait_s, timeout_s=config.triton_timeout_s, max_message_bytes=config.max_message_mb << 20,
+    )
+    # The mixture's population metrics are closed-form sums over its known components, not a network: computed here.
+    population = GmmPopulation(GaussianMixture(GmmConfig())) if config.model == "gmm" else None
+    backend = DiffusionBackend(
+        denoiser,
+        verifiers,
+        max_batch=config.max_batch,
+        max_concurrency=config.max_concurrency,
+        cache_bytes=config.cache_bytes,
+        population=population,
+        max_request_nfe=config.max_request_nfe,
+        faults=config.faults,
+        readiness=readiness.ready,
+    )
+    return backend
+
+
 MODELS: dict[str, Callable[[ServerConfig], Backend]] = {"gmm": build_gmm_backend}
 
 
 def build_backend(config: ServerConfig) -> Backend:
+    if config.triton is not None:
+        return build_triton_backend(config)
     return build_torch_backend(config) if config.model_folder is not None else MODELS[config.model](config)
 
 
@@ -133,6 +173,13 @@ def _named_folder(flag: str, value: str) -> tuple[str, str]:
     if not sep or not name or not folder:
         raise ConfigError(f"{flag}: got {value!r}; want NAME=DIR (e.g. {flag} flux=/weights/FLUX.1-dev)")
     return name, folder
+
+
+def _triton_model(flag: str, value: str) -> tuple[str, str]:
+    name, sep, model = value.partition("@triton:")
+    if not sep or not name or not model:
+        raise ConfigError(f"{flag}: got {value!r}; want NAME@triton:TRITON_MODEL (e.g. {flag} gmm@triton:gmm_denoiser)")
+    return name, model
 
 
 def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
@@ -179,6 +226,19 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         help="a co-located PyTorch verifier (clip-score, clip-imagenet, aesthetic, pickscore, dino-imagenet, "
         "selfsup, imagereward) loaded from a local folder; repeat for several",
     )
+    parser.add_argument(
+        "--triton", metavar="HOST:PORT",
+        help="serve through a Triton server's gRPC endpoint: --model NAME@triton:TRITON_MODEL and "
+        "--verifier NAME@triton:TRITON_MODEL name its models (docs/triton.md)",
+    )
+    parser.add_argument(
+        "--triton-wait", type=float, default=defaults.triton_wait_s, metavar="SECONDS",
+        help="how long the start waits for Triton and its models to be ready",
+    )
+    parser.add_argument(
+        "--triton-timeout", type=float, default=defaults.triton_timeout_s, metavar="SECONDS",
+        help="deadline of one Triton call",
+    )
     parser.add_argument("--device", default=defaults.device, help="auto (a GPU when there is one), cpu, cuda[:N]")
     parser.add_argument("--dtype", default=defaults.dtype, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     parser.add_argument("--resolution", type=int, help="image size in pixels (default: the model's own)")
@@ -208,7 +268,23 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     if args.faults is not None and not args.allow_fault_injection:
         raise ConfigError("--faults: fault injection is for tests only; add --allow-fault-injection to turn it on")
     model, model_folder, verifiers = args.model, None, {}
-    if "=" in args.model:
+    triton_model, triton_verifiers = None, []
+    if args.triton is not None:
+        host, sep, port = args.triton.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"--triton: got {args.triton!r}; want HOST:PORT of Triton's gRPC endpoint (e.g. triton-0:8001)")
+        if args.models is not None:
+            raise ConfigError("--models: with --triton, name the Triton models with --model NAME@triton:TRITON_MODEL")
+        model, triton_model = _triton_model("--model", args.model)
+        triton_verifiers = [_triton_model("--verifier", value) for value in args.verifier]
+        if args.triton_wait < 0 or not args.triton_timeout > 0:
+            raise ConfigError(
+                f"--triton-wait {args.triton_wait:g} / --triton-timeout {args.triton_timeout:g}: want a wait of 0 s "
+                f"or more and a timeout above 0 s"
+            )
+    elif "@triton:" in args.model or any("@triton:" in value for value in args.verifier):
+        raise ConfigError("--model/--verifier NAME@triton:MODEL: add --triton HOST:PORT, Triton's gRPC endpoint")
+    elif "=" in args.model:
         model, model_folder = _named_folder("--model", args.model)
     elif args.models is not None:
         model_folder, verifiers = _models_file(args.models, args.model)
@@ -216,7 +292,8 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         raise ConfigError(
             f"--model: unknown model {args.model!r}; want gmm, or NAME=DIR to load a PyTorch model from a folder"
         )
-    verifiers.update(_named_folder("--verifier", value) for value in args.verifier)
+    if args.triton is None:
+        verifiers.update(_named_folder("--verifier", value) for value in args.verifier)
     if verifiers and model_folder is None:
         raise ConfigError("--verifier: the embedded gmm hosts its own verifiers; --verifier goes with --model NAME=DIR")
     if args.cache_mb < 0:
@@ -244,6 +321,11 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         fid_reference=args.fid_reference,
         clip_fid=args.clip_fid,
         clip_fid_reference=args.clip_fid_reference,
+        triton=args.triton,
+        triton_model=triton_model,
+        triton_verifiers=tuple(triton_verifiers),
+        triton_wait_s=args.triton_wait,
+        triton_timeout_s=args.triton_timeout,
     )
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")
@@ -269,8 +351,12 @@ class RunningServer:
     executor: ThreadPoolExecutor
     backend: Backend
     address: str
+    monitor: asyncio.Task | None = None
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        if self.monitor is not None:
+            self.monitor.cancel()
+            await asyncio.gather(self.monitor, return_exceptions=True)
         # NOT_SERVING first, so that balancers stop routing here while in-flight calls finish.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
@@ -303,7 +389,28 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
     await server.start()
     for name in ["", *served]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, batcher, executor, backend, _address(config.host, port))
+    monitor = None
+    if config.triton is not None:
+        monitor = asyncio.create_task(_follow_readiness(backend, health_servicer, ["", *served]))
+    return RunningServer(server, health_servicer, batcher, executor, backend, _address(config.host, port), monitor)
+
+
+async def _follow_readiness(backend: Backend, health_servicer: health.aio.HealthServicer, names: list[str]) -> None:
+    """SERVING exactly while the backend's remote networks are ready, so the orchestrator routes around this
+    server while Triton is down or a model is unloaded, and back once it returns."""
+    serving = True
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(READINESS_POLL_SECONDS)
+        # In a thread: the readiness calls block, and the event loop keeps serving meanwhile.
+        ready = await loop.run_in_executor(None, backend.ready)
+        if ready != serving:
+            serving = ready
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in names:
+                await health_servicer.set(name, status)
+            print(f"noisesearch-server: {'SERVING' if ready else 'NOT_SERVING'}: remote networks "
+                  f"{'ready again' if ready else 'not ready'}", file=sys.stderr, flush=True)
 
 
 async def serve(config: ServerConfig, backend: Backend) -> None:
