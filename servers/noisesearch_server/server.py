@@ -182,9 +182,8 @@ def _triton_model(flag: str, value: str) -> tuple[str, str]:
     return name, model
 
 
-def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
-    """(model folder, verifier folders) for `model` from a models file:
-    {"models": {"flux": {"folder": DIR, "verifiers": {"clip-score": DIR}}, "sit": DIR}}."""
+def _models_file_entry(path: str, model: str) -> object:
+    """`model`'s entry of a models file: {"models": {NAME: ENTRY, ...}}."""
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -194,7 +193,13 @@ def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
         raise ConfigError(f'--models: {path} has no "models" object; want {{"models": {{"flux": "/weights/flux"}}}}')
     if model not in models:
         raise ConfigError(f"--models: {path} names {', '.join(models)}, not --model {model!r}")
-    entry = models[model]
+    return models[model]
+
+
+def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
+    """(model folder, verifier folders) for `model` from a models file:
+    {"models": {"flux": {"folder": DIR, "verifiers": {"clip-score": DIR}}, "sit": DIR}}."""
+    entry = _models_file_entry(path, model)
     if isinstance(entry, str):
         return entry, {}
     if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
@@ -203,6 +208,21 @@ def _models_file(path: str, model: str) -> tuple[str, dict[str, str]]:
     if not isinstance(verifiers, dict) or not all(isinstance(v, str) for v in verifiers.values()):
         raise ConfigError(f"--models: {path}: models.{model}.verifiers must map verifier names to folders")
     return entry["folder"], verifiers
+
+
+def _triton_models_file(path: str, model: str) -> tuple[str, list[tuple[str, str]]]:
+    """(Triton model, [(verifier, Triton model)]) for `model` from a models file:
+    {"models": {"gmm": {"triton": "gmm_denoiser", "verifiers": {"gmm-oracle": {"triton": "gmm_oracle"}}}}}."""
+    entry = _models_file_entry(path, model)
+    want = f'{{"triton": "TRITON_MODEL", "verifiers": {{"NAME": {{"triton": "TRITON_MODEL"}}}}}}'
+    if not isinstance(entry, dict) or not isinstance(entry.get("triton"), str) or not entry["triton"]:
+        raise ConfigError(f"--models: {path}: with --triton, models.{model} must be {want}")
+    verifiers = entry.get("verifiers", {})
+    if not isinstance(verifiers, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("triton"), str) and v["triton"] for v in verifiers.values()
+    ):
+        raise ConfigError(f"--models: {path}: models.{model}.verifiers must map verifier names to {{\"triton\": \"TRITON_MODEL\"}}")
+    return entry["triton"], [(name, v["triton"]) for name, v in verifiers.items()]
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -274,9 +294,10 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"--triton: got {args.triton!r}; want HOST:PORT of Triton's gRPC endpoint (e.g. triton-0:8001)")
         if args.models is not None:
-            raise ConfigError("--models: with --triton, name the Triton models with --model NAME@triton:TRITON_MODEL")
-        model, triton_model = _triton_model("--model", args.model)
-        triton_verifiers = [_triton_model("--verifier", value) for value in args.verifier]
+            triton_model, triton_verifiers = _triton_models_file(args.models, args.model)
+        else:
+            model, triton_model = _triton_model("--model", args.model)
+        triton_verifiers += [_triton_model("--verifier", value) for value in args.verifier]
         if args.triton_wait < 0 or not args.triton_timeout > 0:
             raise ConfigError(
                 f"--triton-wait {args.triton_wait:g} / --triton-timeout {args.triton_timeout:g}: want a wait of 0 s "

@@ -68,3 +68,22 @@ def test_describe_prints_the_model_as_proto_json_and_serves_nothing():
     assert description["model"] == "gmm" and description["maxBatch"] == 16
     assert [v["name"] for v in description["verifiers"]] == ["gmm-oracle", "gmm-classifier", "gmm-selfsup"]
     assert description["defaultSolver"] == "heun" and description["defaultSteps"] == 28
+
+
+def test_a_models_file_names_triton_models_and_flags_add_verifiers(tmp_path):
+    from noisesearch_server.backend import ConfigError
+    from noisesearch_server.server import parse_args
+
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps(
+        {"models": {"gmm": {"triton": "gmm_denoiser", "verifiers": {"gmm-oracle": {"triton": "gmm_oracle"}}}, "sit": "/w"}}
+    ))
+    config = parse_args([
+        "--triton", "triton-0:8001", "--models", str(models), "--model", "gmm",
+        "--verifier", "gmm-selfsup@triton:gmm_selfsup",
+    ])
+    assert (config.triton, config.model, config.triton_model) == ("triton-0:8001", "gmm", "gmm_denoiser")
+    assert config.triton_verifiers == (("gmm-oracle", "gmm_oracle"), ("gmm-selfsup", "gmm_selfsup"))
+    # A folder entry is a PyTorch model, not a Triton one: the refusal shows the shape a Triton entry takes.
+    with pytest.raises(ConfigError, match=r'models.sit must be \{"triton": "TRITON_MODEL"'):
+        parse_args(["--triton", "triton-0:8001", "--models", str(models), "--model", "sit"])
