@@ -8,6 +8,8 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..backend import ConfigError
 from ..schedules import sigma_at_level
 from .adapter import TorchModel, TorchVerifierAdapter
@@ -70,6 +72,22 @@ def load_model(name: str, folder: str | Path, device_flag: str, dtype_flag: str,
     return TorchModel(denoiser)
 
 
+def load_verifier(
+    name: str, folder: str | Path, device: str | torch.device, dtype_flag: str, xpred_sigma: float | None = None
+) -> TorchVerifierAdapter:
+    """One verifier on `device`; `xpred_sigma` (the model's sigma at SELFSUP_LEVEL) is what selfsup needs and
+    what no other verifier takes. Which model it scores is the caller's to check (load_verifiers does)."""
+    if name not in VERIFIERS:
+        raise ConfigError(f"--verifier: unknown verifier {name!r}; want one of {', '.join(VERIFIERS)}")
+    if name == "selfsup" and xpred_sigma is None:
+        raise ConfigError(f"--verifier selfsup: needs xpred_sigma, the model's sigma at noise level {SELFSUP_LEVEL}")
+    entry = VERIFIERS[name]
+    options = {"xpred_sigma": xpred_sigma} if name == "selfsup" else {}
+    where = pick_device(str(device))
+    loaded = _function(entry, entry.loader)(Path(folder), where, pick_dtype(where, dtype_flag), **options)
+    return TorchVerifierAdapter(loaded, entry.condition)
+
+
 def load_verifiers(
     folders: dict[str, str | Path], model: TorchModel, dtype_flag: str
 ) -> list[TorchVerifierAdapter]:
@@ -84,7 +102,6 @@ def load_verifiers(
             raise ConfigError(f"--verifier {name}: it scores against a prompt, and model {spec.name!r} takes classes")
         if entry.condition == "class" and not spec.num_classes:
             raise ConfigError(f"--verifier {name}: it scores against a class, and model {spec.name!r} has none")
-        options = {"xpred_sigma": float(sigma_at_level(spec, SELFSUP_LEVEL))} if name == "selfsup" else {}
-        loaded = _function(entry, entry.loader)(Path(folder), model.device, pick_dtype(model.device, dtype_flag), **options)
-        verifiers.append(TorchVerifierAdapter(loaded, entry.condition))
+        xpred_sigma = float(sigma_at_level(spec, SELFSUP_LEVEL)) if name == "selfsup" else None
+        verifiers.append(load_verifier(name, folder, model.device, dtype_flag, xpred_sigma))
     return verifiers
