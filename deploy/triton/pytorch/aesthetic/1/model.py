@@ -1,0 +1,2 @@
+# noisesearch's own network code (noisesearch_server/triton/pb_torch.py); config.pbtxt says which network.
+from noisesearch_server.triton.pb_torch import TorchVerifier as TritonPythonModel  # noqa: F401
