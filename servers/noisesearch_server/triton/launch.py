@@ -113,11 +113,15 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _log_summary(log_path: Path, lines: int = 8) -> str:
-    """Triton's error lines (E<date> ...), or the log's last lines when it has none."""
+    """Triton's error lines (E<date> ...), or the log's last lines when it has none; for a bad command line, what
+    precedes the usage text Triton prints after it."""
     try:
         text = log_path.read_text(errors="replace").splitlines()
     except OSError:
-        return "(no log)"
+        return "    (no log)"
+    usage = next((i for i, line in enumerate(text) if line.startswith("Usage: tritonserver")), None)
+    if usage is not None:
+        text = text[:usage]
     errors = [line for line in text if len(line) > 1 and line[0] == "E" and line[1].isdigit()]
     chosen = (errors or [line for line in text if line.strip()])[-lines:]
     return "\n".join("    " + line for line in chosen) or "    (empty log)"
