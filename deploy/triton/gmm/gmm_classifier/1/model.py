@@ -1,0 +1,2 @@
+"""Triton loads TritonPythonModel from here; the code lives in the noisesearch server."""
+from noisesearch_server.triton.pb_gmm import GmmClassifier as TritonPythonModel  # noqa: F401
