@@ -110,22 +110,41 @@ class TritonClient:
     def not_ready_reasons(self, models: Sequence[str], timeout_s: float = 2.0) -> dict[str, str]:
         """Each of `models` that is not ready, with Triton's repository state and reason (a failed load says why)."""
         index = self._unary("RepositoryIndex", service_pb2.RepositoryIndexRequest(), "RepositoryIndex", timeout_s)
-        states = {entry.name: f"{entry.state or 'UNKNOWN'}{': ' + entry.reason if entry.reason else ''}" for entry in index.models}
+        # A Python model's failed load gives its stub's traceback over several lines; the start error is one line.
+        states = {
+            entry.name: f"{entry.state or 'UNKNOWN'}{': ' + ' '.join(entry.reason.split()) if entry.reason else ''}"
+            for entry in index.models
+        }
         return {m: states.get(m, "not in the model repository") for m in models if not self.model_ready(m, timeout_s)}
 
     def metadata(self, model: str) -> Any:
         return self._unary("ModelMetadata", service_pb2.ModelMetadataRequest(name=model), f"ModelMetadata {model}")
 
-    def parameters(self, model: str) -> dict[str, str]:
-        response = self._unary("ModelConfig", service_pb2.ModelConfigRequest(name=model), f"ModelConfig {model}")
-        return {name: value.string_value for name, value in response.config.parameters.items()}
+    def config(self, model: str) -> Any:
+        """The model's configuration (model_config.proto's ModelConfig): its max_batch_size and parameters."""
+        return self._unary("ModelConfig", service_pb2.ModelConfigRequest(name=model), f"ModelConfig {model}").config
 
     def statistics(self, model: str) -> Any:
         request = service_pb2.ModelStatisticsRequest(name=model)
         return self._unary("ModelStatistics", request, f"ModelStatistics {model}")
 
-    def infer(self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """One ModelInfer: inputs name -> (array, v2 datatype); returns each named output as an array."""
+    def infer(
+        self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: Sequence[str], max_rows: int
+    ) -> dict[str, np.ndarray]:
+        """inputs name -> (array, v2 datatype), rows first; returns each named output as an array. One ModelInfer,
+        unless the rows exceed the model's max_batch_size: then one per slice (rows are independent)."""
+        count = len(next(iter(inputs.values()))[0])
+        if count <= max_rows:
+            return self._infer_once(model, inputs, outputs)
+        parts = [
+            self._infer_once(model, {n: (v[i : i + max_rows], t) for n, (v, t) in inputs.items()}, outputs)
+            for i in range(0, count, max_rows)
+        ]
+        return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
+
+    def _infer_once(
+        self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         request = service_pb2.ModelInferRequest(model_name=model)
         for name, (values, datatype) in inputs.items():
             request.inputs.add(name=name, datatype=datatype, shape=list(values.shape))

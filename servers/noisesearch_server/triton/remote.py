@@ -50,6 +50,10 @@ class Signature:
         metadata = client.metadata(model)
         self.inputs = _tensors(metadata.inputs)
         self.outputs = _tensors(metadata.outputs)
+        config = client.config(model)
+        # Calls with more rows than this are sent in slices; batched tensors guarantee it is at least 1.
+        self.max_rows = max(1, config.max_batch_size)
+        self.parameters = {name: value.string_value for name, value in config.parameters.items()}
         self.problems: list[str] = []
 
     def tensor(self, kind: str, name: str, datatypes: Sequence[str], dims: tuple[int, ...] | None = None) -> Tensor | None:
@@ -91,7 +95,8 @@ class TritonDenoiser:
         x = signature.tensor("input", contract.X, ("FP64", "FP32"))
         signature.tensor("input", contract.SIGMA, ("FP64",), (1,))
         signature.tensor("input", contract.GUIDANCE, ("FP64",), (1,))
-        parameters = client.parameters(model)
+        parameters = signature.parameters
+        self.max_rows = signature.max_rows
         self.has_classes = contract.CLASS_LABEL in signature.inputs
         self.takes_prompts = contract.PROMPT in signature.inputs
         if self.has_classes:
@@ -106,9 +111,17 @@ class TritonDenoiser:
         if x is not None:
             signature.tensor("output", contract.X0, (x.datatype,), x.dims)
         self.decoder = parameters.get(contract.DECODER) or None
+        self.decoder_rows = 1
         image_shape: tuple[int, ...] = ()
         if self.decoder is not None and x is not None:
             decoder = Signature(client, self.decoder, f"the decoder of {flag}")
+            self.decoder_rows = decoder.max_rows
+            # The decoder must belong to the same weights as the denoiser, or pictures come from another model.
+            if decoder.parameters.get("identity") != parameters.get("identity"):
+                decoder.problems.append(
+                    f"parameter identity is {decoder.parameters.get('identity', '')!r}, the denoiser's is "
+                    f"{parameters.get('identity', '')!r}; a decoder must come from the denoiser's weights"
+                )
             decoder.tensor("input", contract.LATENTS, (x.datatype,), x.dims)
             decoder.only_inputs([contract.LATENTS])
             images = decoder.tensor("output", contract.IMAGES, ("FP32",))
@@ -144,14 +157,14 @@ class TritonDenoiser:
         return inputs
 
     def denoise(self, x: np.ndarray, sigma: float, rows: Rows) -> np.ndarray:
-        x0 = self.client.infer(self.model, self._inputs(x, sigma, rows), [contract.X0])[contract.X0]
+        x0 = self.client.infer(self.model, self._inputs(x, sigma, rows), [contract.X0], self.max_rows)[contract.X0]
         return x0.reshape(len(x), -1).astype(np.float64)
 
     def decode(self, samples: np.ndarray) -> np.ndarray:
         assert self.decoder is not None
         latents = samples.reshape(len(samples), *self.spec.latent_shape)
         inputs = {contract.LATENTS: (latents, self.x_datatype)}
-        return self.client.infer(self.decoder, inputs, [contract.IMAGES])[contract.IMAGES]
+        return self.client.infer(self.decoder, inputs, [contract.IMAGES], self.decoder_rows)[contract.IMAGES]
 
     def stack_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack(list(images))
@@ -187,8 +200,9 @@ class TritonVerifier:
         self.client = client
         self.model = model
         signature = Signature(client, model, f"--verifier {name}@triton:{model}")
+        self.max_rows = signature.max_rows
         try:
-            self.spec: VerifierSpec = contract.verifier_spec(name, client.parameters(model), signature.what)
+            self.spec: VerifierSpec = contract.verifier_spec(name, signature.parameters, signature.what)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         spec = denoiser.spec
@@ -225,7 +239,7 @@ class TritonVerifier:
         if self.spec.kind == "self-supervised":
             assert probes is not None
             inputs[contract.PROBES] = (np.asarray(probes), self.samples_datatype)
-        return self.client.infer(self.model, inputs, [contract.SCORE])[contract.SCORE].reshape(count)
+        return self.client.infer(self.model, inputs, [contract.SCORE], self.max_rows)[contract.SCORE].reshape(count)
 
 
 class Readiness:
