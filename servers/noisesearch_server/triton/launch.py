@@ -132,7 +132,11 @@ def _client(grpc_address: str):
         import tritonclient.grpc as triton_grpc
     except ImportError:
         raise RuntimeError(f"the Triton client (tritonclient) is missing from this venv: {SETUP_HINT}") from None
-    return triton_grpc.InferenceServerClient(grpc_address)
+    # gRPC backs off reconnecting to an address that refused it (up to minutes), so a probe started before
+    # tritonserver listens would see it ready seconds late; a short, capped backoff keeps polling responsive.
+    backoff = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", 500)]
+    return triton_grpc.InferenceServerClient(grpc_address, channel_args=backoff)
 
 
 def _not_ready(client, models: Sequence[str]) -> list[str]:
