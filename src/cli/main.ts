@@ -38,7 +38,7 @@ Usage: ${WORKER_USAGE}
   --fleet LIST|FILE  model servers: comma-separated host:port, or a file (JSON {"endpoints": [...]} or one a line)
 `;
 
-const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME] [--device D] | stop | status';
+const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
 const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
 
 Usage: ${SERVER_USAGE}
@@ -46,7 +46,10 @@ Usage: ${SERVER_USAGE}
   start    start (or reuse) the Temporal dev server (persisted to a file) and the model server: the embedded
            gmm, or a PyTorch model from a local folder with its verifiers (docs/real-models.md), e.g.
              noisesearch server start --model flux=/weights/FLUX.1-dev --verifier clip-score=/weights/clip
-           (the PyTorch extra installs with: .venv/bin/pip install -e 'servers[torch]')
+           (the PyTorch extra installs with: .venv/bin/pip install -e 'servers[torch]'), or the networks of a
+           Triton server (docs/triton.md), e.g.
+             noisesearch server start --triton 127.0.0.1:8001 --model gmm@triton:gmm_denoiser \\
+               --verifier gmm-classifier@triton:gmm_classifier
   stop     stop them
   status   say whether each is running and ready
 `;
@@ -82,17 +85,24 @@ async function workerCommand(argv: string[]): Promise<number> {
 }
 
 /** The model server's arguments for `server start`, or undefined for whatever runs (the gmm at first). */
-function modelServerArgs(values: { model?: string; models?: string; verifier?: string[]; device?: string; resolution?: string }): string[] | undefined {
-  const { model, models, verifier = [], device, resolution } = values;
+function modelServerArgs(values: { model?: string; models?: string; verifier?: string[]; device?: string; resolution?: string; triton?: string }): string[] | undefined {
+  const { model, models, verifier = [], device, resolution, triton } = values;
+  if (triton !== undefined && (model === undefined || !model.includes('@triton:'))) {
+    throw new UsageError(`server start: --triton goes with --model NAME@triton:TRITON_MODEL, the Triton model that is the denoiser; usage: ${SERVER_USAGE}`);
+  }
   if (model === undefined) {
     if (models !== undefined || verifier.length > 0 || device !== undefined || resolution !== undefined) {
       throw new UsageError(`server start: --models, --verifier, --device and --resolution go with --model; usage: ${SERVER_USAGE}`);
     }
     return undefined;
   }
+  if (triton === undefined && [model, ...verifier].some((name) => name.includes('@triton:'))) {
+    throw new UsageError('server start: --model/--verifier NAME@triton:TRITON_MODEL name Triton models; add --triton HOST:PORT, Triton\'s gRPC endpoint');
+  }
   if (model === 'gmm' && (models !== undefined || verifier.length > 0)) throw new UsageError('server start: the embedded gmm hosts its own verifiers; --verifier and --models go with a PyTorch model');
   return [
     '--model', model,
+    ...(triton !== undefined ? ['--triton', triton] : []),
     ...(models !== undefined ? ['--models', models] : []),
     ...verifier.flatMap((v) => ['--verifier', v]),
     ...(device !== undefined ? ['--device', device] : []),
@@ -103,7 +113,7 @@ function modelServerArgs(values: { model?: string; models?: string; verifier?: s
 async function serverCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
-    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' } },
+    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' }, triton: { type: 'string' } },
     SERVER_USAGE,
   );
   if (values.help) {
