@@ -8,6 +8,7 @@ repository.py writes for the released FLUX.1-dev at 1024 px."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import grpc
 import numpy as np
 import pytest
 
@@ -25,9 +27,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 
+from PIL import Image  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from noisesearch_server.backend import ModelSpec, RowCondition, Rows  # noqa: E402
+from noisesearch_server.proto import load  # noqa: E402
+from noisesearch_server.server import parse_args, start_server  # noqa: E402
 from noisesearch_server.torchmodels import flux, registry  # noqa: E402
 from noisesearch_server.triton import repository  # noqa: E402
 from noisesearch_server.triton.launch import REPO_ROOT, SETUP_HINT, start_triton, wait_ready  # noqa: E402
@@ -309,3 +314,40 @@ def test_the_flux_example_is_what_repository_writes(tmp_path):
     assert math.isclose(shift, math.exp(1.15), rel_tol=1e-12)
     assert '{ name: "x" data_type: TYPE_FP32 dims: [ 16, 128, 128 ] }' in config
     assert json.dumps("flux_decoder") in config
+
+
+async def test_a_search_server_over_triton_equals_the_native_torch_server(triton, folders):
+    """The whole path: a noisesearch server whose networks are the Triton models evaluates SiT candidates as the
+    native torch server does: same NFEs, scores and pictures. Five candidates fill the preferred batch, so each
+    call executes at once and with the rows the native engine batches."""
+    pb, services = load()
+    common = ["--port", "0", "--batch-window-ms", "0", "--max-batch", str(PREFERRED)]
+    native_server = await start_server(parse_args([
+        *common, "--device", "cpu", "--dtype", "float32", "--model", f"sit={folders['sit']}",
+        "--verifier", f"dino-imagenet={folders['dino-imagenet']}",
+    ]))
+    remote_server = await start_server(parse_args([
+        *common, "--triton", triton.grpc_address, "--triton-wait", "10",
+        "--model", "sit@triton:sit_denoiser", "--verifier", "dino-imagenet@triton:dino_imagenet",
+    ]))
+    request = pb.EvaluateRequest(model="sit", verifiers=["dino-imagenet"], return_samples=True)
+    for seed in range(PREFERRED):
+        message = request.candidates.add(id=f"c{seed}", condition=pb.Condition(class_label=seed % 3))
+        message.lineage.noise.seed = seed
+        message.lineage.ops.add().solve.CopyFrom(pb.Solve(sigma_from=1.0, sigma_to=0.0, solver="heun", steps=3))
+    answers = []
+    try:
+        for running in (native_server, remote_server):
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                answers.append(await services.DenoiserStub(channel).Evaluate(request, timeout=DEADLINE_S * 4))
+    finally:
+        await native_server.stop()
+        await remote_server.stop()
+    native_answer, remote_answer = answers
+    for expected, got in zip(native_answer.results, remote_answer.results, strict=True):
+        assert not expected.HasField("error") and not got.HasField("error"), (expected.error, got.error)
+        assert (got.id, got.nfe_logical, got.nfe_executed) == (expected.id, 5, 5)
+        assert got.scores["dino-imagenet"] == pytest.approx(expected.scores["dino-imagenet"], abs=ATOL)
+        pictures = [np.asarray(Image.open(io.BytesIO(r.image)), dtype=np.int16) for r in (expected, got)]
+        # The decoder's few-ulp differences can move a pixel across a rounding boundary, never further.
+        assert np.abs(pictures[0] - pictures[1]).max() <= 1
