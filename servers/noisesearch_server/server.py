@@ -144,7 +144,18 @@ def build_triton_backend(config: ServerConfig) -> Backend:
         wait_s=config.triton_wait_s, timeout_s=config.triton_timeout_s, max_message_bytes=config.max_message_mb << 20,
     )
     # The mixture's population metrics are closed-form sums over its known components, not a network: computed here.
-    population = GmmPopulation(GaussianMixture(GmmConfig())) if config.model == "gmm" else None
+    population = None
+    if config.model == "gmm":
+        mixture = GaussianMixture(GmmConfig())
+        if denoiser.spec.latent_shape != mixture.spec.latent_shape:
+            # Else the server would start and fail every Population call on the mixture's own dimension.
+            denoiser.client.close()
+            raise ConfigError(
+                f"triton model {config.triton_model!r} (--model gmm@triton:{config.triton_model}): input 'x' has latent "
+                f"shape {list(denoiser.spec.latent_shape)}; want {list(mixture.spec.latent_shape)}, the embedded "
+                f"mixture's, which the name gmm stands for"
+            )
+        population = GmmPopulation(mixture)
     backend = DiffusionBackend(
         denoiser,
         verifiers,
