@@ -240,6 +240,9 @@ class Backend(ABC):
         """Whether the backend can serve now: always, once loaded, unless its networks are remote (Triton)."""
         return True
 
+    def close(self) -> None:
+        """Lets go of what the backend holds beyond this process (a connection to Triton); nothing by default."""
+
     @abstractmethod
     def population(self, request: PopulationRequest) -> PopulationResult:
         """Fréchet distance and Inception Score of the samples against the true distribution (population.py);

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,6 +37,14 @@ from .population import PopulationModel, PopulationResult, population_metrics
 from .validation import validate_candidate
 
 
+class RemoteNetworks(Protocol):
+    """Networks served by another process (a Triton server): whether they answer now, and letting go of them."""
+
+    def ready(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 # Bounds a Population call (the reference is 20x the samples) to about a second on the engine thread.
 MAX_POPULATION_SAMPLES = 10_000
 MAX_SCORE_SAMPLES = 10_000
@@ -57,9 +64,9 @@ class DiffusionBackend(Backend):
         image_metrics: Any | None = None,
         max_request_nfe: int = DEFAULT_MAX_REQUEST_NFE,
         faults: FaultPlan | None = None,
-        readiness: Callable[[], bool] | None = None,
+        remote: RemoteNetworks | None = None,
     ) -> None:
-        """readiness: whether remote networks (Triton) answer now; None when the networks are in-process."""
+        """remote: the connection to networks served elsewhere (Triton); None when they are in-process."""
         if max_request_nfe < 1:
             raise ConfigError(f"max_request_nfe must be >= 1, got {max_request_nfe}")
         if max_batch < 1:
@@ -77,7 +84,7 @@ class DiffusionBackend(Backend):
         if len(probe_sigmas) > 1:
             raise ConfigError(f"self-supervised verifiers must share one xpred_sigma, got {sorted(probe_sigmas)}")
         self.model = model
-        self._readiness = readiness
+        self._remote = remote
         self.population_model = population
         # ImagePopulationMetrics (torchmodels/image_metrics.py) for an image model: FID, IS, CLIP-FID.
         self.image_metrics = image_metrics
@@ -90,7 +97,11 @@ class DiffusionBackend(Backend):
         self.engine = Engine(model, self.verifiers, self.cache, probe_sigmas.pop() if probe_sigmas else None, faults)
 
     def ready(self) -> bool:
-        return self._readiness is None or self._readiness()
+        return self._remote is None or self._remote.ready()
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
 
     def describe(self) -> Description:
         return Description(

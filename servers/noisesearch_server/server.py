@@ -165,7 +165,7 @@ def build_triton_backend(config: ServerConfig) -> Backend:
         population=population,
         max_request_nfe=config.max_request_nfe,
         faults=config.faults,
-        readiness=readiness.ready,
+        remote=readiness,
     )
     return backend
 
@@ -394,6 +394,7 @@ class RunningServer:
         await self.server.stop(grace)
         await self.batcher.close()
         self.executor.shutdown(wait=True)
+        self.backend.close()
 
 
 async def start_server(config: ServerConfig, backend: Backend | None = None) -> RunningServer:

@@ -20,7 +20,6 @@ from triton_fixtures import (
     REPOSITORY,
     add_model,
     copy_repository,
-    crash,
     free_ports,
     health_status,
     replace_once,
@@ -77,8 +76,9 @@ class TritonPythonModel(GmmDenoiser):
         return super()._denoise(request)
 '''
 
-# A model that trusts its config.pbtxt, as a third-party one may: it loads whatever its parameters say, so only
-# the noisesearch server's own check stands between a missing parameter and a wrong Describe.
+# Models that trust their config.pbtxt, as a third-party one (ONNX, TensorRT) may: they load whatever their
+# tensors and parameters say, so only the noisesearch server's own checks stand between a mis-shaped or
+# under-described model and wrong answers. (pb_gmm's own models refuse to load such a config: checked below.)
 DENOISER_TRUSTING_ITS_CONFIG = '''from noisesearch_server.gmm import GaussianMixture, GmmConfig
 from noisesearch_server.triton.pb_gmm import GmmDenoiser
 
@@ -86,6 +86,15 @@ from noisesearch_server.triton.pb_gmm import GmmDenoiser
 class TritonPythonModel(GmmDenoiser):
     def initialize(self, args):
         self.model = GaussianMixture(GmmConfig())
+'''
+
+CLASSIFIER_TRUSTING_ITS_CONFIG = '''from noisesearch_server.gmm import ClassifierVerifier, GaussianMixture, GmmConfig
+from noisesearch_server.triton.pb_gmm import GmmClassifier
+
+
+class TritonPythonModel(GmmClassifier):
+    def initialize(self, args):
+        self.verifier = ClassifierVerifier(GaussianMixture(GmmConfig()))
 '''
 
 
@@ -98,11 +107,12 @@ def faulty(tmp_path_factory):
     repository = copy_repository(root / "repository")
     (repository / "gmm_oracle" / "1" / "model.py").write_text(ORACLE_THAT_CANNOT_LOAD)
     denoiser_py = (REPOSITORY / "gmm_denoiser" / "1" / "model.py").read_text()
-    classifier_py = (REPOSITORY / "gmm_classifier" / "1" / "model.py").read_text()
     add_model(repository, "gmm_denoiser_refuses_7", "gmm_denoiser", DENOISER_REFUSING_CLASS_7)
-    add_model(repository, "gmm_denoiser_x8", "gmm_denoiser", denoiser_py, lambda t: replace_once(t, "dims: [ 16 ]", "dims: [ 8 ]"))
+    to_x8 = lambda t: replace_once(t, "dims: [ 16 ]", "dims: [ 8 ]")  # noqa: E731
+    add_model(repository, "gmm_denoiser_x8", "gmm_denoiser", DENOISER_TRUSTING_ITS_CONFIG, to_x8)
+    add_model(repository, "gmm_denoiser_x8_checked", "gmm_denoiser", denoiser_py, to_x8)
     add_model(
-        repository, "gmm_classifier_no_score", "gmm_classifier", classifier_py,
+        repository, "gmm_classifier_no_score", "gmm_classifier", CLASSIFIER_TRUSTING_ITS_CONFIG,
         lambda t: replace_once(t, '{ name: "score"', '{ name: "log_posterior"'),
     )
     add_model(
@@ -364,6 +374,14 @@ def test_a_model_breaking_the_contract_fails_the_start_naming_it(faulty, model, 
         assert fragment in line, line
 
 
+def test_the_projects_own_gmm_model_refuses_to_load_a_mis_shaped_config(faulty):
+    # pb_gmm checks config.pbtxt's tensors against the mixture at load: the model is not ready, and the start
+    # of a server naming it says which tensors and what they should be.
+    line = start_error([*triton_argv(faulty.grpc_address, "gmm_denoiser_x8_checked", {}), "--triton-wait", "0.5"])
+    assert "model 'gmm_denoiser_x8_checked' is not ready" in line, line
+    assert "input x: TYPE_FP64 [8] -> TYPE_FP64 [16]; output x0: TYPE_FP64 [8] -> TYPE_FP64 [16]" in line, line
+
+
 # 4. A model that raises on some rows.
 
 async def test_rows_the_model_raises_on_fail_alone_with_tritons_message(faulty):
@@ -405,7 +423,7 @@ async def test_the_server_follows_triton_down_and_back(tmp_path):
 
             await wait_for(denoiser_ran, 10.0, "the long call's first denoiser execution")
             assert not long_call.done()
-            crash(server)
+            server.kill()
             details = await expect_status(long_call, grpc.StatusCode.UNAVAILABLE)
             assert "gmm_denoiser" in details, details
 
@@ -429,7 +447,7 @@ async def test_the_server_follows_triton_down_and_back(tmp_path):
             await wait_for(serving_again, DEADLINE_S, "SERVING after Triton came back")
             assert_same_evaluation(*[await evaluate(s, searches(pb)[:3]) for s in (remote, native)])
     finally:
-        crash(server)
+        server.kill()
         if restarted is not None:
             await asyncio.to_thread(restarted.stop)
 

@@ -4,10 +4,8 @@ it with test-only models added, free ports, and a server started in this process
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
-import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from noisesearch_server.proto import load
 from noisesearch_server.server import RunningServer, parse_args, start_server
-from noisesearch_server.triton.launch import REPO_ROOT, SETUP_HINT, TritonServer
+from noisesearch_server.triton.launch import REPO_ROOT, SETUP_HINT
 
 REPOSITORY = REPO_ROOT / "deploy" / "triton" / "gmm"
 # The orchestrator's verifier name -> the Triton model that computes it, in the native server's order so that
@@ -48,34 +46,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The command name in parentheses may hold spaces; the parent's pid is the second field after it.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def crash(server: TritonServer) -> None:
-    """SIGKILL tritonserver, as a crash would, then its Python-backend stubs by their ids: a stub busy with a
-    request when its parent dies never notices (measured: the denoiser's still ran minutes after the test). A server
-    already gone is left alone: its pid may be another process's by now."""
-    if server.process.poll() is not None:
-        return
-    stubs = _children(server.process.pid)
-    server.kill()
-    for pid in stubs:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def copy_repository(target: Path, source: Path = REPOSITORY) -> Path:

@@ -65,6 +65,7 @@ class TritonClient:
     def __init__(self, address: str, *, timeout_s: float, max_message_bytes: int) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="noisesearch-triton", daemon=True)
         self._thread.start()
@@ -85,6 +86,10 @@ class TritonClient:
         self._channel, self._stub = self._run(connect())
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            # The loop no longer runs: a coroutine handed to it would never finish, and its caller never return.
+            coroutine.close()
+            raise RequestError("UNAVAILABLE", f"triton at {self.address}: the client was closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _unary(self, method: str, request: Any, what: str, timeout_s: float | None = None) -> Any:
@@ -170,8 +175,12 @@ class TritonClient:
 
     def close(self) -> None:
         async def close_channel() -> None:
+            # Cancels the calls in flight, so each of their callers gets an answer before the loop stops.
             await self._channel.close()
 
+        if self._closed:
+            return
         self._run(close_channel())
+        self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

@@ -49,8 +49,31 @@ class TritonServer:
         return self.process.wait()
 
     def kill(self) -> None:
+        """SIGKILL, as a crash would, and its Python-backend stubs too: a stub busy with a request when tritonserver
+        dies never notices and runs on. A server already gone is left alone (its pid may be another's by now)."""
+        if self.process.poll() is not None:
+            return
+        stubs = _children(self.process.pid)
         self.process.kill()
         self.process.wait()
+        for pid in stubs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name in parentheses may hold spaces; the parent's pid is the second field after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _venv_paths(triton_venv: Path) -> tuple[Path, Path, str]:

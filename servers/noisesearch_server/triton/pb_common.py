@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from ..backend import RowCondition, Rows
 from . import contract
+from .repository import Signature
 
 
 def parameters(args: dict) -> dict[str, str]:
@@ -87,3 +88,25 @@ def refuse_disagreement(what: str, declared: dict[str, str], actual: dict[str, s
             f"{what}: config.pbtxt parameters disagree with the loaded model ({'; '.join(wrong)}); set them to the "
             f"values after the arrows"
         )
+
+
+def declared_tensors(config: dict, key: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """config.pbtxt's inputs or outputs (`key`): name -> (data type, dims after the batch)."""
+    return {t["name"]: (t["data_type"], tuple(int(d) for d in t.get("dims", []))) for t in config.get(key, [])}
+
+
+def refuse_other_signature(what: str, args: dict, signature: Signature) -> None:
+    """Loading fails when config.pbtxt's inputs and outputs are not the ones this network takes and gives, so a
+    mis-shaped configuration is a model that is not ready, naming the right tensors, not a failure per request."""
+    config = json.loads(args["model_config"])
+    wrong = []
+    for key, tensors in zip(("input", "output"), signature, strict=True):
+        declared = declared_tensors(config, key)
+        needed = {t.name: (t.data_type, t.dims) for t in tensors}
+        for name, (data_type, dims) in needed.items():
+            if declared.get(name) != (data_type, dims):
+                has = "absent" if name not in declared else f"{declared[name][0]} {list(declared[name][1])}"
+                wrong.append(f"{key} {name}: {has} -> {data_type} {list(dims)}")
+        wrong += [f"{key} {name}: not taken by this network" for name in declared if name not in needed]
+    if wrong:
+        raise ValueError(f"{what}: config.pbtxt tensors disagree with the loaded model ({'; '.join(wrong)})")

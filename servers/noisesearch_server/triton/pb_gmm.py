@@ -8,11 +8,13 @@ import numpy as np
 
 from ..gmm import ClassifierVerifier, GaussianMixture, GmmConfig, OracleVerifier, SelfSupervisedVerifier
 from . import contract, pb_common
+from .repository import FP64, denoiser_signature, verifier_signature
 
 
 class GmmDenoiser:
     def initialize(self, args: dict) -> None:
         self.model = GaussianMixture(GmmConfig())
+        pb_common.refuse_other_signature(args["model_name"], args, denoiser_signature(self.model.spec, FP64))
         pb_common.refuse_disagreement(
             args["model_name"], pb_common.parameters(args), contract.model_parameters(self.model.spec)
         )
@@ -45,7 +47,10 @@ class GmmVerifier:
     verifier_type: type[OracleVerifier | ClassifierVerifier | SelfSupervisedVerifier]
 
     def initialize(self, args: dict) -> None:
-        self.verifier = self.verifier_type(GaussianMixture(GmmConfig()))
+        model = GaussianMixture(GmmConfig())
+        self.verifier = self.verifier_type(model)
+        signature = verifier_signature(self.verifier.spec, model.spec.latent_shape, FP64)
+        pb_common.refuse_other_signature(args["model_name"], args, signature)
         pb_common.refuse_disagreement(
             args["model_name"], pb_common.parameters(args), contract.verifier_parameters(self.verifier.spec)
         )

@@ -18,27 +18,7 @@ import torch
 from ..backend import Rows
 from ..torchmodels.registry import load_model, load_verifier
 from . import contract, pb_common
-from .repository import Signature, decoder_signature, denoiser_signature, verifier_signature
-
-
-def _declared_tensors(config: dict, key: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {t["name"]: (t["data_type"], tuple(int(d) for d in t.get("dims", []))) for t in config.get(key, [])}
-
-
-def refuse_other_signature(what: str, args: dict, signature: Signature) -> None:
-    """Loading fails when config.pbtxt's inputs and outputs are not the ones this network takes and gives."""
-    config = json.loads(args["model_config"])
-    wrong = []
-    for key, tensors in zip(("input", "output"), signature, strict=True):
-        declared = _declared_tensors(config, key)
-        needed = {t.name: (t.data_type, t.dims) for t in tensors}
-        for name, (data_type, dims) in needed.items():
-            if declared.get(name) != (data_type, dims):
-                has = "absent" if name not in declared else f"{declared[name][0]} {list(declared[name][1])}"
-                wrong.append(f"{key} {name}: {has} -> {data_type} {list(dims)}")
-        wrong += [f"{key} {name}: not taken by this network" for name in declared if name not in needed]
-    if wrong:
-        raise ValueError(f"{what}: config.pbtxt tensors disagree with the loaded model ({'; '.join(wrong)})")
+from .repository import decoder_signature, denoiser_signature, verifier_signature
 
 
 def _what(args: dict) -> str:
@@ -96,7 +76,7 @@ class TorchDenoiser:
     def initialize(self, args: dict) -> None:
         parameters, self.model = _load(args)
         spec = self.model.spec
-        refuse_other_signature(_what(args), args, denoiser_signature(spec))
+        pb_common.refuse_other_signature(_what(args), args, denoiser_signature(spec))
         pb_common.refuse_disagreement(_what(args), parameters, contract.model_parameters(spec))
 
     def _decode(self, request) -> tuple:
@@ -130,7 +110,7 @@ class TorchDecoder:
     def initialize(self, args: dict) -> None:
         parameters, self.model = _load(args)
         spec = self.model.spec
-        refuse_other_signature(_what(args), args, decoder_signature(spec))
+        pb_common.refuse_other_signature(_what(args), args, decoder_signature(spec))
         pb_common.refuse_disagreement(_what(args), parameters, {"identity": spec.identity})
 
     def execute(self, requests: Sequence) -> list:
@@ -156,9 +136,9 @@ class TorchVerifier:
         self.verifier = load_verifier(parameters["verifier"], parameters["weights"], pb_common.device_name(args),
                                       parameters.get("dtype", "auto"), declared_sigma)
         config = json.loads(args["model_config"])
-        samples = _declared_tensors(config, "input").get(contract.SAMPLES, ("", ()))[1]
+        samples = pb_common.declared_tensors(config, "input").get(contract.SAMPLES, ("", ()))[1]
         # Verifiers score images of any size: the samples' dims are the model's, which the server checks.
-        refuse_other_signature(_what(args), args, verifier_signature(self.verifier.spec, samples))
+        pb_common.refuse_other_signature(_what(args), args, verifier_signature(self.verifier.spec, samples))
         pb_common.refuse_disagreement(_what(args), parameters, contract.verifier_parameters(self.verifier.spec))
         self.device = self.verifier.verifier.device
 

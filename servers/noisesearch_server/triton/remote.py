@@ -252,6 +252,9 @@ class Readiness:
     def ready(self) -> bool:
         return self.client.server_ready() and all(self.client.model_ready(m) for m in self.models)
 
+    def close(self) -> None:
+        self.client.close()
+
     def why_not(self) -> str:
         if not self.client.server_ready():
             return f"triton at {self.client.address} is not reachable or not ready"

@@ -38,15 +38,16 @@ class TensorSpec:
 Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 
 
-def denoiser_signature(spec: ModelSpec) -> Signature:
+def denoiser_signature(spec: ModelSpec, state: str = STATE) -> Signature:
+    """state: the datatype of x and x0 (FP32 for the torch networks, FP64 for the exact mixture)."""
     latent = tuple(spec.latent_shape)
-    inputs = [TensorSpec(contract.X, STATE, latent), TensorSpec(contract.SIGMA, FP64, ONE)]
+    inputs = [TensorSpec(contract.X, state, latent), TensorSpec(contract.SIGMA, FP64, ONE)]
     if spec.num_classes:
         inputs.append(TensorSpec(contract.CLASS_LABEL, INT64, ONE))
     inputs.append(TensorSpec(contract.GUIDANCE, FP64, ONE))
     if spec.takes_prompts:
         inputs += [TensorSpec(contract.PROMPT, STRING, ONE), TensorSpec(contract.NEGATIVE_PROMPT, STRING, ONE)]
-    return tuple(inputs), (TensorSpec(contract.X0, STATE, latent),)
+    return tuple(inputs), (TensorSpec(contract.X0, state, latent),)
 
 
 def decoder_signature(spec: ModelSpec) -> Signature:
@@ -56,15 +57,18 @@ def decoder_signature(spec: ModelSpec) -> Signature:
     )
 
 
-def verifier_signature(spec: VerifierSpec, sample_dims: Sequence[int]) -> Signature:
-    """sample_dims: the model's image shape (every torch verifier scores decoded images, of any size)."""
-    inputs = [TensorSpec(contract.SAMPLES, FP32, tuple(sample_dims))]
-    if spec.condition_kind == "class":
+def verifier_signature(spec: VerifierSpec, sample_dims: Sequence[int], samples: str = FP32) -> Signature:
+    """sample_dims: the model's image shape (every torch verifier scores decoded images, of any size), or its
+    latent shape for a latent model (the mixture's verifiers score FP64 states: `samples`)."""
+    inputs = [TensorSpec(contract.SAMPLES, samples, tuple(sample_dims))]
+    # A verifier that needs no condition is sent none (remote.py), whatever kind its spec names.
+    condition = spec.condition_kind if spec.needs_condition else ""
+    if condition == "class":
         inputs.append(TensorSpec(contract.CLASS_LABEL, INT64, ONE))
-    if spec.condition_kind == "prompt":
+    if condition == "prompt":
         inputs.append(TensorSpec(contract.PROMPT, STRING, ONE))
     if spec.kind == "self-supervised":
-        inputs.append(TensorSpec(contract.PROBES, FP32, tuple(sample_dims)))
+        inputs.append(TensorSpec(contract.PROBES, samples, tuple(sample_dims)))
     return tuple(inputs), (TensorSpec(contract.SCORE, FP64, ONE),)
 
 
