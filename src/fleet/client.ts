@@ -8,6 +8,7 @@ import { opsNfe } from '../search/nfe';
 import type { BatchOutcome, BatchRequest, CandidateOutcome, Condition, ModelInfo, PopulationMetrics } from '../search/types';
 import { classifyGrpcError, FleetError, MESSAGE_TOO_LARGE } from './errors';
 import { services } from './proto';
+import { DnsWatch, isDnsTarget, parseDnsTarget, type Resolver } from './resolve';
 
 /**
  * The largest gRPC message either end takes, as the model servers' default (--max-message-mb 256): an
@@ -27,6 +28,9 @@ export interface FleetOptions {
   probeDeadlineMs?: number;
   /** How soon an endpoint that failed is probed again. */
   recheckMs?: number;
+  /** How `dns:///host:port` fleet entries are resolved (tests inject one), and how often again. */
+  resolver?: Resolver;
+  resolveEveryMs?: number;
 }
 
 interface Endpoint {
@@ -43,6 +47,10 @@ interface Endpoint {
   limitSize: number;
   /** A probe in flight: concurrent callers wait for it rather than seeing the endpoint as down. */
   probing: Promise<void> | null;
+  /** Resolved from a DNS target (and so removable when the name stops answering with it). */
+  resolved: boolean;
+  /** Gone from DNS: routed nothing new, and its channels close once its calls in flight end. */
+  removed: boolean;
 }
 
 const RETRY_UNAVAILABLE = JSON.stringify({
@@ -60,7 +68,10 @@ const RETRY_UNAVAILABLE = JSON.stringify({
   ],
 });
 
-/** `--fleet` takes a file (JSON `{"endpoints": [...]}` or one address a line) or comma-separated addresses. */
+/**
+ * `--fleet` takes a file (JSON `{"endpoints": [...]}` or one address a line) or comma-separated addresses;
+ * an entry `dns:///host:port` stands for every address the name resolves to (src/fleet/resolve.ts).
+ */
 export function parseFleet(value: string): string[] {
   const text = existsSync(value) ? readFileSync(value, 'utf8') : value;
   const trimmed = text.trim();
@@ -68,6 +79,10 @@ export function parseFleet(value: string): string[] {
     ? (JSON.parse(trimmed).endpoints as string[])
     : trimmed.split(/[\s,]+/).filter((line) => line && !line.startsWith('#'));
   for (const address of addresses) {
+    if (isDnsTarget(address)) {
+      parseDnsTarget(address);
+      continue;
+    }
     if (!/^[\w.\-[\]:]+:\d+$/.test(address)) {
       throw new FleetError('INVALID_ARGUMENT', `fleet: "${address}" is not a host:port gRPC address`, false);
     }
@@ -165,7 +180,9 @@ export function batchNfe(batch: BatchRequest): number {
 }
 
 export class Fleet {
-  private readonly endpoints: Endpoint[];
+  private endpoints: Endpoint[];
+  private readonly dns: DnsWatch | null;
+  private readonly dnsTargets: string[];
   private readonly callDeadlineMs: number;
   private readonly msPerNfe: number;
   private readonly probeDeadlineMs: number;
@@ -176,9 +193,17 @@ export class Fleet {
     this.msPerNfe = options.msPerNfe ?? 20;
     this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
     this.recheckMs = options.recheckMs ?? 500;
+    this.dnsTargets = addresses.filter(isDnsTarget);
+    this.endpoints = addresses.filter((a) => !isDnsTarget(a)).map((address) => this.endpoint(address, false));
+    this.dns = this.dnsTargets.length > 0
+      ? new DnsWatch(this.dnsTargets, { resolver: options.resolver, everyMs: options.resolveEveryMs, onChange: (resolved) => this.follow(resolved) })
+      : null;
+  }
+
+  private endpoint(address: string, resolved: boolean): Endpoint {
     const { Denoiser, Verifier, Health } = services();
     const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES };
-    this.endpoints = addresses.map((address) => ({
+    return {
       address,
       denoiser: new Denoiser(address, grpc.credentials.createInsecure(), channelOptions),
       verifier: new Verifier(address, grpc.credentials.createInsecure(), channelOptions),
@@ -191,7 +216,25 @@ export class Fleet {
       limit: pLimit(1),
       limitSize: 1,
       probing: null,
-    }));
+      resolved,
+      removed: false,
+    };
+  }
+
+  /** The addresses DNS gives now: new ones join, vanished ones leave routing and close when their calls end. */
+  private follow(resolved: string[]): void {
+    const known = new Set(this.endpoints.map((e) => e.address));
+    const wanted = new Set(resolved);
+    for (const e of this.endpoints) {
+      if (e.resolved && !wanted.has(e.address)) {
+        e.removed = true;
+        if (e.outstanding === 0) closeEndpoint(e);
+      }
+    }
+    this.endpoints = [
+      ...this.endpoints.filter((e) => !e.removed),
+      ...resolved.filter((a) => !known.has(a)).map((a) => this.endpoint(a, true)),
+    ];
   }
 
   get addresses(): string[] {
@@ -222,6 +265,7 @@ export class Fleet {
 
   /** Probes endpoints that are not known to be serving and have not been probed lately. */
   async refresh(force = false): Promise<void> {
+    await this.dns?.ready;
     const now = Date.now();
     await Promise.all(
       this.endpoints.map((e) => {
@@ -241,12 +285,13 @@ export class Fleet {
     await this.refresh();
     const hosts = this.hosting(model);
     if (hosts.length > 0) return hosts;
-    const allServing = this.endpoints.every((e) => e.serving);
+    // An empty fleet (a headless Service with no ready pod yet) is a wait, not a missing model.
+    const allServing = this.endpoints.length > 0 && this.endpoints.every((e) => e.serving);
     if (allServing) {
       const hosted = [...new Set(this.endpoints.map((e) => e.model?.model))].join(', ');
       throw new FleetError('NOT_FOUND', `model "${model}" is not hosted by the fleet (${this.addresses.join(', ')} host ${hosted})`, false);
     }
-    throw new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${this.addresses.join(', ')})`, true);
+    throw new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${[...this.dnsTargets, ...this.addresses].join(', ')})`, true);
   }
 
   /** The model as the fleet serves it; max batch is the smallest any host accepts, so a batch fits anywhere. */
@@ -268,6 +313,7 @@ export class Fleet {
       throw failure;
     } finally {
       endpoint.outstanding--;
+      if (endpoint.removed && endpoint.outstanding === 0) closeEndpoint(endpoint);
     }
   }
 
@@ -316,10 +362,13 @@ export class Fleet {
   }
 
   close(): void {
-    for (const e of this.endpoints) {
-      e.denoiser.close();
-      e.verifier.close();
-      e.health.close();
-    }
+    this.dns?.stop();
+    for (const e of this.endpoints) closeEndpoint(e);
   }
+}
+
+function closeEndpoint(e: Endpoint): void {
+  e.denoiser.close();
+  e.verifier.close();
+  e.health.close();
 }
