@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backend import Backend, EvaluateRequest, EvaluateResponse, RequestError, describe_failure
+from .metrics import ServerMetrics
 
 
 @dataclass
 class _Waiting:
     request: EvaluateRequest
     reply: asyncio.Future
+    queued: float = field(default_factory=time.monotonic)
 
     def abandoned(self) -> str | None:
         """Why nobody waits for this reply any more (a gRPC status name), or None."""
@@ -23,8 +25,11 @@ class _Waiting:
 
 
 class Batcher:
-    def __init__(self, backend: Backend, max_batch: int, window_seconds: float, executor: Executor) -> None:
+    def __init__(
+        self, backend: Backend, max_batch: int, window_seconds: float, executor: Executor, metrics: ServerMetrics
+    ) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.max_batch = max_batch
         self.window_seconds = window_seconds
         # One worker thread: the engine and its cache are not thread-safe, and the event loop must stay free.
@@ -60,6 +65,10 @@ class Batcher:
             batch = await self._gather()
             if not batch:
                 continue
+            now = time.monotonic()
+            self.metrics.batch(
+                sum(len(waiting.request.candidates) for waiting in batch), [now - waiting.queued for waiting in batch]
+            )
             responses = await loop.run_in_executor(
                 self.executor, self._evaluate_isolated, [waiting.request for waiting in batch]
             )

@@ -251,7 +251,10 @@ class DiffusionBackend(Backend):
                 )
                 started = time.perf_counter()
                 result = np.asarray(verifier.score(values, rows, xpreds), dtype=np.float64)
-                timings.append(VerifierTiming(name, len(request.samples), time.perf_counter() - started))
+                spent = time.perf_counter() - started
+                timings.append(VerifierTiming(name, len(request.samples), spent))
+                # Score runs on the engine thread too: its verifier time is the engine's verify time.
+                self.engine.stats.compute_seconds["verify"] += spent
                 for i, score in enumerate(result):
                     if not np.isfinite(score):
                         raise RequestError(

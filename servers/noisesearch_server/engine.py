@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +35,16 @@ from .rng import ancestral_stream, base_noise, perturb, renoise_eps
 from .validation import same_sigma
 
 SOLVERS = ("euler", "heun", "euler_ancestral")
+COMPUTE_OPS = ("solve", "xpred", "decode", "verify")
+
+
+class EngineStats:
+    """What the engine has done since it started; the metrics (metrics.py) read it at scrape time. Written by
+    the engine thread only, and its keys never change, so a scrape from another thread reads it safely."""
+
+    def __init__(self) -> None:
+        self.nfe_executed = 0
+        self.compute_seconds = dict.fromkeys(COMPUTE_OPS, 0.0)
 
 
 def solve_sigmas(op: Solve, spec: ModelSpec) -> np.ndarray:
@@ -226,6 +237,7 @@ class Engine:
         self.probe_sigma = probe_sigma
         self.faults = faults
         self.dim = int(np.prod(self.spec.latent_shape))
+        self.stats = EngineStats()
 
     def final_key(self, job: Job) -> bytes:
         return job.final_key(self.spec.identity)
@@ -233,13 +245,28 @@ class Engine:
     def run(self, jobs: list[Job]) -> list[CandidateResult]:
         started = [self._start(job) for job in jobs]
         trajectories = [t for t in started if isinstance(t, _Trajectory)]
-        self._advance_all(trajectories)
-        self._xpredict(trajectories)
+        # Renoising counts as solving: a few array operations beside the solves.
+        with self._timed("solve"):
+            self._advance_all(trajectories)
+        with self._timed("xpred"):
+            self._xpredict(trajectories)
         self._inject_score_failures(trajectories)
-        self._decode(trajectories)
-        self._score(trajectories)
-        self._encode_pngs(trajectories)
+        with self._timed("decode"):
+            self._decode(trajectories)
+        with self._timed("verify"):
+            self._score(trajectories)
+        # Encoding the pictures as PNGs finishes turning latents into pictures: decoding, for the metrics.
+        with self._timed("decode"):
+            self._encode_pngs(trajectories)
         return [self._result(t) if isinstance(t, _Trajectory) else t for t in started]
+
+    @contextmanager
+    def _timed(self, op: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.compute_seconds[op] += time.perf_counter() - started
 
     # Starting: refusals, the base, the longest cached prefix.
 
@@ -349,6 +376,7 @@ class Engine:
             if counts_nfe:
                 for i in subset:
                     members[i].nfe_executed += 1
+                self.stats.nfe_executed += len(subset)
             return call(np.array(subset))
 
         def fail(i: int, failure: Exception) -> None:

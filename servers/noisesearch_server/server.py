@@ -24,6 +24,7 @@ from .codec import encode_description
 from .diffusion_backend import DEFAULT_MAX_REQUEST_NFE, DiffusionBackend
 from .faults import FaultPlan, load_fault_plan
 from .gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
+from .metrics import ServerMetrics
 from .proto import load, service_name
 from .service import DenoiserService, VerifierService
 
@@ -53,6 +54,8 @@ class ServerConfig:
     # gRPC's default 4 MB is one 1024-px latent batch of four; raised deliberately, on both ends (the client
     # sets the same limit), so a batch that is still too large fails with an error that says so.
     max_message_mb: int = 256
+    # Prometheus /metrics on this port of `host` (docs/metrics.md); 0: not served.
+    metrics_port: int = 0
     # Population metrics of an image model's pictures: FID and IS (FID Inception weights and a reference
     # .npz), CLIP-FID (a CLIP folder and its reference .npz).
     fid_inception: str | None = None
@@ -278,6 +281,10 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     parser.add_argument("--fid-reference", metavar="NPZ", help="reference statistics (mu, sigma) for FID")
     parser.add_argument("--clip-fid", metavar="DIR", help="a CLIP folder, for CLIP-FID")
     parser.add_argument("--clip-fid-reference", metavar="NPZ", help="reference statistics for CLIP-FID")
+    parser.add_argument(
+        "--metrics-port", type=int, default=defaults.metrics_port, metavar="N",
+        help="serve Prometheus /metrics on this port of --host (0: off)",
+    )
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms)
@@ -349,6 +356,7 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         dtype=args.dtype,
         resolution=args.resolution,
         max_message_mb=args.max_message_mb,
+        metrics_port=args.metrics_port,
         fid_inception=args.fid_inception,
         fid_reference=args.fid_reference,
         clip_fid=args.clip_fid,
@@ -361,6 +369,10 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     )
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: got {config.metrics_port}; want 0 (off) or a port up to 65535")
+    if config.metrics_port != 0 and config.metrics_port == config.port:
+        raise ConfigError(f"--metrics-port {config.metrics_port}: the same port as --port; give /metrics a port of its own")
     if not 0 <= config.batch_window_ms <= 1000:
         raise ConfigError(f"--batch-window-ms: got {config.batch_window_ms}; want 0 to 1000")
     return config
@@ -382,6 +394,7 @@ class RunningServer:
     batcher: Batcher
     executor: ThreadPoolExecutor
     backend: Backend
+    metrics: ServerMetrics
     address: str
     monitor: asyncio.Task | None = None
 
@@ -394,14 +407,21 @@ class RunningServer:
         await self.server.stop(grace)
         await self.batcher.close()
         self.executor.shutdown(wait=True)
+        # In a thread: closing waits for the HTTP server's poll loop (up to half a second).
+        await asyncio.to_thread(self.metrics.close)
         self.backend.close()
 
 
 async def start_server(config: ServerConfig, backend: Backend | None = None) -> RunningServer:
     backend = backend or build_backend(config)
     _, services = load()
+    description = backend.describe()
+    if isinstance(backend, DiffusionBackend):
+        metrics = ServerMetrics(description.model.name, config.max_batch, backend.engine.stats, backend.cache)
+    else:
+        metrics = ServerMetrics(description.model.name, config.max_batch)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="noisesearch-engine")
-    batcher = Batcher(backend, config.max_batch, config.batch_window_ms / 1000, executor)
+    batcher = Batcher(backend, config.max_batch, config.batch_window_ms / 1000, executor, metrics)
     # Without this, a second server on a busy port binds too and the two silently share traffic.
     limit = config.max_message_mb << 20
     server = grpc.aio.server(
@@ -411,13 +431,20 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
             ("grpc.max_send_message_length", limit),
         ]
     )
-    services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher, config.faults), server)
-    services.add_VerifierServicer_to_server(VerifierService(backend, executor), server)
+    services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher, metrics, config.faults), server)
+    services.add_VerifierServicer_to_server(VerifierService(backend, executor, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     served = [service_name("Denoiser"), service_name("Verifier")]
     reflection.enable_server_reflection([*served, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(_address(config.host, config.port))
+    if config.metrics_port:
+        try:
+            metrics.serve(config.host, config.metrics_port)
+        except OSError:
+            # Nothing has started yet; the gRPC port bound above is let go, so a retry can bind it.
+            await server.stop(None)
+            raise
     batcher.start()
     await server.start()
     for name in ["", *served]:
@@ -425,7 +452,9 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
     monitor = None
     if config.triton is not None:
         monitor = asyncio.create_task(_follow_readiness(backend, health_servicer, ["", *served]))
-    return RunningServer(server, health_servicer, batcher, executor, backend, _address(config.host, port), monitor)
+    return RunningServer(
+        server, health_servicer, batcher, executor, backend, metrics, _address(config.host, port), monitor
+    )
 
 
 async def _follow_readiness(backend: Backend, health_servicer: health.aio.HealthServicer, names: list[str]) -> None:

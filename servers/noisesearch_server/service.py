@@ -19,20 +19,30 @@ from .backend import Backend, EvaluateRequest, RequestError, describe_failure
 from .batcher import Batcher
 from .faults import FaultPlan
 from .lineage import Cancellation
+from .metrics import ServerMetrics
 from .proto import load
 
 _, services = load()
 
 
-async def _answer(context, handle: Callable[[], Awaitable]):
+async def _answer(context, metrics: ServerMetrics, method: str, handle: Callable[[], Awaitable]):
+    code = "OK"
     try:
-        return await handle()
-    except RequestError as error:
-        failure = (grpc.StatusCode[error.code], error.message)
-    except Exception as unexpected:
-        failure = (grpc.StatusCode.INTERNAL, f"the server failed: {describe_failure(unexpected)}")
-    # Outside the except blocks: abort raises, and must not be caught above.
-    await context.abort(*failure)
+        try:
+            return await handle()
+        except RequestError as error:
+            code, message = error.code, error.message
+        except Exception as unexpected:
+            code, message = "INTERNAL", f"the server failed: {describe_failure(unexpected)}"
+        except asyncio.CancelledError:
+            # grpc cancels the handler when the client cancels or its deadline passes; either way no answer goes out.
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
+        # Outside the except blocks: abort raises, and must not be caught above.
+        await context.abort(grpc.StatusCode[code], message)
+    finally:
+        metrics.requests.labels(method, code).inc()
 
 
 def _cancellation(context) -> Cancellation:
@@ -41,8 +51,9 @@ def _cancellation(context) -> Cancellation:
 
 
 class DenoiserService(services.DenoiserServicer):
-    def __init__(self, backend: Backend, batcher: Batcher, faults: FaultPlan | None = None) -> None:
+    def __init__(self, backend: Backend, batcher: Batcher, metrics: ServerMetrics, faults: FaultPlan | None = None) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.batcher = batcher
         self.faults = faults
         self.description = backend.describe()
@@ -51,10 +62,13 @@ class DenoiserService(services.DenoiserServicer):
         self._slots = asyncio.Semaphore(self.description.max_concurrency)
 
     async def Describe(self, request, context):
-        return codec.encode_description(self.description)
+        async def describe():
+            return codec.encode_description(self.description)
+
+        return await _answer(context, self.metrics, "Describe", describe)
 
     async def Evaluate(self, request, context):
-        return await _answer(context, lambda: self._evaluate(request, context))
+        return await _answer(context, self.metrics, "Evaluate", lambda: self._evaluate(request, context))
 
     async def _evaluate(self, request, context):
         started = time.perf_counter()
@@ -69,6 +83,9 @@ class DenoiserService(services.DenoiserServicer):
             outcome = await self.batcher.submit(decoded)
         if isinstance(outcome, RequestError):
             raise outcome
+        for result in outcome.results:
+            self.metrics.candidates.labels("OK" if result.error is None else result.error.code).inc()
+        self.metrics.verified(outcome.verifier_timings)
         return codec.encode_evaluate_response(
             outcome, server_seconds=time.perf_counter() - started, server_id=self.description.server_id
         )
@@ -86,21 +103,26 @@ class DenoiserService(services.DenoiserServicer):
 
 
 class VerifierService(services.VerifierServicer):
-    def __init__(self, backend: Backend, executor: Executor) -> None:
+    def __init__(self, backend: Backend, executor: Executor, metrics: ServerMetrics) -> None:
         self.backend = backend
         self.executor = executor
+        self.metrics = metrics
         self.description = backend.describe()
 
     async def Describe(self, request, context):
-        return codec.encode_verifier_description(self.description)
+        async def describe():
+            return codec.encode_verifier_description(self.description)
+
+        return await _answer(context, self.metrics, "Describe", describe)
 
     async def Score(self, request, context):
         async def score():
             decoded = codec.decode_score_request(request)
             response = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.score, decoded)
+            self.metrics.verified(response.verifier_timings)
             return codec.encode_score_response(response)
 
-        return await _answer(context, score)
+        return await _answer(context, self.metrics, "Score", score)
 
     async def Population(self, request, context):
         async def population():
@@ -108,4 +130,4 @@ class VerifierService(services.VerifierServicer):
             result = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.population, decoded)
             return codec.encode_population_response(result)
 
-        return await _answer(context, population)
+        return await _answer(context, self.metrics, "Population", population)
