@@ -4,6 +4,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Fleet } from './fleet/client';
 import { FleetError } from './fleet/errors';
+import { countBatch, countCancelled } from './metrics';
 import { packOutcome, unpackBatch, type PackedBatch, type PackedOutcome } from './search/packing';
 import type { ModelInfo } from './search/types';
 
@@ -40,8 +41,15 @@ export function createActivities({ fleet }: ActivityDependencies) {
       const batch = unpackBatch(packed);
       const context = Context.current();
       const heartbeat = setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
+      // A batch from a workflow started before batches carried labels counts as its search's.
+      const labels = packed.labels ?? { algorithm: 'unknown', phase: 'search' };
       try {
-        return packOutcome(await fleet.evaluate(batch, context.cancellationSignal), batch);
+        const outcome = await fleet.evaluate(batch, context.cancellationSignal);
+        countBatch(batch, outcome, labels);
+        return packOutcome(outcome, batch);
+      } catch (error) {
+        if (context.cancellationSignal.aborted) countCancelled(batch, labels.algorithm);
+        throw error;
       } finally {
         clearInterval(heartbeat);
       }

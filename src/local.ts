@@ -3,6 +3,7 @@
 import type { Fleet } from './fleet/client';
 import { FleetError } from './fleet/errors';
 import { withStatus, type FleetWait } from './fleet/wait';
+import { countBatch } from './metrics';
 import { backoffMs } from './retry';
 import { createRun, finishRound, startRound, type SearchProgress, type SearchResult, progressOf } from './search/run';
 import type { SearchSpec } from './search/spec';
@@ -33,7 +34,14 @@ export async function runLocalSearch(spec: SearchSpec, fleet: Fleet, options: Lo
   let run = createRun(spec, model);
   while (run.phase !== 'done') {
     const round = startRound(run);
-    const outcomes = await Promise.all(round.batches.map((batch) => withRetry(() => fleet.evaluate(batch), options.onWaiting)));
+    const labels = { algorithm: spec.algorithm.name, phase: round.run.phase as 'search' | 'final' };
+    const outcomes = await Promise.all(
+      round.batches.map(async (batch) => {
+        const outcome = await withRetry(() => fleet.evaluate(batch), options.onWaiting);
+        countBatch(batch, outcome, labels);
+        return outcome;
+      }),
+    );
     run = finishRound(round.run, outcomes);
     options.onProgress?.(progressOf(run));
   }

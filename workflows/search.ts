@@ -105,7 +105,8 @@ export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOp
       const round = startRound(run);
       run = round.run;
       if (round.batches.length > 0) {
-        const outcomes = await Promise.all(round.batches.map(async (batch) => unpackOutcome(await evaluateBatch(packBatch(batch)), batch)));
+        const labels = { algorithm: run.plan.spec.algorithm.name, phase: round.run.phase as 'search' | 'final' };
+        const outcomes = await Promise.all(round.batches.map(async (batch) => unpackOutcome(await evaluateBatch({ ...packBatch(batch), labels }), batch)));
         run = finishRound(run, outcomes);
         roundsThisRun++;
       }

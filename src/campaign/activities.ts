@@ -7,6 +7,7 @@ import { Context } from '@temporalio/activity';
 import { classified } from '../activities';
 import type { Fleet, PopulationSample } from '../fleet/client';
 import { FleetError, MESSAGE_TOO_LARGE } from '../fleet/errors';
+import * as metrics from '../metrics';
 import { samplePicture } from '../report/report';
 import { solveNfe } from '../search/nfe';
 import { BASE_MISSING, type SearchResult } from '../search/run';
@@ -65,11 +66,17 @@ async function evaluateFinalSample(fleet: Fleet, campaign: FinishedSearch['campa
     candidates: [candidate],
     returnSamples: true,
   });
+  // Outside the search's budget: counted as phase "evaluation", so the search's own NFEs stay what the store says.
+  const evaluate = async (batch: BatchRequest) => {
+    const outcome = await fleet.evaluate(batch);
+    metrics.countBatch(batch, outcome, { algorithm: item.spec.algorithm.name, phase: 'evaluation' });
+    return outcome;
+  };
   if (result.best.key) {
-    const byKey = await fleet.evaluate(request({ id: 'evaluation', base: { key: result.best.key }, lineage: { noise: { seed: 0, perturbations: [] }, ops: [] }, scoreXpred: false }));
+    const byKey = await evaluate(request({ id: 'evaluation', base: { key: result.best.key }, lineage: { noise: { seed: 0, perturbations: [] }, ops: [] }, scoreXpred: false }));
     if (byKey.outcomes[0].error?.code !== BASE_MISSING) return byKey.outcomes[0];
   }
-  return (await fleet.evaluate(request({ id: 'evaluation', lineage: result.best.lineage, scoreXpred: false }))).outcomes[0];
+  return (await evaluate(request({ id: 'evaluation', lineage: result.best.lineage, scoreXpred: false }))).outcomes[0];
 }
 
 export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
@@ -120,6 +127,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
         nfeExecuted: result.nfe.executed,
         verifierSeconds: result.verifierSeconds,
       });
+      metrics.searches.inc({ algorithm: item.spec.algorithm.name, state: 'completed' });
     }),
 
     recordFailure: classified(async ({ campaign, item, error, wallSeconds }: FailedSearch): Promise<void> => {
@@ -137,6 +145,7 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
         nfeExecuted: 0,
         verifierSeconds: 0,
       });
+      metrics.searches.inc({ algorithm: item.spec.algorithm.name, state: 'failed' });
     }),
 
     /**
@@ -220,7 +229,9 @@ async function recordBaselines(fleet: Fleet, input: Omit<CampaignInput, 'items'>
         lineage: { noise: { seed: deriveSeed(seed, SeedStream.randomNoise, 0), perturbations: [] }, ops: [{ solve }] },
         scoreXpred: false,
       }));
-      const batch = await fleet.evaluate({ model: input.model, condition, verifiers: input.evaluation, candidates, returnSamples: true });
+      const request: BatchRequest = { model: input.model, condition, verifiers: input.evaluation, candidates, returnSamples: true };
+      const batch = await fleet.evaluate(request);
+      metrics.countBatch(request, batch, { algorithm: 'baseline', phase: 'evaluation' });
       for (const [i, seed] of chunk.entries()) {
         const outcome = batch.outcomes.find((o) => o.id === candidates[i].id);
         if (!outcome || outcome.error || !outcome.image) {

@@ -19,6 +19,8 @@ import { campaignProgressQuery, type CampaignProgress } from '../../workflows/ca
 import { oneOf, parseFlags, UsageError } from './args';
 import { connectClient } from './control';
 import { openDeployment } from './deployment';
+import * as metrics from '../metrics';
+import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
 import { abortable, sleep } from './waiting';
@@ -39,7 +41,7 @@ Usage:
   --fleet LIST|FILE  model servers (default: the embedded model server)
   --no-worker        run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec
   --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
-
+${METRICS_HELP}
 A spec: see docs/campaigns.md.
 `;
 
@@ -51,6 +53,7 @@ const FLAGS = {
   store: { type: 'string' },
   format: { type: 'string' },
   out: { type: 'string' },
+  ...METRICS_FLAGS,
 } as const;
 
 function campaignsDir(): string {
@@ -86,6 +89,23 @@ async function runningWait(client: Client, runningIds: string[], stop: AbortSign
   return null;
 }
 
+/**
+ * A campaign's progress as gauges under its name, and its ETA at the rate of this run so far (searches
+ * skipped because the store had them are not part of that rate).
+ */
+function progressMetrics(name: string, startedAt: number): (progress: CampaignProgress) => void {
+  return (progress) => {
+    metrics.campaignSearches.set({ campaign: name, state: 'total' }, progress.total);
+    metrics.campaignSearches.set({ campaign: name, state: 'done' }, progress.done);
+    metrics.campaignSearches.set({ campaign: name, state: 'failed' }, progress.failed);
+    const remaining = progress.total - progress.done - progress.failed;
+    const finished = progress.done - progress.skipped + progress.failed;
+    const seconds = (Date.now() - startedAt) / 1000;
+    if (remaining === 0) metrics.campaignEta.set({ campaign: name }, 0);
+    else if (finished > 0) metrics.campaignEta.set({ campaign: name }, (remaining * seconds) / finished);
+  };
+}
+
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
@@ -98,6 +118,8 @@ export async function runCampaign(
     if (url) options.log(`Temporal UI: ${url}`);
     const client = deployment.client!;
     const handle = await startCampaign(client, input);
+    metrics.campaigns.inc({ state: 'started' });
+    const measure = progressMetrics(input.name, Date.now());
     const display = new ProgressDisplay();
     // One query at a time, each with its own abort signal; the one in flight is aborted when the campaign
     // ends, so that a query waiting on a worker that is gone (a closed workflow's sticky queue) neither
@@ -109,7 +131,10 @@ export async function runCampaign(
         if (progress && !stopPolling.signal.aborted) {
           // Every few ticks, ask Temporal whether one of the running searches is retrying a failed call.
           if (tick % 4 === 0) display.setWaiting(await runningWait(client, progress.runningIds ?? [], stopPolling.signal));
-          if (!stopPolling.signal.aborted) display.update(progress);
+          if (!stopPolling.signal.aborted) {
+            display.update(progress);
+            measure(progress);
+          }
         }
         await sleep(500, stopPolling.signal);
       }
@@ -122,10 +147,13 @@ export async function runCampaign(
       const progress = await deployment.run(handle.result());
       await endPolling();
       display.finish(progress);
+      measure(progress);
+      metrics.campaigns.inc({ state: 'completed' });
       return { progress, failed: null };
     } catch (error) {
       await endPolling();
       if (!(error instanceof WorkflowFailedError)) throw error;
+      metrics.campaigns.inc({ state: 'failed' });
       return { progress: null, failed: error.cause?.message ?? error.message };
     }
   } finally {
@@ -136,13 +164,14 @@ export async function runCampaign(
 /** Runs (or attaches to) the campaign with the command's flags; 0 when every search finished. */
 async function runWithFlags(input: CampaignInput, values: Record<string, unknown>): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  const served = await startCommandMetrics(values);
   const outcome = await runCampaign(input, {
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
     fleet: values.fleet as string | undefined,
     noWorker: Boolean(values['no-worker']),
     log,
-  });
+  }).finally(() => served.close());
   if (outcome.failed) {
     log(`campaign ${input.campaignId}: ${outcome.failed}`);
     return 1;
@@ -226,6 +255,8 @@ export async function campaignCommand(argv: string[]): Promise<number> {
   const [action, target, ...extra] = positionals;
   const actions: Record<string, (v: Record<string, unknown>, t: string) => Promise<number>> = { run, status, retry, cancel };
   if (!actions[action] || !target || extra.length > 0) throw new UsageError(`campaign: "${positionals.join(' ')}" is not an action with its argument; usage: ${USAGE}`);
+  // A bad metrics address is refused before the spec is read or the fleet asked.
+  metricsFlags(values);
   return actions[action](values, target);
 }
 

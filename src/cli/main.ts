@@ -3,6 +3,8 @@ import { serviceStatus, stopEmbedded, ensureEmbedded } from '../embedded/service
 import { stateDir } from '../embedded/paths';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
+import { METRICS_FLAGS, METRICS_HELP, startCommandMetrics } from '../metrics/command';
+import { MetricsAddressError } from '../metrics/server';
 import { SpecError } from '../search/spec';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
@@ -27,7 +29,7 @@ Commands:
 Run "noisesearch <command> --help" for a command's flags.
 `;
 
-const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] --fleet host:port,...|FILE';
+const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] [--metrics HOST:PORT] [--temporal-metrics HOST:PORT] --fleet host:port,...|FILE';
 const WORKER_HELP = `Runs a worker (search workflows and the activities that call model servers) until SIGINT or SIGTERM.
 
 Usage: ${WORKER_USAGE}
@@ -36,7 +38,7 @@ Usage: ${WORKER_USAGE}
   --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
   --task-queue Q     task queue (default "${TASK_QUEUE}")
   --fleet LIST|FILE  model servers: comma-separated host:port, or a file (JSON {"endpoints": [...]} or one a line)
-`;
+${METRICS_HELP}`;
 
 const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
 const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
@@ -55,7 +57,7 @@ Usage: ${SERVER_USAGE}
 `;
 
 async function workerCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' } }, WORKER_USAGE);
+  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' }, ...METRICS_FLAGS }, WORKER_USAGE);
   if (values.help) {
     process.stdout.write(WORKER_HELP);
     return 0;
@@ -63,6 +65,7 @@ async function workerCommand(argv: string[]): Promise<number> {
   if (!values.fleet) throw new UsageError(`--fleet is required: the model servers this worker sends batches to; usage: ${WORKER_USAGE}`);
   const fleet = new Fleet(parseFleet(values.fleet as string));
   const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+  const metrics = await startCommandMetrics(values);
   installQuietRuntime();
   const connection = await NativeConnection.connect({ address });
   const worker = await createSearchWorker({
@@ -80,6 +83,7 @@ async function workerCommand(argv: string[]): Promise<number> {
   } finally {
     fleet.close();
     await connection.close();
+    await metrics.close();
   }
   return 0;
 }
@@ -169,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command(rest);
   } catch (error) {
-    if (error instanceof UsageError) {
+    if (error instanceof UsageError || error instanceof MetricsAddressError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
       return 2;
     }

@@ -16,9 +16,11 @@ import type { ModelInfo } from '../search/types';
 import { configHash, startSearch } from '../temporal/client';
 import { finiteNumber, oneOf, parseFlags, UsageError, wholeNumber } from './args';
 import { openDeployment } from './deployment';
+import * as metrics from '../metrics';
+import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
 
 const SEARCH_USAGE =
-  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE]';
+  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE] [--metrics HOST:PORT]';
 
 const SEARCH_HELP = `Runs one search and prints its result.
 
@@ -51,7 +53,7 @@ Usage: ${SEARCH_USAGE}
   --namespace NS       Temporal namespace (default "default")
   --fleet LIST|FILE    model servers (default: the embedded model server)
   --workflow-id ID     workflow ID (default: derived from the spec, so a repeat attaches)
-`;
+${METRICS_HELP}`;
 
 type Values = Record<string, string | boolean | undefined>;
 
@@ -100,6 +102,7 @@ const FLAGS = {
   namespace: { type: 'string' },
   fleet: { type: 'string' },
   'workflow-id': { type: 'string' },
+  ...METRICS_FLAGS,
 } as const;
 
 function algorithmFromFlags(v: Values, preset: Preset | undefined): AlgorithmSpec {
@@ -197,6 +200,7 @@ export async function searchCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const spec = specFromFlags(values);
+  metricsFlags(values);
   const presetModel = values.preset ? PRESETS[values.preset as string]?.model : undefined;
   const temporalAddress = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
   const local = Boolean(values.local);
@@ -211,7 +215,10 @@ export async function searchCommand(argv: string[]): Promise<number> {
   if (model) createRun(spec, model);
 
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  const served = await startCommandMetrics(values);
+  const algorithm = spec.algorithm.name;
   const deployment = await openDeployment({ temporal: !local, temporalAddress, namespace: values.namespace as string | undefined, fleet, log });
+  metrics.searches.inc({ algorithm, state: 'started' });
   try {
     let output: SearchResult & { workflowId: string; driver: string };
     if (local) {
@@ -225,9 +232,12 @@ export async function searchCommand(argv: string[]): Promise<number> {
       const result = await deployment.run(watchingWaits(deployment.client!, handle, log, handle.result()));
       output = { workflowId: handle.workflowId, driver: 'temporal', ...result };
     }
+    metrics.searches.inc({ algorithm, state: 'completed' });
     process.stdout.write(values.json ? `${JSON.stringify(output)}\n` : `${formatResult(output)}\n`);
     return 0;
   } catch (error) {
+    const cancelled = error instanceof WorkflowFailedError && error.cause?.name === 'CancelledFailure';
+    metrics.searches.inc({ algorithm, state: cancelled ? 'cancelled' : 'failed' });
     if (error instanceof WorkflowFailedError) {
       log(`search failed: ${error.cause?.message ?? error.message}`);
       return 1;
@@ -235,5 +245,6 @@ export async function searchCommand(argv: string[]): Promise<number> {
     throw error;
   } finally {
     await deployment.close();
+    await served.close();
   }
 }

@@ -8,6 +8,7 @@ import { opsNfe } from '../search/nfe';
 import type { BatchOutcome, BatchRequest, CandidateOutcome, Condition, ModelInfo, PopulationMetrics } from '../search/types';
 import { classifyGrpcError, FleetError, MESSAGE_TOO_LARGE } from './errors';
 import { services } from './proto';
+import * as metrics from '../metrics';
 import { DnsWatch, isDnsTarget, parseDnsTarget, type Resolver } from './resolve';
 
 /**
@@ -228,6 +229,8 @@ export class Fleet {
     for (const e of this.endpoints) {
       if (e.resolved && !wanted.has(e.address)) {
         e.removed = true;
+        // A pod gone from DNS is not down: its series goes, or "endpoint down" would fire for it forever.
+        metrics.endpointUp.remove({ endpoint: e.address });
         if (e.outstanding === 0) closeEndpoint(e);
       }
     }
@@ -246,10 +249,11 @@ export class Fleet {
     try {
       const health = await unary<object, { status: string }>(endpoint.health, 'Check', { service: '' }, this.probeDeadlineMs);
       if (health.status !== 'SERVING') {
-        endpoint.serving = false;
+        setServing(endpoint, false);
         return;
       }
-      const description: any = await unary(endpoint.denoiser, 'Describe', {}, this.probeDeadlineMs);
+      const timer = metrics.endpointRequestSeconds.startTimer({ endpoint: endpoint.address, method: 'Describe' });
+      const description: any = await unary(endpoint.denoiser, 'Describe', {}, this.probeDeadlineMs).finally(() => timer());
       endpoint.model = toModelInfo(description);
       endpoint.serverId = description.serverId;
       const size = Math.max(1, endpoint.model.maxConcurrency);
@@ -257,9 +261,9 @@ export class Fleet {
         endpoint.limit = pLimit(size);
         endpoint.limitSize = size;
       }
-      endpoint.serving = true;
+      setServing(endpoint, true);
     } catch {
-      endpoint.serving = false;
+      setServing(endpoint, false);
     }
   }
 
@@ -289,9 +293,9 @@ export class Fleet {
     const allServing = this.endpoints.length > 0 && this.endpoints.every((e) => e.serving);
     if (allServing) {
       const hosted = [...new Set(this.endpoints.map((e) => e.model?.model))].join(', ');
-      throw new FleetError('NOT_FOUND', `model "${model}" is not hosted by the fleet (${this.addresses.join(', ')} host ${hosted})`, false);
+      throw counted(new FleetError('NOT_FOUND', `model "${model}" is not hosted by the fleet (${this.addresses.join(', ')} host ${hosted})`, false));
     }
-    throw new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${[...this.dnsTargets, ...this.addresses].join(', ')})`, true);
+    throw counted(new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${[...this.dnsTargets, ...this.addresses].join(', ')})`, true));
   }
 
   /** The model as the fleet serves it; max batch is the smallest any host accepts, so a batch fits anywhere. */
@@ -301,15 +305,27 @@ export class Fleet {
   }
 
   /** Runs `call` on the least-loaded SERVING endpoint hosting `model`, within its concurrency limit. */
-  private async onEndpoint<T>(model: string, call: (endpoint: Endpoint) => Promise<T>): Promise<T> {
+  private async onEndpoint<T>(model: string, method: 'Evaluate' | 'Population', call: (endpoint: Endpoint) => Promise<T>): Promise<T> {
     const hosts = await this.route(model);
     const endpoint = hosts.reduce((least, e) => (e.outstanding < least.outstanding ? e : least));
     endpoint.outstanding++;
+    const labels = { endpoint: endpoint.address };
+    metrics.endpointQueued.inc(labels);
     try {
-      return await endpoint.limit(() => call(endpoint));
+      return await endpoint.limit(async () => {
+        metrics.endpointQueued.dec(labels);
+        metrics.endpointInFlight.inc(labels);
+        const timer = metrics.endpointRequestSeconds.startTimer({ ...labels, method });
+        try {
+          return await call(endpoint);
+        } finally {
+          timer();
+          metrics.endpointInFlight.dec(labels);
+        }
+      });
     } catch (error) {
-      const failure = classifyGrpcError(error, endpoint.address);
-      if (failure.retryable) endpoint.serving = false;
+      const failure = counted(classifyGrpcError(error, endpoint.address));
+      if (failure.retryable) setServing(endpoint, false);
       throw failure;
     } finally {
       endpoint.outstanding--;
@@ -319,7 +335,7 @@ export class Fleet {
 
   /** Evaluates a batch end to end on one server; throws FleetError (classified) on failure. */
   async evaluate(batch: BatchRequest, signal?: AbortSignal): Promise<BatchOutcome> {
-    return this.onEndpoint(batch.model, async (endpoint) => {
+    return this.onEndpoint(batch.model, 'Evaluate', async (endpoint) => {
       const deadlineMs = this.callDeadlineMs + this.msPerNfe * batchNfe(batch);
       const response: any = await unary(endpoint.denoiser, 'Evaluate', toRequest(batch, endpoint.model!.schedule.kind), deadlineMs, signal);
       return {
@@ -338,9 +354,9 @@ export class Fleet {
   async population(model: string, samples: PopulationSample[]): Promise<PopulationMetrics> {
     const bytes = samples.reduce((sum, s) => sum + ('image' in s ? s.image.length : 4 * s.values.length) + 256, 0);
     if (bytes > MAX_MESSAGE_BYTES) {
-      throw new FleetError(MESSAGE_TOO_LARGE, `population: ${samples.length} samples make a request of ${(bytes / 2 ** 20).toFixed(0)} MiB, over the ${MAX_MESSAGE_BYTES / 2 ** 20} MiB a gRPC message may carry; use fewer items or seeds per cell`, false);
+      throw counted(new FleetError(MESSAGE_TOO_LARGE, `population: ${samples.length} samples make a request of ${(bytes / 2 ** 20).toFixed(0)} MiB, over the ${MAX_MESSAGE_BYTES / 2 ** 20} MiB a gRPC message may carry; use fewer items or seeds per cell`, false));
     }
-    return this.onEndpoint(model, async (endpoint) => {
+    return this.onEndpoint(model, 'Population', async (endpoint) => {
       const described = endpoint.model!;
       const request = {
         samples: samples.map((s) =>
@@ -371,4 +387,16 @@ function closeEndpoint(e: Endpoint): void {
   e.denoiser.close();
   e.verifier.close();
   e.health.close();
+}
+
+/** Whether an endpoint takes calls, as routing and the endpoint_up gauge see it. */
+function setServing(endpoint: Endpoint, serving: boolean): void {
+  endpoint.serving = serving;
+  metrics.endpointUp.set({ endpoint: endpoint.address }, serving ? 1 : 0);
+}
+
+/** Counts a classified error once, where it is classified, and hands it on. */
+function counted(error: FleetError): FleetError {
+  metrics.errors.inc({ code: error.code, retryable: String(error.retryable) });
+  return error;
 }

@@ -27,6 +27,8 @@ export interface PackedBatch {
   /** The batch's distinct base keys: zero-order's neighbours, or the M perturbations of a path, share one. */
   bases: string[];
   rows: PackedRow[];
+  /** Whose batch this is, for the worker's metrics only (src/metrics): servers never see it. */
+  labels?: { algorithm: string; phase: 'search' | 'final' };
 }
 
 export interface PackedOutcome {

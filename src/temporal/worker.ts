@@ -6,6 +6,16 @@ import { workflowSource } from './bundle';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
 
 let runtimeInstalled = false;
+let temporalMetricsAddress: string | undefined;
+
+/**
+ * Where the SDK core serves its own Prometheus metrics (temporal_*; docs/metrics.md): set before the
+ * runtime is installed, which happens once per process.
+ */
+export function useTemporalMetrics(bindAddress: string): void {
+  if (runtimeInstalled) throw new Error('useTemporalMetrics: the Temporal runtime is installed already; set the metrics address first');
+  temporalMetricsAddress = bindAddress;
+}
 
 /** What a worker logs as each workflow or activity fails: a command that reports its own failures drops them. */
 const OUTCOME_MESSAGES = new Set(['Workflow failed', 'Activity failed']);
@@ -25,7 +35,11 @@ export function installQuietRuntime(defaultLevel: 'WARN' | 'ERROR' = 'WARN', opt
         process.stderr.write(`[${entry.level}] ${entry.message}\n`);
       })
     : new DefaultLogger(level);
-  Runtime.install({ logger, telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) } } });
+  // Prometheus conventions, as our own metrics follow them: seconds, and counters ending in _total.
+  const metrics = temporalMetricsAddress
+    ? { metrics: { prometheus: { bindAddress: temporalMetricsAddress, countersTotalSuffix: true, useSecondsForDurations: true } } }
+    : {};
+  Runtime.install({ logger, telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) }, ...metrics } });
 }
 
 export interface WorkerOptions {
