@@ -2,20 +2,24 @@
 gRPC answers say (and, for names, types and labels, against the contract in docs/metrics.md)."""
 
 import asyncio
+import json
 import math
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from noisesearch_server.backend import ConfigError
+from noisesearch_server.metrics import ServerMetrics
 from noisesearch_server.proto import load
 from noisesearch_server.server import parse_args, start_server
 
@@ -147,6 +151,55 @@ async def test_metrics_match_the_answers(pb):
         family = families[name.removesuffix("_total") if kind == "counter" else name]
         assert family.type == kind, name
         assert all(set(s.labels) - {"le"} == labels for s in family.samples), (name, family.samples[:2])
+
+
+async def test_abandoned_calls_are_counted_by_why(pb):
+    metrics_port = free_port()
+    hang = json.dumps({"rules": [{"match": {"id": "^h-"}, "hang": True}]})
+    running = await start_server(parse_args(
+        ["--port", "0", "--metrics-port", str(metrics_port), "--faults", hang, "--allow-fault-injection"]
+    ))
+    try:
+        request = pb.EvaluateRequest(
+            candidates=[pb.Candidate(id="h-1", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=1), ops=[heun(pb, 2)]))]
+        )
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            denoiser = load()[1].DenoiserStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await denoiser.Evaluate(request, timeout=0.3)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            call = denoiser.Evaluate(request, timeout=DEADLINE)
+            await asyncio.sleep(0.2)
+            call.cancel()
+            # The server learns of both asynchronously: scrape until it has, within a deadline.
+            wanted = {"DEADLINE_EXCEEDED": 1.0, "CANCELLED": 1.0}
+            deadline = time.monotonic() + DEADLINE
+            while True:
+                families = await asyncio.to_thread(scrape, metrics_port)
+                counted = {
+                    s.labels["code"]: s.value for s in families["noisesearch_server_requests"].samples
+                    if s.name.endswith("_total")
+                }
+                if counted == wanted or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert counted == wanted
+    finally:
+        await running.stop(grace=0.5)
+
+
+# Checked before importing torch, which alone takes seconds of a CPU-only run.
+@pytest.mark.skipif(not Path("/dev/nvidiactl").exists(), reason="no NVIDIA GPU here")
+def test_device_memory_is_reported_where_torch_uses_a_gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    block = torch.empty(64 << 20, dtype=torch.uint8, device="cuda:0")
+    metrics = ServerMetrics("tiny", max_batch=8)
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    allocated = value(families, "noisesearch_server_device_memory_bytes", device="cuda:0", kind="allocated")
+    assert allocated >= block.nbytes
+    assert value(families, "noisesearch_server_device_memory_bytes", device="cuda:0", kind="reserved") >= allocated
 
 
 def listening_ports(pid: int) -> set[int]:
