@@ -163,11 +163,20 @@ const fleet: DashboardSpec = {
 };
 
 /**
- * Searches in progress: driven to started and not yet to an end state, over all processes (`or vector(0)`: no
- * series until the first search ends). The same expression as the NoisesearchNfeBurnStalled alert.
+ * Searches not finished yet: a campaign's remaining ones (from its `campaign run` process's progress gauges)
+ * plus those `noisesearch search` processes started and have not ended. Workers count only ends (a campaign's
+ * searches start inside its workflow), so started minus ended is taken per process and only where a process
+ * counted starts. `or vector(0)`: either side may have no series at all. The NoisesearchNfeBurnStalled alert
+ * (deploy/prometheus/alerts.yml) uses the same expression.
  */
-const RUNNING_SEARCHES =
-  'sum(noisesearch_searches_total{state="started"}) - (sum(noisesearch_searches_total{state=~"completed|failed|cancelled"}) or vector(0))';
+export const UNFINISHED_SEARCHES = [
+  '(sum(max by (campaign) (noisesearch_campaign_searches{state="total"})',
+  ' - max by (campaign) (noisesearch_campaign_searches{state="done"})',
+  ' - max by (campaign) (noisesearch_campaign_searches{state="failed"})) or vector(0))',
+  ' + (sum(clamp_min(sum by (instance) (noisesearch_searches_total{state="started"})',
+  ' - (sum by (instance) (noisesearch_searches_total{state=~"completed|failed|cancelled"})',
+  ' or 0 * sum by (instance) (noisesearch_searches_total{state="started"})), 0)) or vector(0))',
+].join('');
 
 const searches: DashboardSpec = {
   uid: 'noisesearch-searches',
@@ -202,11 +211,11 @@ const searches: DashboardSpec = {
       queries: [{ expr: `sum by (outcome, algorithm) (${rate('noisesearch_candidates_total')})`, legend: '{{outcome}} {{algorithm}}' }],
     },
     {
-      title: 'Searches running',
-      description: 'Searches started and not yet completed, failed or cancelled, over all processes.',
+      title: 'Searches unfinished',
+      description: "Searches not finished yet: campaigns' remaining searches and standalone searches running.",
       unit: 'short',
       kind: 'stat',
-      queries: [{ expr: RUNNING_SEARCHES, legend: 'running' }],
+      queries: [{ expr: UNFINISHED_SEARCHES, legend: 'unfinished' }],
     },
     {
       title: 'Searches by state',
@@ -256,7 +265,7 @@ const searches: DashboardSpec = {
   ],
 };
 
-// Temporal's worker metrics (Runtime.install telemetry), in milliseconds as the SDK exports them by default.
+// Temporal's worker metrics (Runtime.install telemetry), durations in seconds (src/temporal/worker.ts asks for them).
 const temporal: DashboardSpec = {
   uid: 'noisesearch-temporal',
   title: 'noisesearch / Temporal workers',
@@ -278,31 +287,31 @@ const temporal: DashboardSpec = {
     {
       title: 'Workflow task schedule-to-start',
       description: 'Time a workflow task waited in the task queue for a worker: growing means too few workers.',
-      unit: 'ms',
+      unit: 's',
       queries: percentiles('temporal_workflow_task_schedule_to_start_latency', ['task_queue']),
     },
     {
       title: 'Activity schedule-to-start',
       description: 'Time an activity (a search step) waited in the task queue for a worker.',
-      unit: 'ms',
+      unit: 's',
       queries: percentiles('temporal_activity_schedule_to_start_latency', ['task_queue']),
     },
     {
       title: 'Workflow task execution',
       description: 'Time a worker spent running a workflow task.',
-      unit: 'ms',
+      unit: 's',
       queries: percentiles('temporal_workflow_task_execution_latency', ['task_queue']),
     },
     {
       title: 'Activity execution',
       description: 'Time an activity ran, by activity type.',
-      unit: 'ms',
+      unit: 's',
       queries: percentiles('temporal_activity_execution_latency', ['activity_type']),
     },
     {
       title: 'Poll latency',
       description: 'Long-poll latency by operation: a poll that returns at once means work was waiting.',
-      unit: 'ms',
+      unit: 's',
       queries: percentiles('temporal_long_request_latency', ['operation']),
     },
     {
