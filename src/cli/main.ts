@@ -11,6 +11,7 @@ import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { parseFlags, UsageError } from './args';
 import { campaignCommand, exportCommand, reportCommand } from './campaign';
 import { controlCommand } from './control';
+import { dashboardCommand } from '../dashboard/command';
 import { demoCommand } from './demo';
 import { searchCommand } from './search';
 
@@ -25,6 +26,7 @@ Commands:
   campaign  run | status | retry | cancel a benchmark campaign (dataset x algorithms x verifiers x budgets)
   export    a campaign's results as CSV or JSONL
   report    a campaign's self-contained HTML report
+  dashboard a live web page of searches, campaigns and the fleet, for operators
 
 Run "noisesearch <command> --help" for a command's flags.
 `;
@@ -157,6 +159,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   campaign: campaignCommand,
   export: exportCommand,
   report: reportCommand,
+  dashboard: dashboardCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,88 @@
+// `noisesearch dashboard`: serves the live page for operators until SIGINT or SIGTERM.
+import { readyEmbeddedModelServer, serviceStatus } from '../embedded/services';
+import { parseFleet } from '../fleet/client';
+import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { parseFlags, UsageError } from '../cli/args';
+import { connectClient } from '../cli/control';
+import { startDashboard } from './server';
+
+const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--allow-actions] [--poll-ms MS]';
+const HELP = `Serves a live web page for operators: running and recent searches and campaigns (Temporal visibility and
+their progress queries), each search's best score against NFEs, campaign progress and ETA, and the fleet.
+
+Usage: ${USAGE}
+
+  --address HOST:PORT  where to serve the page (default 127.0.0.1:8080; port 0 picks a free one)
+  --temporal ADDR      Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
+  --namespace NS       Temporal namespace (default "${DEFAULT_NAMESPACE}")
+  --temporal-ui URL    the Temporal UI, for links to each workflow (default: the embedded dev server's UI)
+  --fleet LIST|FILE    model servers to show (default: the embedded model server if running)
+  --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise)
+  --poll-ms MS         how often the page asks for new state (default 2000)
+
+See docs/dashboard.md.
+`;
+
+const FLAGS = {
+  address: { type: 'string' },
+  temporal: { type: 'string' },
+  namespace: { type: 'string' },
+  'temporal-ui': { type: 'string' },
+  fleet: { type: 'string' },
+  'allow-actions': { type: 'boolean' },
+  'poll-ms': { type: 'string' },
+} as const;
+
+/** HOST:PORT, with [v6] hosts; the port may be 0 (any free port). */
+export function parseAddress(value: string): { host: string; port: number } {
+  const match = /^(\[[0-9a-fA-F:.]+\]|[\w.-]+):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[2]);
+  if (!match || port > 65535) throw new UsageError(`--address: "${value}" is not HOST:PORT (e.g. 127.0.0.1:8080)`);
+  return { host: match[1].replace(/^\[|\]$/g, ''), port };
+}
+
+function parseUiUrl(value: string): string {
+  try {
+    const url = new URL(value);
+    if (url.protocol === 'http:' || url.protocol === 'https:') return value.replace(/\/$/, '');
+  } catch {
+    // Falls through to the one message below.
+  }
+  throw new UsageError(`--temporal-ui: "${value}" is not an http(s) URL (e.g. http://127.0.0.1:8233)`);
+}
+
+export async function dashboardCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, FLAGS, USAGE);
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`dashboard takes no arguments ("${positionals.join(' ')}"); usage: ${USAGE}`);
+  const { host, port } = parseAddress((values.address as string | undefined) ?? '127.0.0.1:8080');
+  let temporalUi = values['temporal-ui'] !== undefined ? parseUiUrl(values['temporal-ui'] as string) : undefined;
+  const pollMs = values['poll-ms'] !== undefined ? Number(values['poll-ms']) : 2_000;
+  if (!Number.isFinite(pollMs) || pollMs < 100) throw new UsageError(`--poll-ms: "${values['poll-ms']}" is not a number of milliseconds of at least 100`);
+  const fleet = values.fleet !== undefined ? parseFleet(values.fleet as string) : [await readyEmbeddedModelServer()].filter((a): a is string => a !== undefined);
+  const usesEmbedded = values.temporal === undefined && !process.env.TEMPORAL_ADDRESS;
+  if (temporalUi === undefined && usesEmbedded) temporalUi = (await serviceStatus()).find((s) => s.name === 'temporal')?.uiUrl;
+  const client = await connectClient(values);
+  const namespace = (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE;
+  const allowActions = Boolean(values['allow-actions']);
+  let dashboard;
+  try {
+    dashboard = await startDashboard({ client, namespace, fleet, temporalUi, allowActions, host, port, pollMs });
+  } catch (error) {
+    await client.connection.close();
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') throw new UsageError(`--address ${host}:${port}: cannot listen there (${code})`);
+    throw error;
+  }
+  process.stdout.write(`dashboard ${dashboard.url} (namespace ${namespace}, actions ${allowActions ? 'enabled' : 'disabled'})\n`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await dashboard.close();
+  await client.connection.close();
+  return 0;
+}
