@@ -22,9 +22,8 @@ const LIST_LIMIT = 100;
 const QUERY_LIMIT = 24;
 /** A query to a workflow whose worker is gone waits for one; the page must not. */
 const QUERY_TIMEOUT_MS = 2_000;
-/** Points kept per curve, and curves kept: bounded memory however long the dashboard runs. */
+/** Points kept per curve: bounded memory however long a search runs. */
 const CURVE_POINTS = 400;
-const CURVES_KEPT = 500;
 /** NFE rates are measured over this much recent time. */
 const RATE_WINDOW_MS = 10_000;
 
@@ -161,9 +160,11 @@ export class DashboardData {
 
   private async gather(): Promise<DashboardState> {
     const errors: string[] = [];
+    let listed = true;
     const [executions, fleet] = await Promise.all([
       this.list().catch((error) => {
         errors.push(`Temporal: ${firstLine(error)}`);
+        listed = false;
         return [] as WorkflowExecutionInfo[];
       }),
       this.fleet(),
@@ -195,7 +196,8 @@ export class DashboardData {
     const runningFirst = (a: { status: string }, b: { status: string }) => Number(b.status === 'RUNNING') - Number(a.status === 'RUNNING');
     searches.sort((a, b) => runningFirst(a, b) || byStart(a, b));
     campaigns.sort((a, b) => runningFirst(a, b) || byStart(a, b));
-    this.forgetOldCurves();
+    // A failed listing says nothing about what ended: curves survive a moment without Temporal.
+    if (listed) this.forget(executions);
     return {
       generatedAt: new Date(now).toISOString(),
       namespace: this.options.namespace,
@@ -238,7 +240,7 @@ export class DashboardData {
       this.lastSeen.set(info.runId, seen);
       if (progress.best) this.record(info.workflowId, { nfe: progress.nfeSpent, score: progress.best.score });
     } else if (nfeSpent !== null && bestScore !== null) {
-      // A closed search's final point, so its curve ends where it ended.
+      // Without a query (closed, or past the queries of a round), the indexed point: a closed search's curve ends where it ended.
       this.record(info.workflowId, { nfe: nfeSpent, score: bestScore });
     }
     return {
@@ -309,19 +311,20 @@ export class DashboardData {
     // Visibility lags the progress query: a point behind the last one adds nothing to the curve.
     if (last && point.nfe < last.nfe) return;
     curve.push(point);
+    // The oldest points after the first go: the curve keeps where it started and its recent shape.
     if (curve.length > CURVE_POINTS) curve.splice(1, curve.length - CURVE_POINTS);
-    this.curves.delete(workflowId);
     this.curves.set(workflowId, curve);
   }
 
-  private forgetOldCurves(): void {
-    // A Map iterates in insertion order and record() re-inserts on update: the first keys are the stalest.
-    for (const key of this.curves.keys()) {
-      if (this.curves.size <= CURVES_KEPT) break;
-      this.curves.delete(key);
-    }
-    if (this.lastSeen.size > CURVES_KEPT) this.lastSeen.clear();
+  /** Keeps what the dashboard remembers to the executions listed now: bounded however long it runs. */
+  private forget(listed: WorkflowExecutionInfo[]): void {
+    const workflowIds = new Set(listed.map((info) => info.workflowId));
+    const runIds = new Set(listed.map((info) => info.runId));
+    for (const key of this.curves.keys()) if (!workflowIds.has(key)) this.curves.delete(key);
+    for (const key of this.lastSeen.keys()) if (!runIds.has(key)) this.lastSeen.delete(key);
+    for (const key of this.firstCampaignSeen.keys()) if (!runIds.has(key)) this.firstCampaignSeen.delete(key);
   }
+
 
   private fleet(): Promise<EndpointRow[]> {
     return this.probes.probeAll();
