@@ -10,7 +10,7 @@ import { openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { PROJECT_ROOT } from '../src/embedded/paths';
-import { DASHBOARDS, renderDashboards } from '../src/ops/dashboards';
+import { DASHBOARDS, renderDashboards, UNFINISHED_SEARCHES } from '../src/ops/dashboards';
 import { DASHBOARDS_DIR } from '../src/ops/generate-dashboards';
 import { stopChild, stopServer, stopTriton, tempDir, waitUntil, withModelServer, withTemporal, withTriton, type StartedTriton } from './helpers';
 import { freePort, withPrometheus, type PromSample, type RunningPrometheus } from './prometheus';
@@ -136,6 +136,22 @@ describe("every panel's PromQL against a real Prometheus scraping a running camp
     if (body.status !== 'success') throw new Error(`Prometheus refused ${expr}: ${body.error}`);
     return body.data.result.map((r) => ({ metric: r.metric, value: Number(r.value[1]) }));
   }
+
+  it('"Searches unfinished" counts the campaign\'s remaining searches, which the worker\'s ends do not offset', async () => {
+    const gauge = async (state: string) => (await queryAt(`noisesearch_campaign_searches{campaign="grafana", state="${state}"}`))[0].value;
+    const remaining = (await gauge('total')) - (await gauge('done')) - (await gauge('failed'));
+    assert.ok(remaining > 0, 'evaluated mid-campaign');
+    const [unfinished] = await queryAt(UNFINISHED_SEARCHES);
+    assert.equal(unfinished.value, remaining);
+  });
+
+  it('every metric the alert rules read is exported by the running processes', async () => {
+    // promtool's unit tests feed the rules series named as the rules name them; this catches a name no exporter uses.
+    const rules = readFileSync(path.join(PROJECT_ROOT, 'deploy', 'prometheus', 'alerts.yml'), 'utf8');
+    const names = new Set([...rules.matchAll(/^\s+expr:[\s\S]*?(?=^\s+for:)/gm)].flatMap((m) => m[0].match(/\b(?:noisesearch|nv)_[a-z_]+\b/g) ?? []));
+    assert.ok(names.size >= 10, `only ${[...names].join(', ')}`);
+    for (const name of names) assert.ok((await queryAt(`count({__name__="${name}"})`)).length > 0, `${name} (read by alerts.yml) has no series`);
+  });
 
   for (const { dashboard, panel } of committed) {
     const reason = gpuOnly.get(`${dashboard}/${panel.title}`);
