@@ -4,7 +4,7 @@
 // flag exists) and against deploy/prometheus/ (the job names the alerts and dashboards select on).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -169,10 +169,41 @@ interface K8sObject {
   data?: Record<string, string>;
 }
 
-function build(overlay: string): K8sObject[] {
-  const output = mustRun('kubectl', ['kustomize', path.join(DEPLOY, 'k8s', 'overlays', overlay)]);
-  return parseAllDocuments(output).map((d) => d.toJS() as K8sObject);
+function kustomize(overlay: string): string {
+  return mustRun('kubectl', ['kustomize', path.join(DEPLOY, 'k8s', 'overlays', overlay)]);
 }
+
+function build(overlay: string): K8sObject[] {
+  return parseAllDocuments(kustomize(overlay)).map((d) => d.toJS() as K8sObject);
+}
+
+// PyPI kubernetes-validate ships the Kubernetes OpenAPI schemas, so this runs offline. It has no schemas for
+// CRDs (KEDA's ScaledObject, the Prometheus operator's ServiceMonitor): the structural checks below cover those.
+const KUBERNETES_VALIDATE = path.join(path.dirname(VENV_PYTHON), 'kubernetes-validate');
+
+function schemaFailures(manifests: string): { status: number | null; output: string } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'k8s-schema-'));
+  const file = path.join(dir, 'objects.yaml');
+  writeFileSync(file, manifests);
+  return run(KUBERNETES_VALIDATE, ['--strict', '--quiet', '--no-warn', file]);
+}
+
+describe('deploy/k8s schemas', () => {
+  it('every built-in object of every overlay is valid against the Kubernetes 1.37 schema, unknown fields refused', () => {
+    for (const overlay of OVERLAYS) {
+      const { status, output } = schemaFailures(kustomize(overlay));
+      assert.equal(status, 0, `overlay ${overlay}:\n${output}`);
+    }
+  });
+
+  it('the validator catches a misspelled field (it can fail)', () => {
+    const broken = kustomize('gmm').replace('readinessProbe:', 'readinesProbe:');
+    assert.notEqual(broken, kustomize('gmm'), 'the gmm overlay has no readinessProbe to misspell');
+    const { status, output } = schemaFailures(broken);
+    assert.notEqual(status, 0, output);
+    assert.match(output, /readinesProbe/);
+  });
+});
 
 function matches(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
   return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
