@@ -2,7 +2,14 @@
 // of docs/metrics.md (and Temporal's and Triton's own). `npm run dashboards` writes them to
 // deploy/grafana/dashboards/; test/grafana.test.ts checks the committed files against this and evaluates every
 // query against a real Prometheus scraping real processes.
-import { common, dashboard, prometheus, stat, timeseries, type Dashboard } from './sdk';
+// The SDK publishes its modules as `exports` subpaths, which `moduleResolution: node` does not read; tsconfig's
+// `paths` points the type checker at the same files under dist/, and Node resolves the subpaths at run time.
+import * as common from '@grafana/grafana-foundation-sdk/common';
+import * as dashboard from '@grafana/grafana-foundation-sdk/dashboard';
+import type { Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
+import * as prometheus from '@grafana/grafana-foundation-sdk/prometheus';
+import * as stat from '@grafana/grafana-foundation-sdk/stat';
+import * as timeseries from '@grafana/grafana-foundation-sdk/timeseries';
 
 export interface Query {
   expr: string;
