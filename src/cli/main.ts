@@ -39,7 +39,9 @@ Usage: ${WORKER_USAGE}
   --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else 127.0.0.1:7233)
   --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
   --task-queue Q     task queue (default "${TASK_QUEUE}")
-  --fleet LIST|FILE  model servers: comma-separated host:port, or a file (JSON {"endpoints": [...]} or one a line)
+  --fleet LIST|FILE  model servers: comma-separated host:port or dns:///name:port (every address the name resolves
+                     to, followed as it changes: a Kubernetes headless Service), or a file (JSON {"endpoints": [...]}
+                     or one a line)
 ${METRICS_HELP}`;
 
 const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
@@ -79,7 +81,7 @@ async function workerCommand(argv: string[]): Promise<number> {
   const stop = () => worker.shutdown();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  process.stderr.write(`worker polling ${values['task-queue'] ?? TASK_QUEUE} on ${address} with fleet ${fleet.addresses.join(', ')}\n`);
+  process.stderr.write(`worker polling ${values['task-queue'] ?? TASK_QUEUE} on ${address} with fleet ${fleet.describeTargets()}\n`);
   try {
     await worker.run();
   } finally {

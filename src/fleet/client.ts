@@ -244,6 +244,11 @@ export class Fleet {
     return this.endpoints.map((e) => e.address);
   }
 
+  /** What the fleet was configured with, for people: the fixed addresses and the DNS names it follows. */
+  describeTargets(): string {
+    return [...this.endpoints.filter((e) => !e.resolved).map((e) => e.address), ...this.dnsTargets].join(', ');
+  }
+
   private async probe(endpoint: Endpoint): Promise<void> {
     endpoint.checkedAt = Date.now();
     try {
