@@ -1,24 +1,26 @@
-// The operators' dashboard against real parts: a Temporal dev server, the gmm model server, a worker, a
-// campaign and a long search running; the page is driven in headless Chromium. What the page claims is
-// checked against Temporal (progress queries, results, descriptions), never against the dashboard's code.
+// The operators' dashboard against real parts: a Temporal dev server, the gmm model server, a `noisesearch
+// worker` with --metrics, a Prometheus scraping it, a campaign and a long search running; the page is driven
+// in headless Chromium. What the page claims is checked against Temporal (progress queries, results,
+// descriptions) and against PromQL the test runs on Prometheus itself, never against the dashboard's code.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Worker } from '@temporalio/worker';
 import type { WorkflowHandle } from '@temporalio/client';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { campaignSize, type CampaignInput } from '../src/campaign/plan';
 import { resolveCampaign } from '../src/campaign/spec';
+import { PROMETHEUS_QUERIES } from '../src/dashboard/prometheus';
 import { ACTIONS_DISABLED, startDashboard, type Dashboard } from '../src/dashboard/server';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { Fleet } from '../src/fleet/client';
 import type { ModelInfo } from '../src/search/types';
 import { startCampaign, startSearch } from '../src/temporal/client';
-import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
+import { installQuietRuntime } from '../src/temporal/worker';
 import { progressQuery, type searchWorkflow } from '../workflows/search';
 import { stopChild, stopServer, tempDir, uniqueId, waitUntil, withModelServer, withTemporal } from './helpers';
+import { freePort, withPrometheus, type PromSample, type RunningPrometheus } from './prometheus';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const TEMPORAL_UI = 'http://127.0.0.1:8233';
@@ -64,6 +66,33 @@ function runCli(args: string[]): Promise<{ code: number | null; stderr: string }
   return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stderr })));
 }
 
+/** What the page shows in its Prometheus sections at one moment: each cell's number and its text, by row. */
+interface MetricsOnPage {
+  evaluatedAt: number;
+  rows: Record<string, Record<string, { value: number | null; text: string }>>;
+}
+
+function metricsOnPage(page: Page): Promise<MetricsOnPage> {
+  // One evaluate: the page redraws every poll, so cells read one by one could come from different states.
+  return page.evaluate(() => {
+    // Runs in the page; the tests compile without the DOM's types.
+    const document = (globalThis as any).document;
+    const rows: MetricsOnPage['rows'] = {};
+    for (const row of document.querySelectorAll('tr[data-endpoint-metrics], tr[data-verifier]')) {
+      const key: string = row.dataset.endpointMetrics ?? `verifier ${row.dataset.verifier}`;
+      rows[key] = {};
+      for (const cell of row.querySelectorAll('td[data-metric]')) rows[key][cell.dataset.metric] = { value: cell.dataset.value ? Number(cell.dataset.value) : null, text: cell.innerText };
+    }
+    return { evaluatedAt: Number(document.getElementById('traffic').dataset.evaluatedAt), rows };
+  });
+}
+
+/** The number a cell's text shows, in the unit Prometheus gives (seconds for "ms" cells). */
+function shown(text: string): number {
+  const n = Number(/^[\d,.]+/.exec(text)?.[0].replaceAll(',', ''));
+  return text.endsWith(' ms') ? n / 1000 : n;
+}
+
 async function pageNfe(page: Page, workflowId: string): Promise<number> {
   const value = await page.locator(`tr.search[data-workflow-id="${workflowId}"] td.nfe`).getAttribute('data-nfe', { timeout: 10_000 });
   return Number(value);
@@ -74,8 +103,11 @@ describe('the dashboard', { timeout: 150_000 }, () => {
   let server: Awaited<ReturnType<typeof withModelServer>>;
   let fleet: Fleet;
   let model: ModelInfo;
-  let worker: Worker;
-  let running: Promise<void>;
+  let worker: ChildProcess;
+  let prometheus: RunningPrometheus;
+  /** Where the worker serves /metrics, and a port where nothing listens (a Prometheus that is down). */
+  let metricsAt: string;
+  let closedPort: number;
   let browser: Browser;
   let dashboard: { child: ChildProcess; url: string };
   let watchOnly: Dashboard;
@@ -87,15 +119,23 @@ describe('the dashboard', { timeout: 150_000 }, () => {
 
   before(async () => {
     installQuietRuntime('ERROR');
-    [temporal, server, browser] = await Promise.all([
+    [metricsAt, closedPort] = [`127.0.0.1:${await freePort()}`, await freePort()];
+    [temporal, server, browser, prometheus] = await Promise.all([
       withTemporal(),
       withModelServer(),
       chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] }),
+      withPrometheus([metricsAt]),
     ]);
     fleet = new Fleet([server.address], { callDeadlineMs: 10_000 });
     model = await fleet.describe('gmm');
-    worker = await createSearchWorker({ connection: temporal.env.nativeConnection, fleet, taskQueue });
-    running = worker.run();
+    // A worker as operators run it, exporting the endpoint and verifier histograms that the dashboard reads back from Prometheus.
+    const workerLog = openSync(path.join(home, 'worker.log'), 'a');
+    worker = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'worker', '--temporal', temporal.address, '--fleet', server.address, '--task-queue', taskQueue, '--metrics', metricsAt], {
+      env: { ...process.env, NOISESEARCH_HOME: home, NOISESEARCH_LOG_LEVEL: 'ERROR' },
+      stdio: ['ignore', workerLog, workerLog],
+    });
+    // Serving /metrics means it is up: the workflows below then start with a worker ready for them, as the in-process one was.
+    await prometheus.waitForScrape({ targets: [metricsAt] });
 
     // A campaign of two long searches, and a long search of its own: both run until the test acts on them.
     const dir = tempDir('dashboard-campaign');
@@ -121,8 +161,8 @@ describe('the dashboard', { timeout: 150_000 }, () => {
     // The dashboards start first, so that the curves they draw from successive progress queries begin at the start.
     const common = ['--address', '127.0.0.1:0', '--temporal', temporal.address, '--fleet', server.address, '--temporal-ui', TEMPORAL_UI, '--poll-ms', '400'];
     [dashboard, watchOnly] = await Promise.all([
-      spawnDashboard([...common, '--allow-actions'], home),
-      startDashboard({ client: temporal.env.client, namespace: 'default', fleet: [server.address], allowActions: false, host: '127.0.0.1', port: 0, pollMs: 400, campaignsDir: path.join(home, 'campaigns') }),
+      spawnDashboard([...common, '--allow-actions', '--prometheus', prometheus.url], home),
+      startDashboard({ client: temporal.env.client, namespace: 'default', fleet: [server.address], prometheus: `http://127.0.0.1:${closedPort}`, allowActions: false, host: '127.0.0.1', port: 0, pollMs: 400, campaignsDir: path.join(home, 'campaigns') }),
     ]);
     campaign = await startCampaign(temporal.env.client, input, { taskQueue });
     search = await startSearch(
@@ -138,15 +178,15 @@ describe('the dashboard', { timeout: 150_000 }, () => {
     await browser?.close();
     await campaign?.cancel().catch(() => undefined);
     await search?.cancel().catch(() => undefined);
-    worker?.shutdown();
-    await running;
+    await stopChild(worker);
+    await prometheus?.stop();
     fleet?.close();
     await stopServer(server);
     await temporal?.stop();
   });
 
   it('refuses bad flags with one line and exit code 2', async () => {
-    const cases = [['--address', 'localhost'], ['--bogus'], ['--temporal-ui', 'ftp://x'], ['extra']];
+    const cases = [['--address', 'localhost'], ['--bogus'], ['--temporal-ui', 'ftp://x'], ['--prometheus', 'localhost:9090'], ['extra']];
     const outcomes = await Promise.all(cases.map((args) => runCli(['dashboard', ...args])));
     for (const [i, { code, stderr }] of outcomes.entries()) {
       assert.equal(code, 2, `dashboard ${cases[i].join(' ')}: ${stderr}`);
@@ -195,6 +235,55 @@ describe('the dashboard', { timeout: 150_000 }, () => {
     assert.match(await report.text(), /the campaign report/);
     assert.equal(await page.locator('#actions-off').isVisible(), false);
     assert.deepEqual(foreign, []);
+    await page.close();
+  });
+
+  it("shows each endpoint's and verifier's rates and latencies as Prometheus computes them", async () => {
+    const page = await browser.newPage();
+    await page.goto(dashboard.url);
+    // Until a rate window holds two scrapes of the worker's calls: the first shown, then compared.
+    const onPage = await waitUntil('requests/s, p50/p95 latency for the endpoint and a verifier p95 on the page', async () => {
+      const m = await metricsOnPage(page);
+      const endpoint = m.rows[server.address];
+      return endpoint?.requestsPerSecond.value && endpoint.p50Seconds.value && endpoint.p95Seconds.value && m.rows['verifier gmm-oracle']?.p95Seconds.value ? m : null;
+    }, 40_000, 200);
+    await page.close();
+    // Every sample at or before that moment is in the TSDB once a scrape after it completed: the same PromQL
+    // at the same moment then sees exactly what the dashboard saw.
+    await prometheus.waitForScrape({ after: onPage.evaluatedAt * 1000 + 1, targets: [metricsAt] });
+    const direct = async (expr: string): Promise<PromSample[]> => {
+      const url = `${prometheus.url}/api/v1/query?query=${encodeURIComponent(expr)}&time=${onPage.evaluatedAt}`;
+      const body = (await (await fetch(url, { signal: AbortSignal.timeout(10_000) })).json()) as { status: string; error?: string; data: { result: { metric: Record<string, string>; value: [number, string] }[] } };
+      assert.equal(body.status, 'success', `${expr}: ${body.error}`);
+      return body.data.result.map((r) => ({ metric: r.metric, value: Number(r.value[1]) }));
+    };
+    const check = async (row: string, metric: string, expr: string) => {
+      const expected = (await direct(expr))[0]?.value;
+      const cell = onPage.rows[row][metric];
+      assert.ok(Number.isFinite(expected) && expected > 0, `${expr} = ${expected}`);
+      assert.ok(Math.abs(cell.value! - expected) <= 1e-9 * expected, `${row} ${metric}: the page has ${cell.value}, Prometheus ${expected} (${expr})`);
+      // Shown to three significant digits.
+      assert.ok(Math.abs(shown(cell.text) - expected) <= 0.005 * expected, `${row} ${metric}: the page shows "${cell.text}", Prometheus ${expected}`);
+    };
+    const endpoint = `endpoint="${server.address}"`;
+    await check(server.address, 'requestsPerSecond', `sum(rate(noisesearch_endpoint_request_seconds_count{${endpoint}}[1m]))`);
+    for (const q of [0.5, 0.95]) await check(server.address, `p${q * 100}Seconds`, `histogram_quantile(${q}, sum by (le) (rate(noisesearch_endpoint_request_seconds_bucket{${endpoint}}[1m])))`);
+    // Every verifier that scored in the window, as Prometheus counts them, has its p95 on the page.
+    const used = (await direct('sum by (verifier) (rate(noisesearch_verifier_seconds_count[1m])) > 0')).map((s) => s.metric.verifier);
+    assert.ok(used.includes('gmm-oracle'), `verifiers scoring: ${used.join(', ')}`);
+    for (const verifier of used) await check(`verifier ${verifier}`, 'p95Seconds', `histogram_quantile(0.95, sum by (le) (rate(noisesearch_verifier_seconds_bucket{verifier="${verifier}"}[1m])))`);
+    // Every query the dashboard runs is one Prometheus accepts, over series the worker exports.
+    for (const [name, expr] of Object.entries(PROMETHEUS_QUERIES)) assert.ok((await direct(expr)).length > 0, `${name} returned no series: ${expr}`);
+  });
+
+  it('says so when Prometheus is unreachable', async () => {
+    const page = await browser.newPage();
+    await page.goto(watchOnly.url);
+    const error = page.locator('#traffic .prom-error');
+    await error.waitFor({ timeout: 20_000 });
+    assert.match(await error.innerText(), new RegExp(`^Prometheus at http://127\\.0\\.0\\.1:${closedPort} is unreachable`));
+    // The rest of the page still works.
+    await page.locator(`tr.search[data-workflow-id="${search.workflowId}"]`).waitFor({ timeout: 20_000 });
     await page.close();
   });
 

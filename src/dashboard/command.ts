@@ -6,9 +6,11 @@ import { parseFlags, UsageError } from '../cli/args';
 import { connectClient } from '../cli/control';
 import { startDashboard } from './server';
 
-const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--allow-actions] [--poll-ms MS]';
+const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--prometheus URL] [--allow-actions] [--poll-ms MS]';
 const HELP = `Serves a live web page for operators: running and recent searches and campaigns (Temporal visibility and
-their progress queries), each search's best score against NFEs, campaign progress and ETA, and the fleet.
+their progress queries), each search's best score against NFEs, campaign progress and ETA, and the fleet; with
+--prometheus, each endpoint's requests/s, latency percentiles, in-flight and queued calls, each verifier's
+latency, and the NFE burn rate.
 
 Usage: ${USAGE}
 
@@ -17,6 +19,7 @@ Usage: ${USAGE}
   --namespace NS       Temporal namespace (default "${DEFAULT_NAMESPACE}")
   --temporal-ui URL    the Temporal UI, for links to each workflow (default: the embedded dev server's UI)
   --fleet LIST|FILE    model servers to show (default: the embedded model server if running)
+  --prometheus URL     Prometheus scraping the workers (e.g. http://127.0.0.1:9090), for rates and latencies
   --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise)
   --poll-ms MS         how often the page asks for new state (default 2000)
 
@@ -29,6 +32,7 @@ const FLAGS = {
   namespace: { type: 'string' },
   'temporal-ui': { type: 'string' },
   fleet: { type: 'string' },
+  prometheus: { type: 'string' },
   'allow-actions': { type: 'boolean' },
   'poll-ms': { type: 'string' },
 } as const;
@@ -41,14 +45,14 @@ export function parseAddress(value: string): { host: string; port: number } {
   return { host: match[1].replace(/^\[|\]$/g, ''), port };
 }
 
-function parseUiUrl(value: string): string {
+function parseHttpUrl(flag: string, value: string, example: string): string {
   try {
     const url = new URL(value);
     if (url.protocol === 'http:' || url.protocol === 'https:') return value.replace(/\/$/, '');
   } catch {
     // Falls through to the one message below.
   }
-  throw new UsageError(`--temporal-ui: "${value}" is not an http(s) URL (e.g. http://127.0.0.1:8233)`);
+  throw new UsageError(`--${flag}: "${value}" is not an http(s) URL (e.g. ${example})`);
 }
 
 export async function dashboardCommand(argv: string[]): Promise<number> {
@@ -59,7 +63,8 @@ export async function dashboardCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw new UsageError(`dashboard takes no arguments ("${positionals.join(' ')}"); usage: ${USAGE}`);
   const { host, port } = parseAddress((values.address as string | undefined) ?? '127.0.0.1:8080');
-  let temporalUi = values['temporal-ui'] !== undefined ? parseUiUrl(values['temporal-ui'] as string) : undefined;
+  let temporalUi = values['temporal-ui'] !== undefined ? parseHttpUrl('temporal-ui', values['temporal-ui'] as string, 'http://127.0.0.1:8233') : undefined;
+  const prometheus = values.prometheus !== undefined ? parseHttpUrl('prometheus', values.prometheus as string, 'http://127.0.0.1:9090') : undefined;
   const pollMs = values['poll-ms'] !== undefined ? Number(values['poll-ms']) : 2_000;
   if (!Number.isFinite(pollMs) || pollMs < 100) throw new UsageError(`--poll-ms: "${values['poll-ms']}" is not a number of milliseconds of at least 100`);
   const fleet = values.fleet !== undefined ? parseFleet(values.fleet as string) : [await readyEmbeddedModelServer()].filter((a): a is string => a !== undefined);
@@ -70,14 +75,14 @@ export async function dashboardCommand(argv: string[]): Promise<number> {
   const allowActions = Boolean(values['allow-actions']);
   let dashboard;
   try {
-    dashboard = await startDashboard({ client, namespace, fleet, temporalUi, allowActions, host, port, pollMs });
+    dashboard = await startDashboard({ client, namespace, fleet, temporalUi, prometheus, allowActions, host, port, pollMs });
   } catch (error) {
     await client.connection.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') throw new UsageError(`--address ${host}:${port}: cannot listen there (${code})`);
     throw error;
   }
-  process.stdout.write(`dashboard ${dashboard.url} (namespace ${namespace}, actions ${allowActions ? 'enabled' : 'disabled'})\n`);
+  process.stdout.write(`dashboard ${dashboard.url} (namespace ${namespace}, actions ${allowActions ? 'enabled' : 'disabled'}${prometheus ? `, metrics from ${prometheus}` : ''})\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);

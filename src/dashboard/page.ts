@@ -31,6 +31,8 @@ svg.curve { display:block; }
 svg.curve path { fill:none; stroke:var(--accent); stroke-width:1.5; }
 svg.curve text { font-size:9px; fill:var(--muted); }
 a { color:var(--accent); }
+.prom-error { color:var(--bad); }
+h2 .muted { font-weight:400; font-size:12px; }
 `;
 
 const SCRIPT = `
@@ -156,6 +158,51 @@ function fleetTable(state) {
       el('td', { class: 'muted' }, e.serverId ?? e.error ?? '–'))));
 }
 
+// Rates and latencies span orders of magnitude (a verifier's microseconds, an endpoint's seconds): three significant digits.
+const sig = (n) => n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US', { maximumSignificantDigits: 3 });
+function metricCell(value, metric, unit) {
+  const text = value === null || value === undefined ? '–' : unit === 'ms' ? sig(value * 1000) + ' ms' : unit === '/s' ? sig(value) + '/s' : fmt(value);
+  return el('td', { class: 'num', 'data-metric': metric, 'data-value': value ?? '' }, text);
+}
+function metricsOff(m, what) {
+  if (!m.prometheus) return el('p', { class: 'muted off' }, "Start the dashboard with --prometheus URL (a Prometheus that scrapes the workers' --metrics) to see " + what + '.');
+  if (m.error) return el('p', { class: 'prom-error' }, m.error);
+  return null;
+}
+
+function trafficTable(state) {
+  const m = state.metrics;
+  const off = metricsOff(m, "each endpoint's requests/s, latency percentiles, in-flight and queued calls, and the NFE burn rate");
+  if (off) return off;
+  const burn = el('p', { id: 'nfe-burn' }, 'NFE burn rate, the whole fleet: ',
+    el('b', { 'data-metric': 'nfeLogicalPerSecond', 'data-value': m.nfeLogicalPerSecond ?? '' }, sig(m.nfeLogicalPerSecond)), ' logical/s (what budgets count), ',
+    el('b', { 'data-metric': 'nfeExecutedPerSecond', 'data-value': m.nfeExecutedPerSecond ?? '' }, sig(m.nfeExecutedPerSecond)), ' executed/s (what the servers ran)');
+  if (m.endpoints.length === 0) return [burn, el('p', { class: 'muted' }, 'Prometheus has no endpoint series: does it scrape a worker started with --metrics?')];
+  return [burn, el('table', {},
+    el('tr', {}, el('th', {}, 'endpoint'), el('th', { class: 'num' }, 'requests/s'), el('th', { class: 'num' }, 'p50 latency'), el('th', { class: 'num' }, 'p95 latency'), el('th', { class: 'num' }, 'in flight'), el('th', { class: 'num' }, 'queued')),
+    m.endpoints.map((e) => el('tr', { 'data-endpoint-metrics': e.endpoint },
+      el('td', { class: 'id' }, e.endpoint),
+      metricCell(e.requestsPerSecond, 'requestsPerSecond', '/s'),
+      metricCell(e.p50Seconds, 'p50Seconds', 'ms'),
+      metricCell(e.p95Seconds, 'p95Seconds', 'ms'),
+      metricCell(e.inFlight, 'inFlight'),
+      metricCell(e.queued, 'queued'))))];
+}
+
+function verifiersTable(state) {
+  const m = state.metrics;
+  const off = metricsOff(m, "each verifier's latency per sample and samples scored per second");
+  if (off) return off;
+  if (m.verifiers.length === 0) return el('p', { class: 'muted' }, 'Prometheus has no verifier series: does it scrape a worker started with --metrics?');
+  return el('table', {},
+    el('tr', {}, el('th', {}, 'verifier'), el('th', { class: 'num' }, 'p50 per sample'), el('th', { class: 'num' }, 'p95 per sample'), el('th', { class: 'num' }, 'samples scored/s')),
+    m.verifiers.map((v) => el('tr', { 'data-verifier': v.verifier },
+      el('td', {}, v.verifier),
+      metricCell(v.p50Seconds, 'p50Seconds', 'ms'),
+      metricCell(v.p95Seconds, 'p95Seconds', 'ms'),
+      metricCell(v.samplesPerSecond, 'samplesPerSecond', '/s'))));
+}
+
 function render(state) {
   allowActions = state.allowActions;
   document.getElementById('actions-off').style.display = allowActions ? 'none' : 'block';
@@ -166,6 +213,12 @@ function render(state) {
   document.getElementById('campaigns').replaceChildren(campaignsTable(state));
   document.getElementById('searches').replaceChildren(searchesTable(state));
   document.getElementById('fleet').replaceChildren(fleetTable(state));
+  const traffic = document.getElementById('traffic');
+  traffic.replaceChildren(...[trafficTable(state)].flat());
+  traffic.dataset.evaluatedAt = state.metrics.evaluatedAt ?? '';
+  document.getElementById('verifiers').replaceChildren(verifiersTable(state));
+  document.getElementById('verifiers').dataset.evaluatedAt = state.metrics.evaluatedAt ?? '';
+  document.getElementById('metrics-source').textContent = state.metrics.prometheus ? 'from ' + state.metrics.prometheus + ', over the last minute' : '';
   const errors = document.getElementById('errors');
   errors.textContent = state.errors.join('; '); errors.style.display = state.errors.length ? 'block' : 'none';
 }
@@ -205,6 +258,8 @@ export function renderPage(options: { pollMs: number }): string {
 <section><h2>Campaigns</h2><div id="campaigns"></div></section>
 <section><h2>Searches</h2><div id="searches"></div></section>
 <section><h2>Fleet</h2><div id="fleet"></div></section>
+<section><h2>Throughput and latency <span class="muted" id="metrics-source"></span></h2><div id="traffic"></div></section>
+<section><h2>Verifiers</h2><div id="verifiers"></div></section>
 </main>
 <script>${SCRIPT}</script>
 </body>

@@ -8,6 +8,7 @@ import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import * as grpc from '@grpc/grpc-js';
 import type { QueryDefinition } from '@temporalio/common';
 import { stateDir } from '../embedded/paths';
+import { gatherFleetMetrics, type FleetMetrics } from './prometheus';
 import { toModelInfo, unary } from '../fleet/client';
 import { services } from '../fleet/proto';
 import { abortable } from '../cli/waiting';
@@ -90,6 +91,8 @@ export interface DashboardState {
   searches: SearchRow[];
   campaigns: CampaignRow[];
   fleet: EndpointRow[];
+  /** Throughput, queues, latency percentiles and NFE burn from Prometheus (--prometheus), or why there are none. */
+  metrics: FleetMetrics;
   /** NFEs per second across the running searches, over the last few seconds. */
   nfeRate: number;
   errors: string[];
@@ -101,6 +104,8 @@ export interface StateOptions {
   fleet: string[];
   temporalUi?: string;
   allowActions: boolean;
+  /** Prometheus' base URL (--prometheus), for the fleet's rates and latencies; without it those sections say how to get them. */
+  prometheus?: string;
   /** Where campaign records are (`noisesearch campaign run` writes them): the report is found through them. */
   campaignsDir?: string;
 }
@@ -161,13 +166,14 @@ export class DashboardData {
   private async gather(): Promise<DashboardState> {
     const errors: string[] = [];
     let listed = true;
-    const [executions, fleet] = await Promise.all([
+    const [executions, fleet, metrics] = await Promise.all([
       this.list().catch((error) => {
         errors.push(`Temporal: ${firstLine(error)}`);
         listed = false;
         return [] as WorkflowExecutionInfo[];
       }),
       this.fleet(),
+      gatherFleetMetrics(this.options.prometheus),
     ]);
     const now = Date.now();
     const searches: SearchRow[] = [];
@@ -206,6 +212,7 @@ export class DashboardData {
       searches,
       campaigns,
       fleet,
+      metrics,
       nfeRate: searches.reduce((sum, s) => sum + (s.nfeRate ?? 0), 0),
       errors,
     };
