@@ -20,7 +20,6 @@ from triton_fixtures import (
     REPOSITORY,
     add_model,
     copy_repository,
-    free_ports,
     health_status,
     replace_once,
     serving,
@@ -35,7 +34,7 @@ import tritonclient.grpc as triton_grpc  # noqa: E402
 
 from noisesearch_server.backend import ConfigError  # noqa: E402
 from noisesearch_server.server import build_backend, parse_args  # noqa: E402
-from noisesearch_server.triton.launch import TritonServer, start_triton, wait_ready  # noqa: E402
+from noisesearch_server.triton.launch import TritonServer, free_ports, start_triton, wait_ready  # noqa: E402
 
 SERVERS_DIR = Path(__file__).resolve().parents[1]
 SERVING = health_pb2.HealthCheckResponse.SERVING

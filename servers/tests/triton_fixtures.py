@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,18 +33,6 @@ def skip_without_triton() -> None:
     pytest.importorskip("tritonclient.grpc")
     if not (REPO_ROOT / ".venv-triton" / "bin" / "python").exists():
         pytest.skip(f"no .venv-triton: {SETUP_HINT}", allow_module_level=True)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free now, all different (each held until all are chosen)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def copy_repository(target: Path, source: Path = REPOSITORY) -> Path:

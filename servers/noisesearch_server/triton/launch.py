@@ -122,7 +122,7 @@ def _backend_directory(triton_venv: Path, site: Path, version: str) -> Path:
     return backends
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the kernel has free now; all are held until all are chosen so that they differ. Another process may
     take one before tritonserver binds it: the start then fails naming the port in its log."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
@@ -152,39 +152,24 @@ def _log_summary(log_path: Path, lines: int = 8) -> str:
 
 def _client(grpc_address: str):
     try:
-        import tritonclient.grpc as triton_grpc
+        from .client import TritonClient
     except ImportError:
         raise RuntimeError(f"the Triton client (tritonclient) is missing from this venv: {SETUP_HINT}") from None
-    # gRPC backs off reconnecting to an address that refused it (up to minutes), so a probe started before
-    # tritonserver listens would see it ready seconds late; a short, capped backoff keeps polling responsive.
-    backoff = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-               ("grpc.max_reconnect_backoff_ms", 500)]
-    return triton_grpc.InferenceServerClient(grpc_address, channel_args=backoff)
+    return TritonClient(grpc_address, timeout_s=PROBE_TIMEOUT_S, max_message_bytes=4 << 20)
 
 
 def _not_ready(client, models: Sequence[str]) -> list[str]:
     """What is not ready yet, in words: the server, or each model with the reason Triton gives."""
-    from tritonclient.utils import InferenceServerException
+    from ..backend import RequestError
+    from .client import TritonModelError
 
+    if not client.server_ready(PROBE_TIMEOUT_S):
+        return ["the server"]
     try:
-        if not client.is_server_ready(client_timeout=PROBE_TIMEOUT_S):
-            return ["the server"]
-        waiting = [m for m in models if not client.is_model_ready(m, client_timeout=PROBE_TIMEOUT_S)]
-        if not waiting:
-            return []
-        index = client.get_model_repository_index(as_json=True, client_timeout=PROBE_TIMEOUT_S).get("models", [])
-    except InferenceServerException as error:
-        return [f"the server ({error.status()}: {error.message()})"]
-    known = {entry["name"]: entry for entry in index}
-    described = []
-    for model in waiting:
-        entry = known.get(model)
-        if entry is None:
-            described.append(f"model {model} (not in the repository)")
-        else:
-            reason = entry.get("reason", "")
-            described.append(f"model {model} ({entry.get('state', 'UNKNOWN')}{': ' + reason if reason else ''})")
-    return described
+        reasons = client.not_ready_reasons(models, PROBE_TIMEOUT_S)
+    except (RequestError, TritonModelError) as error:
+        return [f"the server ({error})"]
+    return [f"model {model} ({reason})" for model, reason in reasons.items()]
 
 
 def wait_ready(grpc_address: str, models: Sequence[str] = (), timeout_s: float = 60.0) -> None:
@@ -224,7 +209,7 @@ def start_triton(
     site, libdir, version = _venv_paths(triton_venv)
     backends = _backend_directory(triton_venv, site, version)
     binary = site / "pytriton" / "tritonserver" / "bin" / "tritonserver"
-    free = iter(_free_ports(3))
+    free = iter(free_ports(3))
     grpc_port, http_port, metrics_port = (port or next(free) for port in (grpc_port, http_port, metrics_port))
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
