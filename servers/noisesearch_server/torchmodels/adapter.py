@@ -4,15 +4,14 @@ and batching run unchanged over any TorchDenoiser, and verifiers score decoded i
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..backend import ModelSpec, Rows
+from ..images import decode_png, encode_pngs
 from .common import TorchDenoiser, TorchVerifier
 
 # Decoding 1024-px images runs the VAE at full resolution: a few at a time bounds its activation memory.
@@ -44,28 +43,11 @@ class TorchModel:
         return torch.stack(list(images))
 
     def encode_png(self, images: torch.Tensor) -> list[bytes]:
-        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        pngs = []
-        for picture in pixels:
-            buffer = io.BytesIO()
-            Image.fromarray(picture, "RGB").save(buffer, format="PNG")
-            pngs.append(buffer.getvalue())
-        return pngs
+        return encode_pngs(images.float().cpu().numpy())
 
     def decode_png(self, pngs: Sequence[bytes]) -> list[torch.Tensor]:
         """PNGs (as encode_png wrote them) back to [3, H, W] float32 images; ValueError names what is wrong."""
-        want = tuple(self.spec.image_shape)
-        images = []
-        for png in pngs:
-            try:
-                picture = Image.open(io.BytesIO(png)).convert("RGB")
-            except (OSError, Image.DecompressionBombError) as error:
-                raise ValueError(f"not a readable PNG ({error})") from None
-            image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255
-            if tuple(image.shape) != want:
-                raise ValueError(f"got a {list(image.shape)} picture; want {list(want)}")
-            images.append(image.to(self.device))
-        return images
+        return [torch.from_numpy(decode_png(png, self.spec.image_shape)).to(self.device) for png in pngs]
 
 
 class TorchVerifierAdapter:

@@ -4,7 +4,6 @@ native engine's, unchanged; only D(x, σ, condition), the decoder and the verifi
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import ConfigError, ModelSpec, RequestError, Rows, VerifierSpec
+from ..images import decode_png, encode_pngs
 from . import contract
 from .client import TritonClient, TritonModelError
 
@@ -170,29 +170,10 @@ class TritonDenoiser:
         return np.stack(list(images))
 
     def encode_png(self, images: np.ndarray) -> list[bytes]:
-        from PIL import Image
-
-        pngs = []
-        for picture in (np.clip(images, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1):
-            buffer = io.BytesIO()
-            Image.fromarray(picture, "RGB").save(buffer, format="PNG")
-            pngs.append(buffer.getvalue())
-        return pngs
+        return encode_pngs(images)
 
     def decode_png(self, pngs: Sequence[bytes]) -> list[np.ndarray]:
-        from PIL import Image
-
-        images = []
-        for png in pngs:
-            try:
-                picture = Image.open(io.BytesIO(png)).convert("RGB")
-            except (OSError, Image.DecompressionBombError) as error:
-                raise ValueError(f"not a readable PNG ({error})") from None
-            image = np.asarray(picture, dtype=np.float32).transpose(2, 0, 1) / 255
-            if tuple(image.shape) != tuple(self.spec.image_shape):
-                raise ValueError(f"got a {list(image.shape)} picture; want {list(self.spec.image_shape)}")
-            images.append(image)
-        return images
+        return [decode_png(png, self.spec.image_shape) for png in pngs]
 
 
 class TritonVerifier:
