@@ -88,9 +88,14 @@ const finite = (value: number | undefined): number | null => (value !== undefine
 export async function gatherFleetMetrics(baseUrl: string | undefined, now = Date.now()): Promise<FleetMetrics> {
   const empty: FleetMetrics = { prometheus: baseUrl ?? null, evaluatedAt: null, error: null, endpoints: [], verifiers: [], nfeLogicalPerSecond: null, nfeExecutedPerSecond: null };
   if (!baseUrl) return empty;
-  const evaluatedAt = now / 1000;
+  let evaluatedAt = now / 1000;
   let results: Record<MetricName, Sample[]>;
   try {
+    // Evaluated at the last moment every target has reported (the oldest of their latest scrapes): a scrape
+    // started before `now` may still be on its way into the TSDB, and would change a rate at `now` after the
+    // page showed it. Every sample up to that moment is in, so the numbers are final and can be re-queried.
+    const settled = (await instantQuery(baseUrl, 'min(timestamp(up))', evaluatedAt))[0]?.value;
+    if (settled !== undefined && Number.isFinite(settled)) evaluatedAt = Math.min(evaluatedAt, settled);
     const entries = await Promise.all(Object.entries(PROMETHEUS_QUERIES).map(async ([name, promql]) => [name, await instantQuery(baseUrl, promql, evaluatedAt)] as const));
     results = Object.fromEntries(entries) as Record<MetricName, Sample[]>;
   } catch (error) {
