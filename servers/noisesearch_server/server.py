@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import json
 import signal
+import ssl
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -69,6 +70,11 @@ class ServerConfig:
     triton_verifiers: tuple[tuple[str, str], ...] = ()
     triton_wait_s: float = 300.0
     triton_timeout_s: float = 600.0
+    # TLS on the gRPC port: a certificate and its key serve TLS; a CA as well requires every client to present
+    # a certificate that CA signed (mutual TLS). PEM files, read at start-up (docs/security.md).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -285,6 +291,12 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         "--metrics-port", type=int, default=defaults.metrics_port, metavar="N",
         help="serve Prometheus /metrics on this port of --host (0: off)",
     )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain); goes with --tls-key")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca", metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS); goes with --tls-cert and --tls-key",
+    )
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms)
@@ -335,6 +347,7 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         verifiers.update(_named_folder("--verifier", value) for value in args.verifier)
     if verifiers and model_folder is None:
         raise ConfigError("--verifier: the embedded gmm hosts its own verifiers; --verifier goes with --model NAME=DIR")
+    check_tls(args.tls_cert, args.tls_key, args.tls_ca)
     if args.cache_mb < 0:
         raise ConfigError(f"--cache-mb: got {args.cache_mb}; want 0 (no cache) or more")
     if args.max_message_mb < 4:
@@ -366,6 +379,9 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         triton_verifiers=tuple(triton_verifiers),
         triton_wait_s=args.triton_wait,
         triton_timeout_s=args.triton_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")
@@ -376,6 +392,48 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     if not 0 <= config.batch_window_ms <= 1000:
         raise ConfigError(f"--batch-window-ms: got {config.batch_window_ms}; want 0 to 1000")
     return config
+
+
+def check_tls(cert: str | None, key: str | None, ca: str | None) -> None:
+    """Refuses a TLS configuration that could not serve, before any model loads: a missing half of the pair,
+    a CA without a certificate to serve with, a file that is not readable PEM, or a key that is not the
+    certificate's. Messages name files, never their contents."""
+    if cert is None and key is None:
+        if ca is not None:
+            raise ConfigError("--tls-ca: mutual TLS also needs the server's own --tls-cert and --tls-key")
+        return
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ConfigError(f"{given}: TLS needs both a certificate and its key; add {missing} PEM")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if path is None:
+            continue
+        try:
+            Path(path).read_bytes()
+        except OSError as error:
+            raise ConfigError(f"{flag} {path}: cannot read it ({error.strerror or error}); want a readable PEM file") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise ConfigError(
+            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its matching private key ({error.reason})"
+        ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(f"--tls-ca {ca}: not a PEM CA certificate ({getattr(error, 'reason', None) or error})") from None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """The gRPC port's credentials: None (plaintext) without a certificate; with a CA, clients must present a
+    certificate it signed, and a client without one fails the handshake before any call."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+    ca = Path(config.tls_ca).read_bytes() if config.tls_ca is not None else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
 def description_json(backend: Backend) -> str:
@@ -437,7 +495,9 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     served = [service_name("Denoiser"), service_name("Verifier")]
     reflection.enable_server_reflection([*served, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(_address(config.host, config.port))
+    credentials = server_credentials(config)
+    bind = _address(config.host, config.port)
+    port = server.add_secure_port(bind, credentials) if credentials is not None else server.add_insecure_port(bind)
     if config.metrics_port:
         try:
             metrics.serve(config.host, config.metrics_port)
