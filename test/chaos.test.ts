@@ -1,0 +1,146 @@
+// The fault campaign (src/chaos): its proxy against a real echo server, its schedule, and a short
+// campaign under every kind of fault that must end bit-identical to its fault-free reference.
+import assert from 'node:assert/strict';
+import * as net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { FaultProxy } from '../src/chaos/proxy';
+
+/** An echo server: what a client sends comes back unchanged. */
+async function echoServer(): Promise<{ address: string; close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  return {
+    address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A client of the proxy that records what came back, when, and how the connection ended. */
+async function dial(port: number) {
+  const socket = net.connect(port, '127.0.0.1');
+  const received: { text: string; at: number }[] = [];
+  let ended: string | null = null;
+  socket.on('data', (d: Buffer) => received.push({ text: d.toString(), at: Date.now() }));
+  socket.on('error', (error: NodeJS.ErrnoException) => (ended = error.code ?? error.message));
+  socket.on('close', () => (ended ??= 'closed'));
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', () => resolve());
+    socket.once('error', reject);
+  });
+  return { socket, received, text: () => received.map((r) => r.text).join(''), ended: () => ended };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until<T>(what: string, probe: () => T | null | undefined | false, timeoutMs = 5_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+describe('the fault proxy, in front of a real echo server', () => {
+  let echo: Awaited<ReturnType<typeof echoServer>>;
+  let proxy: FaultProxy;
+  before(async () => {
+    echo = await echoServer();
+    proxy = await FaultProxy.start(echo.address);
+  });
+  after(async () => {
+    await proxy?.close();
+    await echo?.close();
+  });
+
+  it('passes bytes both ways unchanged', async () => {
+    proxy.setMode({ kind: 'pass' });
+    const c = await dial(proxy.port);
+    c.socket.write('hello, ');
+    c.socket.write('server');
+    assert.equal(await until('the echo', () => c.text() === 'hello, server' && c.text()), 'hello, server');
+    c.socket.destroy();
+  });
+
+  it('delays each chunk by the latency each way: an echo comes back after twice that, in order', async () => {
+    proxy.setMode({ kind: 'latency', ms: 300 });
+    const c = await dial(proxy.port);
+    const sent = Date.now();
+    c.socket.write('a');
+    await sleep(50);
+    c.socket.write('b');
+    await until('both echoes', () => c.text() === 'ab');
+    // 300 ms to the server, 300 ms back: the first byte returns after >= 600 ms (timers may fire a
+    // millisecond early, hence 595), the second 50 ms later; a proxy that delayed only one way, or not at all, fails.
+    const first = c.received[0].at - sent;
+    assert.ok(first >= 595 && first < 1_500, `first echo after ${first} ms`);
+    assert.ok(c.received[c.received.length - 1].at - sent >= 645, 'the second chunk was delayed as much');
+    proxy.setMode({ kind: 'pass' });
+    c.socket.destroy();
+  });
+
+  it('blackholes: a new connection is accepted but hears nothing, an open one stalls, and both resume when it heals', async () => {
+    proxy.setMode({ kind: 'pass' });
+    const open = await dial(proxy.port);
+    open.socket.write('1');
+    await until('the first echo', () => open.text() === '1');
+    proxy.setMode({ kind: 'blackhole' });
+    const held = await dial(proxy.port);
+    held.socket.write('x');
+    open.socket.write('2');
+    await sleep(500);
+    assert.equal(held.text(), '', 'nothing reaches the server while partitioned');
+    assert.equal(open.text(), '1', 'an open connection stalls');
+    assert.equal(held.ended(), null, 'the connection is held, not refused');
+    assert.equal(open.ended(), null);
+    proxy.setMode({ kind: 'pass' });
+    await until('the held echo', () => held.text() === 'x');
+    await until('the stalled echo', () => open.text() === '12');
+    held.socket.destroy();
+    open.socket.destroy();
+  });
+
+  it('resets open connections and every new one while in reset mode, and serves again after', async () => {
+    proxy.setMode({ kind: 'pass' });
+    const open = await dial(proxy.port);
+    proxy.setMode({ kind: 'reset' });
+    assert.equal(await until('the reset', () => open.ended()), 'ECONNRESET');
+    const refused = await dial(proxy.port).then(
+      (c) => until('the reset of a new connection', () => c.ended()),
+      (error: NodeJS.ErrnoException) => error.code,
+    );
+    assert.equal(refused, 'ECONNRESET');
+    proxy.setMode({ kind: 'pass' });
+    const again = await dial(proxy.port);
+    again.socket.write('back');
+    await until('the echo after the resets', () => again.text() === 'back');
+    again.socket.destroy();
+  });
+
+  it('resets the client when the server behind it is down, as a refused connection would', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const orphan = await FaultProxy.start(`127.0.0.1:${port}`);
+    try {
+      const c = await dial(orphan.port);
+      assert.equal(await until('the reset', () => c.ended()), 'ECONNRESET');
+      assert.equal(orphan.connectionCount, 0);
+    } finally {
+      await orphan.close();
+    }
+  });
+});
