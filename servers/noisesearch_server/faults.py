@@ -3,7 +3,9 @@
 A plan is a seed and a list of rules (servers/README.md documents the JSON). Whether a rule hits a
 candidate depends only on (seed, the rule's index, the key of the candidate's final state), so a candidate
 fails the same way in any batch, on every retry, and whether it came with a base or as a whole lineage.
-Rules on whole calls (latency, request status) draw per call instead, so that a retry can pass.
+Rules on whole calls (latency, request status) draw per call instead, so that a retry can pass, and can be
+switched on and off while the server runs (`while_file`), so that a test can make a server slow or failing
+for a while without restarting it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ STATUS_NAMES = (
 FAIL_STAGES = ("validate", "score")
 RAISE_STAGES = ("verifier", "xpred", "solve")
 KINDS = ("fail", "nan", "raise", "latency_ms", "hang", "exit_after_requests", "request_status")
+# Kinds that act on whole calls, drawn afresh per call: only these may come and go with `while_file`.
+CALL_KINDS = ("latency_ms", "request_status")
 MAX_LATENCY_MS = 600_000
 
 
@@ -47,6 +52,8 @@ class FaultRule:
     verifier: str = ""
     latency_seconds: float = 0.0
     exit_after_requests: int = 0
+    # A path: the rule acts only while a file exists there (empty: always).
+    while_file: str = ""
 
     @property
     def name(self) -> str:
@@ -94,6 +101,8 @@ class FaultPlan:
 
     def _hits_call(self, rule: FaultRule, candidates: list[Hit], call: bytes) -> bool:
         if not candidates:
+            return False
+        if rule.while_file and not os.path.exists(rule.while_file):
             return False
         if rule.id_pattern is not None and not any(rule.id_pattern.search(i) for i, _ in candidates):
             return False
@@ -205,13 +214,19 @@ def parse_fault_plan(data: object) -> FaultPlan:
 
 def _parse_rule(index: int, data: object) -> FaultRule:
     path = f"rules[{index}]"
-    rule = _check_keys(path, data, ("match", "fraction", *KINDS))
+    rule = _check_keys(path, data, ("match", "fraction", "while_file", *KINDS))
     kinds = [kind for kind in KINDS if kind in rule]
     if len(kinds) != 1:
         found = ", ".join(kinds) or "none"
         raise _fail(path, f"got {len(kinds)} kinds ({found}); want exactly one of {', '.join(KINDS)}")
     kind = kinds[0]
     value = rule[kind]
+    while_file = rule.get("while_file", "")
+    if "while_file" in rule:
+        if kind not in CALL_KINDS:
+            raise _fail(f"{path}.while_file", f"only {' and '.join(CALL_KINDS)} rules can come and go; {kind} hits the same candidates every time")
+        if not isinstance(while_file, str) or not while_file:
+            raise _fail(f"{path}.while_file", f"got {json.dumps(while_file)}; want the path of a file whose existence turns the rule on")
     if kind == "exit_after_requests":
         if "match" in rule or "fraction" in rule:
             raise _fail(path, "exit_after_requests counts requests; it takes no match or fraction")
@@ -258,9 +273,9 @@ def _parse_rule(index: int, data: object) -> FaultRule:
     if kind == "latency_ms":
         if not _is_number(value) or not 0 <= value <= MAX_LATENCY_MS:
             raise _fail(f"{path}.latency_ms", f"got {json.dumps(value)}; want milliseconds in [0, {MAX_LATENCY_MS}]")
-        return FaultRule(index, kind, latency_seconds=value / 1000, **common)
+        return FaultRule(index, kind, latency_seconds=value / 1000, while_file=while_file, **common)
     if kind == "hang":
         if value is not True:
             raise _fail(f"{path}.hang", f"got {json.dumps(value)}; want true (or leave the rule out)")
         return FaultRule(index, kind, **common)
-    return FaultRule(index, kind, code=_status(f"{path}.request_status", value), **common)
+    return FaultRule(index, kind, code=_status(f"{path}.request_status", value), while_file=while_file, **common)

@@ -107,6 +107,28 @@ async def test_request_status_fails_the_whole_call(pb, servers):
     assert "gmm-oracle" in (await evaluate(denoiser, pb, [named(pb, "ok", 1)]))[0].scores
 
 
+async def test_while_file_turns_call_faults_on_and_off_while_the_server_runs(pb, servers, tmp_path):
+    switch = tmp_path / "errors-on"
+    denoiser, _ = await servers([{"request_status": "UNAVAILABLE", "while_file": str(switch)}])
+    assert "gmm-oracle" in (await evaluate(denoiser, pb, [named(pb, "a", 1)]))[0].scores
+    switch.touch()
+    for _ in range(3):
+        await expect_status(evaluate(denoiser, pb, [named(pb, "a", 1)]), grpc.StatusCode.UNAVAILABLE)
+    switch.unlink()
+    assert "gmm-oracle" in (await evaluate(denoiser, pb, [named(pb, "a", 1)]))[0].scores
+
+    slow_switch = tmp_path / "slow-on"
+    slow, _ = await servers([{"latency_ms": 400, "while_file": str(slow_switch)}])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await evaluate(slow, pb, [named(pb, "a", 1)])
+    assert loop.time() - started < 0.4
+    slow_switch.touch()
+    started = loop.time()
+    await evaluate(slow, pb, [named(pb, "a", 1)])
+    assert loop.time() - started >= 0.4
+
+
 async def call_outcomes(denoiser, pb, calls):
     outcomes = []
     for _ in range(calls):
@@ -176,6 +198,8 @@ async def test_runs_repeat_whatever_the_batch_server_or_base(pb, servers):
         ({"rules": [{"exit_after_requests": 0}]}, "--faults: rules[0].exit_after_requests: got 0; want an integer >= 1"),
         ({"rules": [{"exit_after_requests": 3, "fraction": 0.5}]}, "--faults: rules[0]: exit_after_requests counts requests"),
         ({"rules": [{"request_status": "OK"}]}, "--faults: rules[0].request_status: got \"OK\"; want a gRPC status name"),
+        ({"rules": [{"hang": True, "while_file": "/tmp/x"}]}, "--faults: rules[0].while_file: only latency_ms and request_status rules can come and go"),
+        ({"rules": [{"request_status": "UNAVAILABLE", "while_file": ""}]}, "--faults: rules[0].while_file: got \"\"; want the path of a file"),
         ({"seed": -1, "rules": []}, "--faults: seed: got -1; want an integer in [0, 2^64)"),
         ({"rules": {}}, "--faults: rules: got {}; want a list of rules"),
         ({"rule": []}, "--faults: faults.rule: unknown field; want one of seed, rules"),
