@@ -7,6 +7,8 @@ import type { CampaignInput } from '../campaign/plan';
 import { loadSampleImages } from '../campaign/samples';
 import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
 import { stateDir } from '../embedded/paths';
+import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags, type TemporalSecurity } from '../temporal/connection';
 import { writeReport } from '../report/report';
 import { SpecError } from '../search/spec';
 import { exportSearches, openStore, type ExportFormat } from '../store';
@@ -41,7 +43,7 @@ Usage:
   --fleet LIST|FILE  model servers (default: the embedded model server)
   --no-worker        run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec
   --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
-${METRICS_HELP}
+${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}
 A spec: see docs/campaigns.md.
 `;
 
@@ -53,6 +55,8 @@ const FLAGS = {
   store: { type: 'string' },
   format: { type: 'string' },
   out: { type: 'string' },
+  ...FLEET_TLS_FLAGS,
+  ...TEMPORAL_CONNECTION_FLAGS,
   ...METRICS_FLAGS,
 } as const;
 
@@ -109,7 +113,7 @@ function progressMetrics(name: string, startedAt: number): (progress: CampaignPr
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
-  options: { temporalAddress?: string; namespace?: string; fleet?: string; noWorker?: boolean; log: (line: string) => void },
+  options: { temporalAddress?: string; namespace?: string; fleet?: string; fleetTls?: FleetTls; temporalSecurity?: TemporalSecurity; noWorker?: boolean; log: (line: string) => void },
 ): Promise<{ progress: CampaignProgress | null; failed: string | null }> {
   saveRecord(input);
   const deployment = await openDeployment({ temporal: true, ...options });
@@ -169,6 +173,8 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
     fleet: values.fleet as string | undefined,
+    fleetTls: fleetTlsFromFlags(values),
+    temporalSecurity: temporalSecurityFromFlags(values),
     noWorker: Boolean(values['no-worker']),
     log,
   }).finally(() => served.close());
@@ -183,7 +189,7 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
 async function run(values: Record<string, unknown>, specFile: string): Promise<number> {
   const { spec, problems } = readCampaignSpec(specFile);
   if (problems.length > 0) throw new SpecError(problems);
-  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false);
+  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false, fleetTlsFromFlags(values));
   const input = resolveCampaign(spec, model!, campaignsDir());
   process.stderr.write(`campaign ${input.campaignId}: ${describeCampaign(input)}\n`);
   return runWithFlags(input, values);
@@ -254,7 +260,7 @@ export async function campaignCommand(argv: string[]): Promise<number> {
   }
   const [action, target, ...extra] = positionals;
   const actions: Record<string, (v: Record<string, unknown>, t: string) => Promise<number>> = { run, status, retry, cancel };
-  if (!actions[action] || !target || extra.length > 0) throw new UsageError(`campaign: "${positionals.join(' ')}" is not an action with its argument; usage: ${USAGE}`);
+  if (!Object.hasOwn(actions, action) || !target || extra.length > 0) throw new UsageError(`campaign: "${positionals.join(' ')}" is not an action with its argument; usage: ${USAGE}`);
   // A bad metrics address is refused before the spec is read or the fleet asked.
   metricsFlags(values);
   return actions[action](values, target);

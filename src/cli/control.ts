@@ -1,6 +1,7 @@
 // Durable control of a running search: its progress, a stop with the best so far, a new budget.
-import { Client, Connection, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { serviceStatus } from '../embedded/services';
+import { connectTemporal, TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags } from '../temporal/connection';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { describeWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
@@ -17,22 +18,25 @@ Usage:
 
   --temporal ADDR   Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
   --namespace NS    Temporal namespace (default "${DEFAULT_NAMESPACE}")
-`;
+${TEMPORAL_CONNECTION_HELP}`;
 
 /** A client for the Temporal the user names (--temporal, else $TEMPORAL_ADDRESS), else the running embedded dev server. */
-export async function connectClient(flags: { temporal?: unknown; namespace?: unknown }): Promise<Client> {
+export async function connectClient(flags: Record<string, unknown>): Promise<Client> {
   let address = (flags.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
+  // Read (and refused in one line) before anything connects; the embedded dev server takes none of it.
+  let security = address ? temporalSecurityFromFlags(flags) : {};
   if (!address) {
     const embedded = (await serviceStatus()).find((s) => s.name === 'temporal' && s.ready);
     if (!embedded) throw new UsageError('no Temporal server: give --temporal host:port, set TEMPORAL_ADDRESS, or run "noisesearch server start"');
     address = embedded.address;
+    security = {};
   }
-  return new Client({ connection: await Connection.connect({ address }), namespace: (flags.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
+  return new Client({ connection: await connectTemporal(address, security), namespace: (flags.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
 }
 
 export function controlCommand(action: 'progress' | 'stop' | 'budget') {
   return async (argv: string[]): Promise<number> => {
-    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' } }, CONTROL_USAGE);
+    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, ...TEMPORAL_CONNECTION_FLAGS }, CONTROL_USAGE);
     if (values.help) {
       process.stdout.write(CONTROL_HELP);
       return 0;

@@ -1,9 +1,11 @@
 // Where a command's searches run: the embedded services (started or reused), or a Temporal cluster and
 // model servers the user names. Whatever a deployment starts, it stops on close.
-import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type Worker } from '@temporalio/worker';
+import { Client } from '@temporalio/client';
+import type { NativeConnection, Worker } from '@temporalio/worker';
 import { ensureEmbedded, stopEmbedded, type ServiceName } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
+import type { FleetTls } from '../fleet/tls';
+import { connectTemporal, connectTemporalWorker, type TemporalSecurity } from '../temporal/connection';
 import { ensureNamespace } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
@@ -14,6 +16,10 @@ export interface DeploymentOptions {
   temporalAddress?: string;
   namespace?: string;
   fleet?: string;
+  /** TLS to the fleet named by `fleet` (the embedded model server speaks plaintext). */
+  fleetTls?: FleetTls;
+  /** TLS or an API key for the Temporal at `temporalAddress` (the embedded dev server speaks plaintext). */
+  temporalSecurity?: TemporalSecurity;
   /** Run no worker in this process even with a fleet at hand (workers run elsewhere). */
   noWorker?: boolean;
   log: (line: string) => void;
@@ -47,17 +53,18 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
     if (embeddedTemporal) temporalAddress = embedded.temporalAddress;
     uiUrl = embedded.uiUrl;
   }
-  const fleet = fleetAddresses ? new Fleet(fleetAddresses) : null;
+  const fleet = fleetAddresses ? new Fleet(fleetAddresses, { tls: options.fleet ? options.fleetTls : undefined }) : null;
   let client: Client | null = null;
   let worker: Worker | null = null;
   let nativeConnection: NativeConnection | null = null;
   if (options.temporal) {
-    const connection = await Connection.connect({ address: temporalAddress });
+    const security = embeddedTemporal ? {} : options.temporalSecurity;
+    const connection = await connectTemporal(temporalAddress, security);
     // The embedded dev server is ours to set up: a namespace asked for is created. A cluster's are not.
     if (embeddedTemporal) await ensureNamespace(connection, namespace);
     client = new Client({ connection, namespace });
     if (fleet && !options.noWorker) {
-      nativeConnection = await NativeConnection.connect({ address: temporalAddress });
+      nativeConnection = await connectTemporalWorker(temporalAddress, security);
       worker = await createSearchWorker({ connection: nativeConnection, fleet, namespace });
     }
   }

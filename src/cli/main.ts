@@ -1,11 +1,12 @@
-import { NativeConnection } from '@temporalio/worker';
 import { serviceStatus, stopEmbedded, ensureEmbedded } from '../embedded/services';
 import { stateDir } from '../embedded/paths';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
+import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags } from '../fleet/tls';
 import { METRICS_FLAGS, METRICS_HELP, startCommandMetrics } from '../metrics/command';
 import { MetricsAddressError } from '../metrics/server';
 import { SpecError } from '../search/spec';
+import { connectTemporalWorker, TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags, TemporalOptionsError } from '../temporal/connection';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { parseFlags, UsageError } from './args';
@@ -31,7 +32,7 @@ Commands:
 Run "noisesearch <command> --help" for a command's flags.
 `;
 
-const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] [--metrics HOST:PORT] [--temporal-metrics HOST:PORT] --fleet host:port,...|FILE';
+const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] [--metrics HOST:PORT] [--temporal-metrics HOST:PORT] [--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--temporal-tls-* | --temporal-api-key KEY] --fleet host:port,...|FILE';
 const WORKER_HELP = `Runs a worker (search workflows and the activities that call model servers) until SIGINT or SIGTERM.
 
 Usage: ${WORKER_USAGE}
@@ -42,7 +43,7 @@ Usage: ${WORKER_USAGE}
   --fleet LIST|FILE  model servers: comma-separated host:port or dns:///name:port (every address the name resolves
                      to, followed as it changes: a Kubernetes headless Service), or a file (JSON {"endpoints": [...]}
                      or one a line)
-${METRICS_HELP}`;
+${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}`;
 
 const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
 const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
@@ -61,17 +62,18 @@ Usage: ${SERVER_USAGE}
 `;
 
 async function workerCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' }, ...METRICS_FLAGS }, WORKER_USAGE);
+  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' }, ...FLEET_TLS_FLAGS, ...TEMPORAL_CONNECTION_FLAGS, ...METRICS_FLAGS }, WORKER_USAGE);
   if (values.help) {
     process.stdout.write(WORKER_HELP);
     return 0;
   }
   if (!values.fleet) throw new UsageError(`--fleet is required: the model servers this worker sends batches to; usage: ${WORKER_USAGE}`);
-  const fleet = new Fleet(parseFleet(values.fleet as string));
+  const security = temporalSecurityFromFlags(values);
+  const fleet = new Fleet(parseFleet(values.fleet as string), { tls: fleetTlsFromFlags(values) });
   const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
   const metrics = await startCommandMetrics(values);
   installQuietRuntime();
-  const connection = await NativeConnection.connect({ address });
+  const connection = await connectTemporalWorker(address, security);
   const worker = await createSearchWorker({
     connection,
     fleet,
@@ -170,7 +172,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return name ? 0 : 2;
   }
-  const command = COMMANDS[name];
+  // Own commands only: "constructor" or "toString" would otherwise find Object.prototype's.
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!command) {
     process.stderr.write(`noisesearch: "${name}" is not a command; use one of ${Object.keys(COMMANDS).join(', ')} (noisesearch --help)\n`);
     return 2;
@@ -178,7 +181,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command(rest);
   } catch (error) {
-    if (error instanceof UsageError || error instanceof MetricsAddressError) {
+    if (error instanceof UsageError || error instanceof MetricsAddressError || error instanceof TemporalOptionsError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
       return 2;
     }

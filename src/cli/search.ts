@@ -3,6 +3,8 @@ import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
 import { readyEmbeddedModelServer } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
+import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags } from '../temporal/connection';
 import type { FleetWait } from '../fleet/wait';
 import { runLocalSearch } from '../local';
 import { reportWait, watchingWaits } from './waiting';
@@ -53,7 +55,7 @@ Usage: ${SEARCH_USAGE}
   --namespace NS       Temporal namespace (default "default")
   --fleet LIST|FILE    model servers (default: the embedded model server)
   --workflow-id ID     workflow ID (default: derived from the spec, so a repeat attaches)
-${METRICS_HELP}`;
+${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}`;
 
 type Values = Record<string, string | boolean | undefined>;
 
@@ -102,6 +104,8 @@ const FLAGS = {
   namespace: { type: 'string' },
   fleet: { type: 'string' },
   'workflow-id': { type: 'string' },
+  ...FLEET_TLS_FLAGS,
+  ...TEMPORAL_CONNECTION_FLAGS,
   ...METRICS_FLAGS,
 } as const;
 
@@ -149,13 +153,15 @@ function defined<T extends object>(value: T): Partial<T> {
 }
 
 /** The model as whoever will run the search describes it; null when only remote workers know. */
-export async function describeForValidation(model: string, fleet: string | undefined, remoteWorkers: boolean): Promise<ModelInfo | null> {
+export async function describeForValidation(model: string, fleet: string | undefined, remoteWorkers: boolean, tls?: FleetTls): Promise<ModelInfo | null> {
   // A running embedded model server is the one the search will use, whatever model it hosts
   // (`server start --model flux=DIR`): ask it rather than describing a model that needs weights.
   const embedded = fleet === undefined && !remoteWorkers ? await readyEmbeddedModelServer() : undefined;
+  // TLS is for the fleet the user names; the embedded model server speaks plaintext.
+  if (fleet === undefined) tls = undefined;
   fleet ??= embedded;
   if (fleet) {
-    const f = new Fleet(parseFleet(fleet));
+    const f = new Fleet(parseFleet(fleet), { tls });
     try {
       return await f.describe(model);
     } catch (error) {
@@ -201,12 +207,14 @@ export async function searchCommand(argv: string[]): Promise<number> {
   }
   const spec = specFromFlags(values);
   metricsFlags(values);
+  const fleetTls = fleetTlsFromFlags(values);
+  const temporalSecurity = temporalSecurityFromFlags(values);
   const presetModel = values.preset ? PRESETS[values.preset as string]?.model : undefined;
   const temporalAddress = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS;
   const local = Boolean(values.local);
   const fleet = values.fleet as string | undefined;
   const remoteWorkers = !local && Boolean(temporalAddress) && !fleet;
-  const model = await describeForValidation(spec.model, fleet, remoteWorkers).catch((error) => {
+  const model = await describeForValidation(spec.model, fleet, remoteWorkers, fleetTls).catch((error) => {
     if (error instanceof UsageError && presetModel === spec.model) {
       throw new UsageError(`--preset ${values.preset} needs model ${spec.model}, which is not hosted here (${error.message})`);
     }
@@ -217,7 +225,7 @@ export async function searchCommand(argv: string[]): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const served = await startCommandMetrics(values);
   const algorithm = spec.algorithm.name;
-  const deployment = await openDeployment({ temporal: !local, temporalAddress, namespace: values.namespace as string | undefined, fleet, log });
+  const deployment = await openDeployment({ temporal: !local, temporalAddress, namespace: values.namespace as string | undefined, fleet, fleetTls, temporalSecurity, log });
   metrics.searches.inc({ algorithm, state: 'started' });
   try {
     let output: SearchResult & { workflowId: string; driver: string };

@@ -1,6 +1,8 @@
 // `noisesearch dashboard`: serves the live page for operators until SIGINT or SIGTERM.
 import { readyEmbeddedModelServer, serviceStatus } from '../embedded/services';
 import { parseFleet } from '../fleet/client';
+import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP } from '../temporal/connection';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { parseFlags, UsageError } from '../cli/args';
 import { connectClient } from '../cli/control';
@@ -22,7 +24,7 @@ Usage: ${USAGE}
   --prometheus URL     Prometheus scraping the workers (e.g. http://127.0.0.1:9090), for rates and latencies
   --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise)
   --poll-ms MS         how often the page asks for new state (default 2000)
-
+${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}
 See docs/dashboard.md.
 `;
 
@@ -35,6 +37,8 @@ const FLAGS = {
   prometheus: { type: 'string' },
   'allow-actions': { type: 'boolean' },
   'poll-ms': { type: 'string' },
+  ...FLEET_TLS_FLAGS,
+  ...TEMPORAL_CONNECTION_FLAGS,
 } as const;
 
 /** HOST:PORT, with [v6] hosts; the port may be 0 (any free port). */
@@ -68,6 +72,7 @@ export async function dashboardCommand(argv: string[]): Promise<number> {
   const pollMs = values['poll-ms'] !== undefined ? Number(values['poll-ms']) : 2_000;
   if (!Number.isFinite(pollMs) || pollMs < 100) throw new UsageError(`--poll-ms: "${values['poll-ms']}" is not a number of milliseconds of at least 100`);
   const fleet = values.fleet !== undefined ? parseFleet(values.fleet as string) : [await readyEmbeddedModelServer()].filter((a): a is string => a !== undefined);
+  const fleetTls = values.fleet !== undefined ? fleetTlsFromFlags(values) : undefined;
   const usesEmbedded = values.temporal === undefined && !process.env.TEMPORAL_ADDRESS;
   if (temporalUi === undefined && usesEmbedded) temporalUi = (await serviceStatus()).find((s) => s.name === 'temporal')?.uiUrl;
   const client = await connectClient(values);
@@ -75,7 +80,7 @@ export async function dashboardCommand(argv: string[]): Promise<number> {
   const allowActions = Boolean(values['allow-actions']);
   let dashboard;
   try {
-    dashboard = await startDashboard({ client, namespace, fleet, temporalUi, prometheus, allowActions, host, port, pollMs });
+    dashboard = await startDashboard({ client, namespace, fleet, fleetTls, temporalUi, prometheus, allowActions, host, port, pollMs });
   } catch (error) {
     await client.connection.close();
     const code = (error as NodeJS.ErrnoException).code;

@@ -5,11 +5,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
-import * as grpc from '@grpc/grpc-js';
 import type { QueryDefinition } from '@temporalio/common';
 import { stateDir } from '../embedded/paths';
 import { gatherFleetMetrics, type FleetMetrics } from './prometheus';
 import { toModelInfo, unary } from '../fleet/client';
+import { channelCredentials, diagnoseTls, type FleetTls } from '../fleet/tls';
 import { services } from '../fleet/proto';
 import { abortable } from '../cli/waiting';
 import { SEARCH_ATTRIBUTES } from '../temporal/search-attributes';
@@ -102,6 +102,8 @@ export interface StateOptions {
   client: Client;
   namespace: string;
   fleet: string[];
+  /** TLS to the fleet's servers (--tls-*). */
+  fleetTls?: FleetTls;
   temporalUi?: string;
   allowActions: boolean;
   /** Prometheus' base URL (--prometheus), for the fleet's rates and latencies; without it those sections say how to get them. */
@@ -132,7 +134,7 @@ export class DashboardData {
   private readonly probes: ReturnType<typeof makeProbes>;
 
   constructor(private readonly options: StateOptions, pollMs: number) {
-    this.probes = makeProbes(options.fleet);
+    this.probes = makeProbes(options.fleet, options.fleetTls);
     const loop = async () => {
       const next = this.gather();
       this.gathering = next.catch(() => undefined);
@@ -339,12 +341,13 @@ export class DashboardData {
 }
 
 /** Health and Describe of every endpoint, through the fleet's own proto and call helper. */
-function makeProbes(addresses: string[]) {
+function makeProbes(addresses: string[], tls: FleetTls | undefined) {
   const { Denoiser, Health } = services();
+  const credentials = channelCredentials(tls);
   const clients = addresses.map((address) => ({
     address,
-    health: new Health(address, grpc.credentials.createInsecure()),
-    denoiser: new Denoiser(address, grpc.credentials.createInsecure()),
+    health: new Health(address, credentials),
+    denoiser: new Denoiser(address, credentials),
   }));
   const probe = async (c: (typeof clients)[number]): Promise<EndpointRow> => {
     const row: EndpointRow = { address: c.address, health: 'UNKNOWN', latencyMs: null, model: null, serverId: null, verifiers: [], maxBatch: null, maxConcurrency: null, solvers: [], error: null };
@@ -360,7 +363,9 @@ function makeProbes(addresses: string[]) {
       }
     } catch (error) {
       row.health = 'DOWN';
-      row.error = firstLine(error);
+      // A refused handshake says why (src/fleet/tls.ts), where gRPC only says it could not connect.
+      const handshake = /No connection established/.test(firstLine(error)) ? await diagnoseTls(c.address, tls) : null;
+      row.error = handshake ? `TLS handshake failed: ${handshake}` : firstLine(error);
     }
     return row;
   };

@@ -4,8 +4,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { Connection } from '@temporalio/client';
-import * as grpc from '@grpc/grpc-js';
 import { unary } from '../fleet/client';
+import { channelCredentials, type FleetTls } from '../fleet/tls';
 import { services } from '../fleet/proto';
 import { devServerSearchAttributeFlags } from '../temporal/search-attributes';
 import { TEMPORAL_BIN, VENV_PYTHON } from './paths';
@@ -106,9 +106,9 @@ export async function startTemporal(options: TemporalOptions): Promise<StartedPr
 }
 
 /** Whether the server at `address` answers Describe (hosting `model`, when one is named). */
-export async function modelServerReady(address: string, model?: string): Promise<boolean> {
+export async function modelServerReady(address: string, model?: string, tls?: FleetTls): Promise<boolean> {
   const { Denoiser } = services();
-  const client = new Denoiser(address, grpc.credentials.createInsecure());
+  const client = new Denoiser(address, channelCredentials(tls));
   try {
     const described = await unary<object, { model: string }>(client, 'Describe', {}, 500);
     return model === undefined || described.model === model;
@@ -126,6 +126,8 @@ export interface ModelServerOptions {
   model?: string;
   extraArgs?: string[];
   detached?: boolean;
+  /** How the readiness probe reaches a server started with --tls-* (the embedded one speaks plaintext). */
+  tls?: FleetTls;
 }
 
 export async function startModelServer(options: ModelServerOptions): Promise<StartedProcess> {
@@ -136,7 +138,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Sta
   const address = `127.0.0.1:${port}`;
   // A real model reads gigabytes of weights before it serves; the embedded one is up in seconds.
   const embedded = model === 'gmm';
-  await waitFor('model server', () => modelServerReady(address, embedded ? model : undefined), child, embedded ? 60_000 : 1_800_000, options.logFile);
+  await waitFor('model server', () => modelServerReady(address, embedded ? model : undefined, options.tls), child, embedded ? 60_000 : 1_800_000, options.logFile);
   return { pid: child.pid!, address, child };
 }
 

@@ -10,6 +10,7 @@ import { classifyGrpcError, FleetError, MESSAGE_TOO_LARGE } from './errors';
 import { services } from './proto';
 import * as metrics from '../metrics';
 import { DnsWatch, isDnsTarget, parseDnsTarget, type Resolver } from './resolve';
+import { channelCredentials, diagnoseTls, type FleetTls } from './tls';
 
 /**
  * The largest gRPC message either end takes, as the model servers' default (--max-message-mb 256): an
@@ -32,6 +33,8 @@ export interface FleetOptions {
   /** How `dns:///host:port` fleet entries are resolved (tests inject one), and how often again. */
   resolver?: Resolver;
   resolveEveryMs?: number;
+  /** TLS to every endpoint (src/fleet/tls.ts); plaintext without. */
+  tls?: FleetTls;
 }
 
 interface Endpoint {
@@ -52,6 +55,8 @@ interface Endpoint {
   resolved: boolean;
   /** Gone from DNS: routed nothing new, and its channels close once its calls in flight end. */
   removed: boolean;
+  /** Why TLS to it failed at its last probe; null when it did not (or the probe succeeded). */
+  tlsFailure: string | null;
 }
 
 const RETRY_UNAVAILABLE = JSON.stringify({
@@ -188,8 +193,12 @@ export class Fleet {
   private readonly msPerNfe: number;
   private readonly probeDeadlineMs: number;
   private readonly recheckMs: number;
+  private readonly credentials: grpc.ChannelCredentials;
+  private readonly tls: FleetTls | undefined;
 
   constructor(addresses: string[], options: FleetOptions = {}) {
+    this.credentials = channelCredentials(options.tls);
+    this.tls = options.tls;
     this.callDeadlineMs = options.callDeadlineMs ?? 60_000;
     this.msPerNfe = options.msPerNfe ?? 20;
     this.probeDeadlineMs = options.probeDeadlineMs ?? 2_000;
@@ -203,12 +212,15 @@ export class Fleet {
 
   private endpoint(address: string, resolved: boolean): Endpoint {
     const { Denoiser, Verifier, Health } = services();
-    const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES };
+    // A resolved address is a pod's IP; its certificate names the DNS name the fleet was given.
+    const host = resolved && this.tls ? this.dns?.hostOf(address) : undefined;
+    const name = host ? { 'grpc.ssl_target_name_override': host, 'grpc.default_authority': host } : {};
+    const channelOptions = { 'grpc.service_config': RETRY_UNAVAILABLE, 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES, ...name };
     return {
       address,
-      denoiser: new Denoiser(address, grpc.credentials.createInsecure(), channelOptions),
-      verifier: new Verifier(address, grpc.credentials.createInsecure(), channelOptions),
-      health: new Health(address, grpc.credentials.createInsecure()),
+      denoiser: new Denoiser(address, this.credentials, channelOptions),
+      verifier: new Verifier(address, this.credentials, channelOptions),
+      health: new Health(address, this.credentials, name),
       model: null,
       serverId: '',
       serving: false,
@@ -219,6 +231,7 @@ export class Fleet {
       probing: null,
       resolved,
       removed: false,
+      tlsFailure: null,
     };
   }
 
@@ -266,8 +279,12 @@ export class Fleet {
         endpoint.limit = pLimit(size);
         endpoint.limitSize = size;
       }
+      endpoint.tlsFailure = null;
       setServing(endpoint, true);
-    } catch {
+    } catch (error) {
+      // grpc-js's words for a connection that never carried a call: a server down, or a handshake refused.
+      const unconnected = /No connection established/.test(String((error as Error)?.message));
+      endpoint.tlsFailure = unconnected ? await diagnoseTls(endpoint.address, this.tls) : null;
       setServing(endpoint, false);
     }
   }
@@ -299,6 +316,13 @@ export class Fleet {
     if (allServing) {
       const hosted = [...new Set(this.endpoints.map((e) => e.model?.model))].join(', ');
       throw counted(new FleetError('NOT_FOUND', `model "${model}" is not hosted by the fleet (${this.addresses.join(', ')} host ${hosted})`, false));
+    }
+    // Every endpoint refused the handshake: a certificate or a CA is wrong, which no retry mends. One that is
+    // merely down (refused connection, no answer) keeps the wait retryable.
+    const handshakes = this.endpoints.filter((e) => e.tlsFailure !== null);
+    if (handshakes.length > 0 && handshakes.length === this.endpoints.length) {
+      const [first] = handshakes;
+      throw counted(new FleetError('FAILED_PRECONDITION', `${first.address}: TLS handshake failed: ${first.tlsFailure} (docs/security.md)`, false));
     }
     throw counted(new FleetError('UNAVAILABLE', `no SERVING endpoint hosts model "${model}" (fleet: ${[...this.dnsTargets, ...this.addresses].join(', ')})`, true));
   }

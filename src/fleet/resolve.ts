@@ -90,6 +90,11 @@ export class DnsWatch {
     this.timer = setTimeout(() => void this.resolveAll(), this.everyMs).unref();
   }
 
+  /** The name an address was resolved from: what its server's certificate names, when the fleet talks TLS. */
+  hostOf(address: string): string | undefined {
+    return this.targets.find((t) => t.addresses.includes(address))?.host;
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
