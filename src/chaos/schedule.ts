@@ -1,0 +1,94 @@
+// The fault schedule of a chaos run: pure, so the same seed gives the same faults in the same order.
+
+/** The faults the campaign is put through, each one what an operator would meet in production. */
+export const FAULT_KINDS = [
+  'kill-worker', // SIGKILL of a worker process, restarted after a pause
+  'kill-server', // SIGKILL of a model server, restarted on its port after a pause
+  'restart-temporal', // SIGKILL of the Temporal dev server, restarted on its port and database file
+  'partition', // one model server unreachable: its proxy holds connections and forwards nothing
+  'reset', // every connection to one model server reset (TCP RST), new ones too
+  'slow-server', // latency added to every chunk to and from one model server
+  'server-errors', // one model server fails every Evaluate call with UNAVAILABLE (its fault-injection mode)
+  'kill-cli', // SIGKILL of the `campaign run` command, run again after a pause (it attaches)
+  'lose-server', // SIGKILL of a model server never restarted: the other one carries the campaign
+] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export interface FaultEvent {
+  kind: FaultKind;
+  /** The model server (0 or 1) or worker (0..workers-1) hit; 0 for Temporal and the CLI. */
+  target: number;
+  /** How long the fault lasts: the pause before a restart, or the time a mode is on. */
+  durationMs: number;
+  /** How long to wait, after the previous fault ended and the campaign moved again, before this one. */
+  gapMs: number;
+  /** slow-server only: the delay added to each chunk each way. */
+  latencyMs?: number;
+}
+
+export interface ScheduleOptions {
+  seed: number;
+  /** How many times each kind but lose-server occurs (lose-server occurs once). */
+  repeats: number;
+  workers: number;
+}
+
+/** Duration ranges (ms) per kind: long enough to be felt by calls in flight, short enough for a run of minutes. */
+const DURATIONS: Record<FaultKind, [number, number]> = {
+  'kill-worker': [1_000, 4_000],
+  'kill-server': [2_000, 6_000],
+  'restart-temporal': [2_000, 5_000],
+  partition: [4_000, 10_000],
+  reset: [3_000, 6_000],
+  'slow-server': [5_000, 10_000],
+  'server-errors': [4_000, 10_000],
+  'kill-cli': [500, 3_000],
+  'lose-server': [0, 0],
+};
+const GAP_MS: [number, number] = [1_000, 3_000];
+const LATENCY_MS: [number, number] = [200, 800];
+
+/** mulberry32: a small counter-based generator, enough to shuffle a schedule reproducibly. */
+function generator(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+const SERVER_KINDS: ReadonlySet<FaultKind> = new Set(['kill-server', 'partition', 'reset', 'slow-server', 'server-errors', 'lose-server']);
+
+/**
+ * Every kind `repeats` times in a seeded order, and one lose-server in the last third (so that most
+ * faults meet two servers, and the campaign still has work for the survivor to carry). Server faults
+ * after it hit the survivor.
+ */
+export function faultSchedule({ seed, repeats, workers }: ScheduleOptions): FaultEvent[] {
+  if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`repeats: got ${repeats}; want a whole number >= 1`);
+  if (!Number.isInteger(workers) || workers < 1) throw new Error(`workers: got ${workers}; want a whole number >= 1`);
+  const random = generator(seed);
+  const between = ([low, high]: [number, number]) => low + Math.floor(random() * (high - low + 1));
+  const kinds: FaultKind[] = [];
+  for (let r = 0; r < repeats; r++) kinds.push(...FAULT_KINDS.filter((k) => k !== 'lose-server'));
+  for (let i = kinds.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [kinds[i], kinds[j]] = [kinds[j], kinds[i]];
+  }
+  const lastThird = Math.ceil((kinds.length * 2) / 3);
+  kinds.splice(lastThird + Math.floor(random() * (kinds.length - lastThird + 1)), 0, 'lose-server');
+
+  let lost: number | null = null;
+  return kinds.map((kind) => {
+    let target = 0;
+    if (SERVER_KINDS.has(kind)) target = lost === null ? Math.floor(random() * 2) : 1 - lost;
+    else if (kind === 'kill-worker') target = Math.floor(random() * workers);
+    if (kind === 'lose-server') lost = target;
+    const event: FaultEvent = { kind, target, durationMs: between(DURATIONS[kind]), gapMs: between(GAP_MS) };
+    if (kind === 'slow-server') event.latencyMs = between(LATENCY_MS);
+    return event;
+  });
+}
