@@ -130,6 +130,25 @@ class RequestError(Exception):
         self.message = message
 
 
+# Bounds a Population call (the reference is 20x the samples) to about a second on the engine thread.
+MAX_POPULATION_SAMPLES = 10_000
+MAX_SCORE_SAMPLES = 10_000
+
+
+def too_many_candidates(count: int, max_batch: int) -> RequestError:
+    return RequestError("INVALID_ARGUMENT", f"candidates: got {count}, more than max_batch {max_batch}; split the request")
+
+
+def too_many_score_samples(count: int) -> RequestError:
+    return RequestError("INVALID_ARGUMENT", f"samples: got {count}, more than {MAX_SCORE_SAMPLES}; split the request")
+
+
+def too_many_population_samples(count: int) -> RequestError:
+    return RequestError(
+        "INVALID_ARGUMENT", f"samples: got {count}, more than {MAX_POPULATION_SAMPLES}; evaluate a subsample"
+    )
+
+
 @dataclass(frozen=True)
 class CandidateError:
     code: str
@@ -247,6 +266,25 @@ class Backend(ABC):
     def population(self, request: PopulationRequest) -> PopulationResult:
         """Fréchet distance and Inception Score of the samples against the true distribution (population.py);
         raise RequestError for a bad request (INVALID_ARGUMENT naming the field) or an unsupported model."""
+
+
+# How much of a string from a request an error message quotes: a status's message travels as a gRPC trailer,
+# which clients refuse beyond 16 KiB (the client then sees RESOURCE_EXHAUSTED instead of the refusal).
+QUOTED_CHARACTERS = 64
+
+
+def quoted(text: str) -> str:
+    """`text` as repr shows it, cut to QUOTED_CHARACTERS with its length said, for an error message."""
+    if len(text) <= QUOTED_CHARACTERS:
+        return repr(text)
+    return f"{text[:QUOTED_CHARACTERS]!r}... ({len(text)} characters)"
+
+
+def listed(values: Sequence, limit: int = 8) -> str:
+    """A list from a request, for an error message: its first `limit` entries and its length."""
+    if len(values) <= limit:
+        return str(list(values))
+    return f"[{', '.join(str(v) for v in values[:limit])}, ...] ({len(values)} entries)"
 
 
 def describe_failure(failure: BaseException) -> str:

@@ -1,10 +1,14 @@
-"""Protobuf messages <-> the backend's plain dataclasses; nothing here computes or validates."""
+"""Protobuf messages <-> the backend's plain dataclasses; nothing here computes or validates, except that a
+request with more samples than any backend takes is refused before they are decoded (decoding a million empty
+samples would take a minute and a gigabyte)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .backend import (
+    MAX_POPULATION_SAMPLES,
+    MAX_SCORE_SAMPLES,
     Description,
     EvaluateRequest,
     EvaluateResponse,
@@ -13,6 +17,8 @@ from .backend import (
     ScoreRequest,
     ScoreResponse,
     VerifierSpec,
+    too_many_population_samples,
+    too_many_score_samples,
 )
 from .population import PopulationResult
 from .lineage import Cancellation, Candidate, Condition, Lineage, NoiseRecipe, Op, Perturbation, Renoise, Solve
@@ -83,10 +89,14 @@ def decode_sample(message) -> Sample:
 
 
 def decode_score_request(message) -> ScoreRequest:
+    if len(message.samples) > MAX_SCORE_SAMPLES:
+        raise too_many_score_samples(len(message.samples))
     return ScoreRequest(verifiers=tuple(message.verifiers), samples=tuple(decode_sample(s) for s in message.samples))
 
 
 def decode_population_request(message) -> PopulationRequest:
+    if len(message.samples) > MAX_POPULATION_SAMPLES:
+        raise too_many_population_samples(len(message.samples))
     return PopulationRequest(samples=tuple(decode_sample(s) for s in message.samples))
 
 

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .backend import (
+    MAX_POPULATION_SAMPLES,
+    MAX_SCORE_SAMPLES,
     UNCONDITIONAL,
     Backend,
     CandidateResult,
@@ -29,6 +31,11 @@ from .backend import (
     Verifier,
     VerifierTiming,
     summarize_timings,
+    listed,
+    quoted,
+    too_many_candidates,
+    too_many_population_samples,
+    too_many_score_samples,
 )
 from .engine import SOLVERS, Engine, TrajectoryCache
 from .faults import FaultPlan
@@ -45,9 +52,6 @@ class RemoteNetworks(Protocol):
     def close(self) -> None: ...
 
 
-# Bounds a Population call (the reference is 20x the samples) to about a second on the engine thread.
-MAX_POPULATION_SAMPLES = 10_000
-MAX_SCORE_SAMPLES = 10_000
 DEFAULT_MAX_REQUEST_NFE = 1_000_000
 
 
@@ -120,20 +124,17 @@ class DiffusionBackend(Backend):
         for i, name in enumerate(names):
             if name not in self.verifiers:
                 raise RequestError(
-                    "INVALID_ARGUMENT", f"verifiers[{i}]: unknown verifier {name!r}; this server hosts {self._hosted()}"
+                    "INVALID_ARGUMENT", f"verifiers[{i}]: unknown verifier {quoted(name)}; this server hosts {self._hosted()}"
                 )
 
     def check_request(self, request: EvaluateRequest) -> None:
         model = self.model.spec.name
         if request.model and request.model != model:
-            raise RequestError("NOT_FOUND", f"model: unknown model {request.model!r}; this server hosts {model!r}")
+            raise RequestError("NOT_FOUND", f"model: unknown model {quoted(request.model)}; this server hosts {model!r}")
         if not request.candidates:
             raise RequestError("INVALID_ARGUMENT", f"candidates: empty; send 1 to {self.max_batch} candidates")
         if len(request.candidates) > self.max_batch:
-            raise RequestError(
-                "INVALID_ARGUMENT",
-                f"candidates: got {len(request.candidates)}, more than max_batch {self.max_batch}; split the request",
-            )
+            raise too_many_candidates(len(request.candidates), self.max_batch)
         self._check_verifiers(request.verifiers)
         cost = sum(_logical_nfe_bound(candidate) for candidate in request.candidates)
         if cost > self.max_request_nfe:
@@ -212,10 +213,7 @@ class DiffusionBackend(Backend):
         needs_condition = [n for n in names if self.verifiers[n].spec.needs_condition]
         needs_xpred = [n for n in names if self.verifiers[n].spec.kind == "self-supervised"]
         if len(request.samples) > MAX_SCORE_SAMPLES:
-            raise RequestError(
-                "INVALID_ARGUMENT",
-                f"samples: got {len(request.samples)}, more than {MAX_SCORE_SAMPLES}; split the request",
-            )
+            raise too_many_score_samples(len(request.samples))
         if needs_xpred and spec.image_shape:
             raise RequestError(
                 "INVALID_ARGUMENT",
@@ -288,10 +286,7 @@ class DiffusionBackend(Backend):
                 "INVALID_ARGUMENT", f"samples: empty; send 1 to {MAX_POPULATION_SAMPLES} samples (2+ for a covariance)"
             )
         if len(request.samples) > MAX_POPULATION_SAMPLES:
-            raise RequestError(
-                "INVALID_ARGUMENT",
-                f"samples: got {len(request.samples)}, more than {MAX_POPULATION_SAMPLES}; evaluate a subsample",
-            )
+            raise too_many_population_samples(len(request.samples))
         labels = []
         for i, sample in enumerate(request.samples):
             path = f"samples[{i}]"
@@ -344,7 +339,7 @@ def _logical_nfe_bound(candidate: Candidate) -> int:
 
 def _check_sample_values(path: str, sample: Sample, spec: ModelSpec) -> None:
     if sample.shape != spec.latent_shape:
-        raise RequestError("INVALID_ARGUMENT", f"{path}.shape: got {list(sample.shape)}, want {list(spec.latent_shape)}")
+        raise RequestError("INVALID_ARGUMENT", f"{path}.shape: got {listed(sample.shape)}, want {list(spec.latent_shape)}")
     _check_values(f"{path}.values", sample.values, math.prod(spec.latent_shape))
 
 

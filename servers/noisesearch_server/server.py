@@ -26,8 +26,8 @@ from .diffusion_backend import DEFAULT_MAX_REQUEST_NFE, DiffusionBackend
 from .faults import FaultPlan, load_fault_plan
 from .gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
 from .metrics import ServerMetrics
-from .proto import load, service_name
-from .service import DenoiserService, VerifierService
+from .proto import service_name
+from .service import DenoiserService, VerifierService, add_services
 
 GRACE_SECONDS = 5.0
 # How often a server with remote networks (Triton) asks whether they are ready, to say so in its health.
@@ -472,7 +472,6 @@ class RunningServer:
 
 async def start_server(config: ServerConfig, backend: Backend | None = None) -> RunningServer:
     backend = backend or build_backend(config)
-    _, services = load()
     description = backend.describe()
     if isinstance(backend, DiffusionBackend):
         metrics = ServerMetrics(description.model.name, config.max_batch, backend.engine.stats, backend.cache)
@@ -489,8 +488,7 @@ async def start_server(config: ServerConfig, backend: Backend | None = None) -> 
             ("grpc.max_send_message_length", limit),
         ]
     )
-    services.add_DenoiserServicer_to_server(DenoiserService(backend, batcher, metrics, config.faults), server)
-    services.add_VerifierServicer_to_server(VerifierService(backend, executor, metrics), server)
+    add_services(server, DenoiserService(backend, batcher, metrics, config.faults), VerifierService(backend, executor, metrics))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     served = [service_name("Denoiser"), service_name("Verifier")]

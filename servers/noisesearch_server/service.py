@@ -1,7 +1,9 @@
 """grpc.aio servicers: decode, hand to the backend, encode. No model logic here.
 
 Whatever goes wrong reaches the client as a status with its cause: a RequestError with its own code, any
-other exception as INTERNAL (never gRPC's UNKNOWN, which would hide the cause).
+other exception as INTERNAL (never gRPC's UNKNOWN, which would hide the cause). Requests are parsed here too,
+not by gRPC: bytes that are no message of the method's type are INVALID_ARGUMENT naming the field that is
+corrupt (gRPC's own parsing answers UNKNOWN, "Unexpected DecodeError").
 """
 
 from __future__ import annotations
@@ -13,16 +15,57 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import codec
-from .backend import Backend, EvaluateRequest, RequestError, describe_failure
+from .backend import Backend, EvaluateRequest, RequestError, describe_failure, too_many_candidates
 from .batcher import Batcher
 from .faults import FaultPlan
 from .lineage import Cancellation
 from .metrics import ServerMetrics
 from .proto import load
+from .wire import describe_decode_failure
 
-_, services = load()
+messages, services = load()
+
+
+class Undecodable:
+    """What the request deserializer gives for bytes the parser refused: the servicer answers INVALID_ARGUMENT."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _lenient_parser(message_class) -> Callable[[bytes], object]:
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return Undecodable(describe_decode_failure(message_class.DESCRIPTOR, data, error))
+
+    return parse
+
+
+def _parsed(request):
+    if isinstance(request, Undecodable):
+        raise RequestError("INVALID_ARGUMENT", request.message)
+    return request
+
+
+def add_services(server, *servicers) -> None:
+    """Registers each servicer (named after its service) for every method the proto declares, parsing requests
+    leniently; a method the proto declares and the servicer lacks fails here, at start-up."""
+    for servicer in servicers:
+        service = messages.DESCRIPTOR.services_by_name[servicer.SERVICE]
+        handlers = {
+            method.name: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method.name),
+                request_deserializer=_lenient_parser(getattr(messages, method.input_type.name)),
+                response_serializer=getattr(messages, method.output_type.name).SerializeToString,
+            )
+            for method in service.methods
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 async def _answer(context, metrics: ServerMetrics, method: str, handle: Callable[[], Awaitable]):
@@ -51,6 +94,8 @@ def _cancellation(context) -> Cancellation:
 
 
 class DenoiserService(services.DenoiserServicer):
+    SERVICE = "Denoiser"
+
     def __init__(self, backend: Backend, batcher: Batcher, metrics: ServerMetrics, faults: FaultPlan | None = None) -> None:
         self.backend = backend
         self.metrics = metrics
@@ -63,6 +108,7 @@ class DenoiserService(services.DenoiserServicer):
 
     async def Describe(self, request, context):
         async def describe():
+            _parsed(request)
             return codec.encode_description(self.description)
 
         return await _answer(context, self.metrics, "Describe", describe)
@@ -75,6 +121,10 @@ class DenoiserService(services.DenoiserServicer):
         self.requests_received += 1
         if self.faults is not None and self.requests_received == self.faults.exit_after_requests:
             os._exit(1)
+        request = _parsed(request)
+        # Counted before decoding: decoding a million empty candidates would cost seconds and a gigabyte.
+        if len(request.candidates) > self.description.max_batch:
+            raise too_many_candidates(len(request.candidates), self.description.max_batch)
         decoded = codec.decode_evaluate_request(request, _cancellation(context))
         self.backend.check_request(decoded)
         if self.faults is not None:
@@ -103,6 +153,8 @@ class DenoiserService(services.DenoiserServicer):
 
 
 class VerifierService(services.VerifierServicer):
+    SERVICE = "Verifier"
+
     def __init__(self, backend: Backend, executor: Executor, metrics: ServerMetrics) -> None:
         self.backend = backend
         self.executor = executor
@@ -111,13 +163,14 @@ class VerifierService(services.VerifierServicer):
 
     async def Describe(self, request, context):
         async def describe():
+            _parsed(request)
             return codec.encode_verifier_description(self.description)
 
         return await _answer(context, self.metrics, "Describe", describe)
 
     async def Score(self, request, context):
         async def score():
-            decoded = codec.decode_score_request(request)
+            decoded = codec.decode_score_request(_parsed(request))
             response = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.score, decoded)
             self.metrics.verified(response.verifier_timings)
             return codec.encode_score_response(response)
@@ -126,7 +179,7 @@ class VerifierService(services.VerifierServicer):
 
     async def Population(self, request, context):
         async def population():
-            decoded = codec.decode_population_request(request)
+            decoded = codec.decode_population_request(_parsed(request))
             result = await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.population, decoded)
             return codec.encode_population_response(result)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import CandidateError, ModelSpec, VerifierSpec
+from .backend import CandidateError, ModelSpec, VerifierSpec, quoted
 from .lineage import KEY_BYTES, Cancellation, Candidate, Job, Op, Renoise, Solve
 
 SIGMA_RELATIVE_TOLERANCE = 1e-9
@@ -51,13 +51,13 @@ def _check_op(path: str, op: Op | None, spec: ModelSpec, solvers: tuple[str, ...
             f"got {op.sigma_to!r} >= sigma_from {op.sigma_from!r}; a solve removes noise, want sigma_to < sigma_from",
         )
     if op.solver not in solvers:
-        raise _Invalid(f"{path}.solve.solver", f"unknown solver {op.solver!r}; want one of {', '.join(solvers)}")
+        raise _Invalid(f"{path}.solve.solver", f"unknown solver {quoted(op.solver)}; want one of {', '.join(solvers)}")
     if not 1 <= op.steps <= MAX_STEPS:
         raise _Invalid(f"{path}.solve.steps", f"got {op.steps}; want 1 to {MAX_STEPS} steps")
     if op.schedule not in ("", spec.schedule):
         raise _Invalid(
             f"{path}.solve.schedule",
-            f"got {op.schedule!r}; this model steps on the {spec.schedule!r} schedule: want {spec.schedule!r} or empty",
+            f"got {quoted(op.schedule)}; this model steps on the {spec.schedule!r} schedule: want {spec.schedule!r} or empty",
         )
     if op.seed != 0 and op.solver not in SEEDED_SOLVERS:
         raise _Invalid(

@@ -1,0 +1,100 @@
+"""What the fuzzer (test_fuzz.py) found, pinned: each input once, through a real gRPC server."""
+
+import time
+
+import grpc
+import pytest
+
+from noisesearch_server.proto import load
+from noisesearch_server.server import ServerConfig, start_server
+from noisesearch_server.wire import describe_decode_failure
+
+pb, _ = load()
+DEADLINE = 30
+
+
+@pytest.fixture
+async def raw_call():
+    running = await start_server(ServerConfig(port=0, max_message_mb=4))
+    channel = grpc.aio.insecure_channel(running.address)
+
+    async def call(method: str, data: bytes) -> tuple[grpc.StatusCode, str, float]:
+        started = time.monotonic()
+        try:
+            await channel.unary_unary(f"/noisesearch.v1.{method}")(data, timeout=DEADLINE)
+            return grpc.StatusCode.OK, "", time.monotonic() - started
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details(), time.monotonic() - started
+
+    yield call
+    await channel.close()
+    await running.stop(grace=0.5)
+
+
+def solve_candidate(solver: str) -> bytes:
+    op = pb.Op(solve=pb.Solve(sigma_from=40.0, sigma_to=0.0, solver=solver, steps=3))
+    candidate = pb.Candidate(id="a", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=1), ops=[op]))
+    return pb.EvaluateRequest(candidates=[candidate]).SerializeToString()
+
+
+async def test_bytes_that_are_no_message_are_invalid_argument_naming_the_field(raw_call):
+    # gRPC's own parsing answered UNKNOWN ("Unexpected DecodeError") for all of these.
+    not_utf8 = solve_candidate("heun").replace(b"heun", b"he\xffn")
+    cases = [
+        ("Denoiser/Evaluate", not_utf8, "candidates[0].lineage.ops[0].solve.solver: not UTF-8 (byte 2 of the string)"),
+        ("Denoiser/Evaluate", solve_candidate("heun")[:-3], "candidates[0]: the value says it has"),
+        ("Verifier/Score", b"\x0a\x02\xff\xfe", "verifiers[0]: not UTF-8"),
+        ("Verifier/Population", b"\x80", "PopulationRequest: a field tag is cut off at byte 1"),
+        ("Denoiser/Describe", b"\x0b", "DescribeRequest: the group of field 1 is never closed"),
+        ("Verifier/Describe", b"\x1b" * 101 + b"\x1c" * 101, "DescribeVerifiersRequest: nested more than 100 levels"),
+    ]
+    for method, data, fragment in cases:
+        code, details, _ = await raw_call(method, data)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, details)
+        assert details.startswith(fragment), details
+
+
+async def test_a_flood_of_empty_samples_is_refused_before_decoding(raw_call):
+    # 1.5 million empty samples fit in 3 MB; decoding them all took 45 s and a gigabyte before they were counted.
+    score_flood = b"\x12\x00" * 1_500_000  # field 2 of ScoreRequest and of EvaluateRequest, empty, over and over
+    population_flood = b"\x0a\x00" * 1_500_000  # field 1 of PopulationRequest
+    for method, flood in (("Verifier/Score", score_flood), ("Verifier/Population", population_flood)):
+        code, details, seconds = await raw_call(method, flood)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("samples: got 1500000, more than 10000")
+        assert seconds < 5, f"{method} took {seconds:.1f} s"
+    code, details, seconds = await raw_call("Denoiser/Evaluate", score_flood)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("candidates: got 1500000, more than max_batch 64") and seconds < 5
+
+
+async def test_refusals_quote_long_strings_and_lists_in_part(raw_call):
+    # The whole 70,000-character model name went into the status message: a trailer over the client's 16 KiB
+    # limit, which the client reported as RESOURCE_EXHAUSTED instead of the refusal.
+    long_model = pb.EvaluateRequest(model="m" * 70_000, candidates=[pb.Candidate()]).SerializeToString()
+    code, details, _ = await raw_call("Denoiser/Evaluate", long_model)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details == f"model: unknown model {'m' * 64!r}... (70000 characters); this server hosts 'gmm'"
+    long_verifier = pb.ScoreRequest(verifiers=["v" * 30_000]).SerializeToString()
+    code, details, _ = await raw_call("Verifier/Score", long_verifier)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"verifiers[0]: unknown verifier {'v' * 64!r}...")
+    long_shape = pb.ScoreRequest(samples=[pb.Sample(values=[0.0] * 16, shape=[2] * 10_000)]).SerializeToString()
+    code, details, _ = await raw_call("Verifier/Score", long_shape)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "samples[0].shape: got [2, 2, 2, 2, 2, 2, 2, 2, ...] (10000 entries), want [16]"
+
+
+def test_decode_failures_are_located_by_hand_made_bytes():
+    descriptor = pb.EvaluateRequest.DESCRIPTOR
+    # Field 2 (candidates) says 2 bytes; inside, field 1 (id, a string) says 5 bytes and none follow.
+    data = b"\x12\x02\x0a\x05"
+    assert describe_decode_failure(descriptor, data, ValueError()).startswith(
+        "candidates[0].id: the value says it has 5 bytes but only 0 follow"
+    )
+    # The second candidate is the broken one: its index is counted.
+    data = b"\x12\x00" + b"\x12\x03\x0a\x01\xc3"
+    assert describe_decode_failure(descriptor, data, ValueError()).startswith("candidates[1].id: not UTF-8 (byte 0")
+    # Wire type 7 does not exist.
+    assert describe_decode_failure(descriptor, b"\x0f", ValueError()).startswith(
+        "EvaluateRequest: field 1 has wire type 7, which does not exist"
+    )
