@@ -12,7 +12,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { campaignSize, type CampaignInput } from '../src/campaign/plan';
 import { resolveCampaign } from '../src/campaign/spec';
 import { PROMETHEUS_QUERIES } from '../src/dashboard/prometheus';
-import { ACTIONS_DISABLED, startDashboard, type Dashboard } from '../src/dashboard/server';
+import { ACTIONS_DISABLED, startDashboard, TOKEN_REFUSED, type Dashboard } from '../src/dashboard/server';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { Fleet } from '../src/fleet/client';
 import type { ModelInfo } from '../src/search/types';
@@ -24,6 +24,8 @@ import { freePort, withPrometheus, type PromSample, type RunningPrometheus } fro
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const TEMPORAL_UI = 'http://127.0.0.1:8233';
+// The actions token the operator gives in a file (--action-token-file); the page gets it from the URL's fragment.
+const ACTION_TOKEN = 'dashboard-test-token-5d1f0a9c7b';
 // The committed docs/dashboard.png is written only when asked (DASHBOARD_SCREENSHOT=docs/dashboard.png),
 // so that a test run leaves the repository clean: by default the screenshot goes to a temporary folder.
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT ? path.resolve(process.env.DASHBOARD_SCREENSHOT) : path.join(tempDir('dashboard-shot'), 'dashboard.png');
@@ -34,9 +36,9 @@ function generationNfe(model: ModelInfo): number {
 }
 
 /** `noisesearch dashboard` as an operator starts it; resolves with the URL it prints. */
-function spawnDashboard(args: string[], home: string): Promise<{ child: ChildProcess; url: string }> {
+function spawnDashboard(args: string[], home: string): Promise<{ child: ChildProcess; url: string; stderr: () => string }> {
   const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'dashboard', ...args], {
-    env: { ...process.env, NOISESEARCH_HOME: home },
+    env: { ...process.env, NOISESEARCH_HOME: home, NOISESEARCH_DASHBOARD_TOKEN: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -49,7 +51,7 @@ function spawnDashboard(args: string[], home: string): Promise<{ child: ChildPro
       const url = /dashboard (http:\/\/\S+)/.exec(out)?.[1];
       if (url) {
         clearTimeout(timer);
-        resolve({ child, url });
+        resolve({ child, url, stderr: () => err });
       }
     });
     child.once('exit', (code) => {
@@ -109,7 +111,7 @@ describe('the dashboard', { timeout: 150_000 }, () => {
   let metricsAt: string;
   let closedPort: number;
   let browser: Browser;
-  let dashboard: { child: ChildProcess; url: string };
+  let dashboard: { child: ChildProcess; url: string; stderr: () => string };
   let watchOnly: Dashboard;
   let input: CampaignInput;
   let campaign: WorkflowHandle;
@@ -159,9 +161,11 @@ describe('the dashboard', { timeout: 150_000 }, () => {
     writeFileSync(path.join(input.folder, 'report.html'), '<!doctype html><title>report</title><p>the campaign report</p>');
 
     // The dashboards start first, so that the curves they draw from successive progress queries begin at the start.
+    const tokenFile = path.join(home, 'action-token');
+    writeFileSync(tokenFile, `${ACTION_TOKEN}\n`);
     const common = ['--address', '127.0.0.1:0', '--temporal', temporal.address, '--fleet', server.address, '--temporal-ui', TEMPORAL_UI, '--poll-ms', '400'];
     [dashboard, watchOnly] = await Promise.all([
-      spawnDashboard([...common, '--allow-actions', '--prometheus', prometheus.url], home),
+      spawnDashboard([...common, '--allow-actions', '--action-token-file', tokenFile, '--prometheus', prometheus.url], home),
       startDashboard({ client: temporal.env.client, namespace: 'default', fleet: [server.address], prometheus: `http://127.0.0.1:${closedPort}`, allowActions: false, host: '127.0.0.1', port: 0, pollMs: 400, campaignsDir: path.join(home, 'campaigns') }),
     ]);
     campaign = await startCampaign(temporal.env.client, input, { taskQueue });
@@ -186,7 +190,10 @@ describe('the dashboard', { timeout: 150_000 }, () => {
   });
 
   it('refuses bad flags with one line and exit code 2', async () => {
-    const cases = [['--address', 'localhost'], ['--bogus'], ['--temporal-ui', 'ftp://x'], ['--prometheus', 'localhost:9090'], ['extra']];
+    const shortToken = path.join(tempDir('dashboard-short-token'), 'token');
+    writeFileSync(shortToken, 'short\n');
+    const cases = [['--address', 'localhost'], ['--bogus'], ['--temporal-ui', 'ftp://x'], ['--prometheus', 'localhost:9090'], ['extra'],
+      ['--action-token-file', shortToken], ['--allow-actions', '--action-token-file', '/nonexistent/token'], ['--allow-actions', '--action-token-file', shortToken]];
     const outcomes = await Promise.all(cases.map((args) => runCli(['dashboard', ...args])));
     for (const [i, { code, stderr }] of outcomes.entries()) {
       assert.equal(code, 2, `dashboard ${cases[i].join(' ')}: ${stderr}`);
@@ -307,16 +314,53 @@ describe('the dashboard', { timeout: 150_000 }, () => {
     assert.notEqual(progress?.budget, 100);
   });
 
+  it('refuses actions without the dashboard\'s token (403), whatever else the request gets right', async () => {
+    for (const authorization of [undefined, 'Bearer not-the-token', `Bearer ${ACTION_TOKEN}x`, ACTION_TOKEN]) {
+      const headers: Record<string, string> = { 'content-type': 'application/json', ...(authorization ? { authorization } : {}) };
+      const res = await fetch(new URL('api/actions/stop', dashboard.url), { method: 'POST', headers, body: JSON.stringify({ workflowId: search.workflowId }) });
+      assert.equal(res.status, 403, String(authorization));
+      assert.deepEqual(await res.json(), { error: TOKEN_REFUSED });
+    }
+    assert.equal((await search.query(progressQuery))?.stopRequested, false, 'no refused stop reached the search');
+    // A page opened without the token shows the refusal when a button is pressed.
+    const page = await browser.newPage();
+    await page.goto(dashboard.url);
+    await page.locator(`tr.search[data-workflow-id="${search.workflowId}"] button[data-action="stop"]`).click({ timeout: 20_000 });
+    await page.locator('#notice.err').waitFor({ timeout: 10_000 });
+    assert.match(await page.locator('#notice').innerText(), /refused \(403\): actions need this dashboard's token/);
+    await page.close();
+    // The file's token is never printed.
+    assert.ok(!dashboard.stderr().includes(ACTION_TOKEN));
+  });
+
+  it('with --allow-actions and no token given, makes one and prints it once, on stderr, in the page\'s URL', async () => {
+    const home = tempDir('dashboard-token');
+    const started = await spawnDashboard(['--address', '127.0.0.1:0', '--temporal', temporal.address, '--fleet', server.address, '--allow-actions'], home);
+    try {
+      const lines = await waitUntil('the token line', async () => (started.stderr().includes('\n') ? started.stderr().trim().split('\n') : null), 10_000);
+      assert.equal(lines.length, 1, started.stderr());
+      const token = new RegExp(`^dashboard actions: open ${started.url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}#token=([A-Za-z0-9_-]{32}) \\(this token is not shown again\\)$`).exec(lines[0])?.[1];
+      assert.ok(token, lines[0]);
+      // The token gets an action past the 403: the missing workflow is the only complaint left.
+      const res = await fetch(new URL('api/actions/stop', started.url), { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ workflowId: 'no-such-workflow' }) });
+      assert.equal(res.status, 404);
+    } finally {
+      await stopChild(started.child);
+    }
+  });
+
   it('re-budgets and stops a search, and cancels a campaign, from the page', async () => {
     const page = await browser.newPage({ viewport: { width: 1600, height: 760 } });
-    await page.goto(dashboard.url);
+    await page.goto(`${dashboard.url}#token=${ACTION_TOKEN}`);
+    // The token leaves the address bar (and so bookmarks and screenshots) once the page has it.
+    assert.equal(page.url(), dashboard.url);
     const searchRow = page.locator(`tr.search[data-workflow-id="${search.workflowId}"]`);
     // A new budget through the page's prompt, then one below what is spent, refused with the workflow's reason.
     page.once('dialog', (dialog) => void dialog.accept('70000'));
     await searchRow.locator('button[data-action="budget"]').click({ timeout: 20_000 });
     await page.locator('#notice.ok').waitFor({ timeout: 10_000 });
     assert.equal((await search.query(progressQuery))?.budget, 70_000);
-    const refused = await fetch(new URL('api/actions/budget', dashboard.url), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ workflowId: search.workflowId, budget: 1 }) });
+    const refused = await fetch(new URL('api/actions/budget', dashboard.url), { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ACTION_TOKEN}` }, body: JSON.stringify({ workflowId: search.workflowId, budget: 1 }) });
     assert.equal(refused.status, 409);
     assert.match(((await refused.json()) as { error: string }).error, /budget: 1 NFEs is below what is spent or committed/);
 

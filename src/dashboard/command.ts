@@ -1,4 +1,6 @@
 // `noisesearch dashboard`: serves the live page for operators until SIGINT or SIGTERM.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readyEmbeddedModelServer, serviceStatus } from '../embedded/services';
 import { parseFleet } from '../fleet/client';
 import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags } from '../fleet/tls';
@@ -8,7 +10,7 @@ import { parseFlags, UsageError } from '../cli/args';
 import { connectClient } from '../cli/control';
 import { startDashboard } from './server';
 
-const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--prometheus URL] [--allow-actions] [--poll-ms MS]';
+const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--prometheus URL] [--allow-actions [--action-token-file FILE]] [--poll-ms MS]';
 const HELP = `Serves a live web page for operators: running and recent searches and campaigns (Temporal visibility and
 their progress queries), each search's best score against NFEs, campaign progress and ETA, and the fleet; with
 --prometheus, each endpoint's requests/s, latency percentiles, in-flight and queued calls, each verifier's
@@ -22,7 +24,10 @@ Usage: ${USAGE}
   --temporal-ui URL    the Temporal UI, for links to each workflow (default: the embedded dev server's UI)
   --fleet LIST|FILE    model servers to show (default: the embedded model server if running)
   --prometheus URL     Prometheus scraping the workers (e.g. http://127.0.0.1:9090), for rates and latencies
-  --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise)
+  --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise), with a
+                       token: from --action-token-file, else $NOISESEARCH_DASHBOARD_TOKEN, else a random one, printed
+                       once on stderr as the page's URL ending in #token=...
+  --action-token-file FILE  the actions token (at least 16 characters; surrounding whitespace ignored)
   --poll-ms MS         how often the page asks for new state (default 2000)
 ${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}
 See docs/dashboard.md.
@@ -36,6 +41,7 @@ const FLAGS = {
   fleet: { type: 'string' },
   prometheus: { type: 'string' },
   'allow-actions': { type: 'boolean' },
+  'action-token-file': { type: 'string' },
   'poll-ms': { type: 'string' },
   ...FLEET_TLS_FLAGS,
   ...TEMPORAL_CONNECTION_FLAGS,
@@ -59,6 +65,28 @@ function parseHttpUrl(flag: string, value: string, example: string): string {
   throw new UsageError(`--${flag}: "${value}" is not an http(s) URL (e.g. ${example})`);
 }
 
+const MIN_TOKEN_LENGTH = 16;
+
+/** The actions token: a file's, the environment's, or a fresh random one (`generated`) with --allow-actions. */
+function actionTokenFrom(values: Record<string, unknown>, allowActions: boolean): { token?: string; generated: boolean } {
+  const file = values['action-token-file'] as string | undefined;
+  if (file !== undefined && !allowActions) throw new UsageError('--action-token-file: goes with --allow-actions (without it the page only watches)');
+  if (!allowActions) return { generated: false };
+  let token = process.env.NOISESEARCH_DASHBOARD_TOKEN || undefined;
+  let source = '$NOISESEARCH_DASHBOARD_TOKEN';
+  if (file !== undefined) {
+    source = `--action-token-file ${file}`;
+    try {
+      token = readFileSync(file, 'utf8').trim();
+    } catch (error) {
+      throw new UsageError(`${source}: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+    }
+  }
+  if (token === undefined) return { token: randomBytes(24).toString('base64url'), generated: true };
+  if (token.length < MIN_TOKEN_LENGTH || /\s/.test(token)) throw new UsageError(`${source}: the token must be at least ${MIN_TOKEN_LENGTH} characters with no whitespace (e.g. openssl rand -hex 24)`);
+  return { token, generated: false };
+}
+
 export async function dashboardCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(argv, FLAGS, USAGE);
   if (values.help) {
@@ -75,18 +103,21 @@ export async function dashboardCommand(argv: string[]): Promise<number> {
   const fleetTls = values.fleet !== undefined ? fleetTlsFromFlags(values) : undefined;
   const usesEmbedded = values.temporal === undefined && !process.env.TEMPORAL_ADDRESS;
   if (temporalUi === undefined && usesEmbedded) temporalUi = (await serviceStatus()).find((s) => s.name === 'temporal')?.uiUrl;
+  const allowActions = Boolean(values['allow-actions']);
+  const { token: actionToken, generated } = actionTokenFrom(values, allowActions);
   const client = await connectClient(values);
   const namespace = (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE;
-  const allowActions = Boolean(values['allow-actions']);
   let dashboard;
   try {
-    dashboard = await startDashboard({ client, namespace, fleet, fleetTls, temporalUi, prometheus, allowActions, host, port, pollMs });
+    dashboard = await startDashboard({ client, namespace, fleet, fleetTls, temporalUi, prometheus, allowActions, actionToken, host, port, pollMs });
   } catch (error) {
     await client.connection.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') throw new UsageError(`--address ${host}:${port}: cannot listen there (${code})`);
     throw error;
   }
+  // The only time the token is shown: in the URL's fragment, which the browser never sends to the server.
+  if (generated) process.stderr.write(`dashboard actions: open ${dashboard.url}#token=${actionToken} (this token is not shown again)\n`);
   process.stdout.write(`dashboard ${dashboard.url} (namespace ${namespace}, actions ${allowActions ? 'enabled' : 'disabled'}${prometheus ? `, metrics from ${prometheus}` : ''})\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);

@@ -39,6 +39,14 @@ const SCRIPT = `
 'use strict';
 const POLL_MS = Number(document.body.dataset.pollMs);
 let allowActions = false;
+// The actions token comes in the URL's fragment, which browsers never send (so no server or proxy logs it);
+// it is kept in this browser's storage for this dashboard, and taken out of the address bar.
+const TOKEN_KEY = 'noisesearch-dashboard-token';
+const tokenInUrl = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+if (tokenInUrl) {
+  localStorage.setItem(TOKEN_KEY, decodeURIComponent(tokenInUrl[1]));
+  history.replaceState(null, '', location.pathname + location.search);
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -87,7 +95,8 @@ function bar(parts, total) {
 async function post(action, body) {
   const notice = document.getElementById('notice');
   try {
-    const res = await fetch('/api/actions/' + action, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const headers = { 'content-type': 'application/json', authorization: 'Bearer ' + (localStorage.getItem(TOKEN_KEY) || '') };
+    const res = await fetch('/api/actions/' + action, { method: 'POST', headers, body: JSON.stringify(body) });
     const answer = await res.json();
     notice.textContent = res.ok ? answer.message : 'refused (' + res.status + '): ' + answer.error;
     notice.className = 'show ' + (res.ok ? 'ok' : 'err');

@@ -1,5 +1,7 @@
 // The dashboard's HTTP server (node:http, nothing else): the page, its JSON state, the campaign report,
-// and the stop / budget / cancel actions, which are refused (403) unless the operator enabled them.
+// and the stop / budget / cancel actions, which are refused (403) unless the operator enabled them and the
+// request carries the dashboard's token.
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,12 +11,15 @@ import { renderPage } from './page';
 import { DashboardData, type StateOptions } from './state';
 
 export const ACTIONS_DISABLED = 'actions are disabled: this dashboard was started without --allow-actions, so it only watches';
+export const TOKEN_REFUSED = 'actions need this dashboard\'s token: open the page through the URL ending in #token=... (printed at start, or built from --action-token-file)';
 
 export interface DashboardOptions extends StateOptions {
   host: string;
   port: number;
   /** How often the state is gathered, and the page asks for it. */
   pollMs?: number;
+  /** The token every action must carry (`authorization: Bearer TOKEN`); required with allowActions. */
+  actionToken?: string;
 }
 
 export interface Dashboard {
@@ -94,7 +99,15 @@ async function act(client: Client, action: string, body: Record<string, unknown>
   throw new HttpError(404, `"${action}" is not an action; use stop, budget or cancel`);
 }
 
+/** Whether the request carries the token: compared as digests in constant time, so timing tells nothing of it. */
+function carriesToken(req: IncomingMessage, token: string): boolean {
+  const given = /^Bearer (.+)$/.exec(String(req.headers.authorization ?? ''))?.[1] ?? '';
+  const digest = (value: string) => createHash('sha256').update(value).digest();
+  return timingSafeEqual(digest(given), digest(token));
+}
+
 export async function startDashboard(options: DashboardOptions): Promise<Dashboard> {
+  if (options.allowActions && !options.actionToken) throw new Error('startDashboard: allowActions needs an actionToken');
   const pollMs = options.pollMs ?? 2_000;
   const data = new DashboardData(options, pollMs);
   const page = renderPage({ pollMs });
@@ -118,6 +131,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     const action = /^\/api\/actions\/([a-z]+)$/.exec(url.pathname)?.[1];
     if (req.method === 'POST' && action) {
       if (!options.allowActions) throw new HttpError(403, ACTIONS_DISABLED);
+      if (!carriesToken(req, options.actionToken!)) throw new HttpError(403, TOKEN_REFUSED);
       const message = await act(options.client, action, await readJson(req));
       return sendJson(res, 200, { message });
     }
