@@ -1,13 +1,14 @@
 // A campaign spec as a user writes it (YAML or JSON), validated before anything starts: every problem is
 // listed at once, each naming its field and saying what would be right.
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
+import { stripBom } from '../datasets/csv';
 import { loadDataset, validateDatasetSpec } from '../datasets/load';
 import type { DatasetItem, DatasetSpec } from '../datasets/types';
 import { ALGORITHM_NAMES, createRun } from '../search/run';
-import { conditionProblems, SpecError, type AlgorithmSpec } from '../search/spec';
+import { algorithmShapeProblems, conditionProblems, describeValue, SpecError, type AlgorithmSpec } from '../search/spec';
 import type { ModelInfo } from '../search/types';
 import type { StoreConfig } from '../store/types';
 import { canonicalJson } from './hash';
@@ -37,13 +38,25 @@ export const DEFAULT_CONCURRENCY = 8;
 const MAX_ITEM_PROBLEMS = 10;
 const MAX_CONCURRENCY = 500;
 
+/** A spec names its dataset file rather than holding it: a few kilobytes; anything near this is a mistake. */
+export const MAX_SPEC_BYTES = 1024 * 1024;
+
 export function readCampaignSpec(file: string): { spec: unknown; problems: string[] } {
-  if (!existsSync(file)) return { spec: null, problems: [`spec: file ${file} does not exist`] };
-  const text = readFileSync(file, 'utf8');
+  const stat = statSync(file, { throwIfNoEntry: false });
+  if (!stat) return { spec: null, problems: [`spec: file ${file} does not exist`] };
+  if (!stat.isFile()) return { spec: null, problems: [`spec: ${file} is not a file; give a YAML or JSON campaign spec`] };
+  if (stat.size > MAX_SPEC_BYTES) {
+    return { spec: null, problems: [`spec: ${file} is ${stat.size} bytes, over the ${MAX_SPEC_BYTES} a spec may be; put prompts in a dataset file (dataset.path)`] };
+  }
+  const format = file.endsWith('.json') ? 'JSON' : 'YAML';
   try {
-    return { spec: file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text), problems: [] };
+    const text = stripBom(readFileSync(file, 'utf8'));
+    // YAML's own guard refuses an alias bomb ("billion laughs"): at most 100 aliases are expanded. Its
+    // warnings (an unknown tag, read as text) would print as Node warnings: the spec's checks speak instead.
+    return { spec: format === 'JSON' ? JSON.parse(text) : YAML.parse(text, { maxAliasCount: 100, logLevel: 'error' }), problems: [] };
   } catch (error) {
-    return { spec: null, problems: [`spec: ${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(error as Error).message.split('\n')[0]}`] };
+    // A spec nested thousands deep overflows the parser's stack: one more way of not being a spec.
+    return { spec: null, problems: [`spec: ${file} is not valid ${format}: ${(error as Error).message.split('\n')[0]}`] };
   }
 }
 
@@ -61,32 +74,57 @@ function list<T>(value: unknown, field: string, problems: string[], check: (item
 function algorithmOf(value: unknown, field: string, problems: string[]): AlgorithmSpec | null {
   const algorithm = typeof value === 'string' ? { name: value } : value;
   if (!isObject(algorithm) || !ALGORITHM_NAMES.includes(algorithm.name as never)) {
-    problems.push(`${field}: ${JSON.stringify(value)} is not an algorithm; use one of ${ALGORITHM_NAMES.join(', ')}, or {name: ..., parameters}`);
+    const shown = isObject(algorithm) ? `{name: ${describeValue(algorithm.name)}}` : describeValue(value);
+    problems.push(`${field}: ${shown} is not an algorithm; use one of ${ALGORITHM_NAMES.join(', ')}, or {name: ..., parameters}`);
     return null;
   }
-  return algorithm as unknown as AlgorithmSpec;
+  // Parameters of the wrong type or unknown (a typo) are refused here, before they reach the campaign's ID.
+  const shape = algorithmShapeProblems(algorithm, field);
+  problems.push(...shape);
+  return shape.length === 0 ? (algorithm as unknown as AlgorithmSpec) : null;
 }
 
 function verifierSetOf(value: unknown, field: string, problems: string[]): string[] | null {
   const set = typeof value === 'string' ? value.split(',').map((s) => s.trim()) : value;
   if (!Array.isArray(set) || set.length === 0 || !set.every((v) => typeof v === 'string' && v.length > 0)) {
-    problems.push(`${field}: ${JSON.stringify(value)} is not a verifier or a list of verifiers`);
+    problems.push(`${field}: ${describeValue(value)} is not a verifier or a list of verifiers`);
     return null;
   }
   return set;
 }
 
+/** A path a user gave: text without NUL bytes (which no file system takes), or a problem. */
+function pathProblem(value: unknown, field: string): string | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'string' || value.trim() === '') return `${field}: ${describeValue(value)} is not a path`;
+  if (value.includes('\0')) return `${field}: ${describeValue(value)} holds a NUL byte; give a path without one`;
+  return null;
+}
+
+/** Where the campaign's pictures and report go: results.folder as given, else a folder of its own under campaignsDir. */
+function folderOf(spec: CampaignSpec, campaignsDir: string, campaignId: string, problems: string[]): string {
+  const results = isObject(spec.results) ? spec.results : {};
+  const problem = pathProblem(results.folder, 'results.folder');
+  if (problem) problems.push(problem);
+  return path.resolve(typeof results.folder === 'string' && !problem ? results.folder : path.join(campaignsDir, campaignId));
+}
+
 function storeOf(spec: CampaignSpec, folder: string, problems: string[]): StoreConfig {
   const results = spec.results ?? {};
-  if (!isObject(results)) problems.push('results: must be a mapping with store, path or url');
+  if (!isObject(results)) {
+    problems.push('results: must be a mapping with store, path, url or folder');
+    return { kind: 'sqlite', path: path.join(folder, 'results.sqlite') };
+  }
   if (results.store === 'postgres') {
     if (typeof results.url !== 'string' || !/^postgres(ql)?:\/\//.test(results.url)) {
       problems.push('results.url: a postgres store needs url: postgres://user@host:port/database');
     }
     return { kind: 'postgres', url: String(results.url) };
   }
-  if (results.store !== undefined && results.store !== 'sqlite') problems.push(`results.store: "${results.store}" is not one of sqlite, postgres`);
-  return { kind: 'sqlite', path: path.resolve(results.path ?? path.join(folder, 'results.sqlite')) };
+  if (results.store !== undefined && results.store !== 'sqlite') problems.push(`results.store: ${describeValue(results.store)} is not one of sqlite, postgres`);
+  const problem = pathProblem(results.path, 'results.path');
+  if (problem) problems.push(problem);
+  return { kind: 'sqlite', path: path.resolve(typeof results.path === 'string' && !problem ? results.path : path.join(folder, 'results.sqlite')) };
 }
 
 /** A prompt dataset for a model that takes no prompts, or a class dataset for a text-to-image model. */
@@ -109,11 +147,11 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const problems: string[] = [];
   if (!isObject(raw)) throw new SpecError(['spec: must be a mapping with name, dataset, grid and optional evaluation, seeds, concurrency, results']);
   const spec = raw as unknown as CampaignSpec;
-  if (typeof spec.name !== 'string' || !/^[\w.-]{1,64}$/.test(spec.name)) problems.push(`name: ${JSON.stringify(spec.name)} must be 1 to 64 letters, digits, '.', '_' or '-'`);
+  if (typeof spec.name !== 'string' || !/^[\w.-]{1,64}$/.test(spec.name)) problems.push(`name: ${describeValue(spec.name)} must be 1 to 64 letters, digits, '.', '_' or '-'`);
   if ((spec.model ?? model.model) !== model.model) problems.push(`model: "${spec.model}" is not hosted; the fleet hosts ${model.model}`);
   const datasetProblems = validateDatasetSpec(spec.dataset, 'dataset');
   problems.push(...datasetProblems);
-  if (spec.negativePrompt !== undefined && typeof spec.negativePrompt !== 'string') problems.push(`negativePrompt: ${JSON.stringify(spec.negativePrompt)} must be text`);
+  if (spec.negativePrompt !== undefined && typeof spec.negativePrompt !== 'string') problems.push(`negativePrompt: ${describeValue(spec.negativePrompt)} must be text`);
   const negativePrompt = typeof spec.negativePrompt === 'string' ? spec.negativePrompt : undefined;
   const items = (datasetProblems.length === 0 ? loadDataset(spec.dataset) : []).map((item) =>
     negativePrompt !== undefined && item.condition.prompt !== undefined ? { ...item, condition: { ...item.condition, negativePrompt } } : item,
@@ -128,12 +166,12 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const grid = isObject(spec.grid) ? spec.grid : { algorithms: [], verifiers: [], budgets: [] };
   const algorithms = list(grid.algorithms, 'grid.algorithms', problems, (v, f) => algorithmOf(v, f, problems));
   const verifierSets = list(grid.verifiers, 'grid.verifiers', problems, (v, f) => verifierSetOf(v, f, problems));
-  const budgets = list(grid.budgets, 'grid.budgets', problems, (v, f) => (isWhole(v, 1) ? v : (problems.push(`${f}: ${JSON.stringify(v)} must be a whole number of NFEs`), null)));
+  const budgets = list(grid.budgets, 'grid.budgets', problems, (v, f) => (isWhole(v, 1) ? v : (problems.push(`${f}: ${describeValue(v)} must be a whole number of NFEs`), null)));
   const hosted = model.verifiers.map((v) => v.name);
-  const evaluation = spec.evaluation === undefined ? hosted : list(spec.evaluation, 'evaluation', problems, (v, f) => (typeof v === 'string' && hosted.includes(v) ? v : (problems.push(`${f}: ${JSON.stringify(v)} is not hosted; use one of ${hosted.join(', ')}`), null)));
-  const seeds = spec.seeds === undefined ? [0] : list(spec.seeds, 'seeds', problems, (v, f) => (isWhole(v, 0) ? v : (problems.push(`${f}: ${JSON.stringify(v)} must be a whole number >= 0`), null)));
+  const evaluation = spec.evaluation === undefined ? hosted : list(spec.evaluation, 'evaluation', problems, (v, f) => (typeof v === 'string' && hosted.includes(v) ? v : (problems.push(`${f}: ${describeValue(v)} is not hosted; use one of ${hosted.join(', ')}`), null)));
+  const seeds = spec.seeds === undefined ? [0] : list(spec.seeds, 'seeds', problems, (v, f) => (isWhole(v, 0) ? v : (problems.push(`${f}: ${describeValue(v)} must be a whole number >= 0`), null)));
   const concurrency = spec.concurrency ?? DEFAULT_CONCURRENCY;
-  if (!isWhole(concurrency, 1) || concurrency > MAX_CONCURRENCY) problems.push(`concurrency: ${JSON.stringify(concurrency)} must be a whole number from 1 to ${MAX_CONCURRENCY}`);
+  if (!isWhole(concurrency, 1) || concurrency > MAX_CONCURRENCY) problems.push(`concurrency: ${describeValue(concurrency)} must be a whole number from 1 to ${MAX_CONCURRENCY}`);
 
   // Every dataset item must be a condition the model takes, with every verifier it will be scored by.
   const scoredBy = [...new Set([...verifierSets.flat(), ...evaluation])];
@@ -160,7 +198,7 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const name = String(spec.name);
   const identity = { name, model: model.model, items, algorithms, verifierSets, budgets, seeds, evaluation };
   const campaignId = `campaign-${name}-${createHash('sha256').update(canonicalJson(identity)).digest('hex').slice(0, 12)}`;
-  const folder = path.resolve(spec.results?.folder ?? path.join(campaignsDir, campaignId));
+  const folder = folderOf(spec, campaignsDir, campaignId, problems);
   const store = storeOf(spec, folder, problems);
   if (problems.length > 0) throw new SpecError([...new Set(problems)]);
   const input: CampaignInput = { campaignId, name, model: model.model, items, algorithms, verifierSets, budgets, seeds, evaluation, concurrency, store, folder };

@@ -8,13 +8,19 @@ export class UsageError extends Error {
   }
 }
 
+/** A flag's value as an error quotes it: escaped (a line break shows as \\n) and cut short, so the error stays one line. */
+function quoted(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+}
+
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 export function parseFlags<T extends Options>(argv: string[], options: T, usage: string) {
   try {
     return parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
   } catch (error) {
-    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, '');
+    // One line: Node explains an ambiguous value ("--budget --local") over three.
+    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, '').replace(/\s*\n\s*/g, ' ').replace(/\.$/, '');
     throw new UsageError(`${message}; usage: ${usage}`);
   }
 }
@@ -23,7 +29,7 @@ export function wholeNumber(flag: string, value: string | undefined, options: { 
   if (value === undefined) return undefined;
   const min = options.min ?? 0;
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
-    throw new UsageError(`--${flag}: "${value}" is not a whole number of at least ${min}`);
+    throw new UsageError(`--${flag}: ${quoted(value)} is not a whole number of at least ${min}`);
   }
   return Number(value);
 }
@@ -31,12 +37,12 @@ export function wholeNumber(flag: string, value: string | undefined, options: { 
 export function finiteNumber(flag: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${flag}: "${value}" is not a finite number`);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${flag}: ${quoted(value)} is not a finite number`);
   return n;
 }
 
 export function oneOf<T extends string>(flag: string, value: string | undefined, allowed: readonly T[]): T | undefined {
   if (value === undefined) return undefined;
-  if (!allowed.includes(value as T)) throw new UsageError(`--${flag}: "${value}" is not one of ${allowed.join(', ')}`);
+  if (!allowed.includes(value as T)) throw new UsageError(`--${flag}: ${quoted(value)} is not one of ${allowed.join(', ')}`);
   return value as T;
 }

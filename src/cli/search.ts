@@ -128,7 +128,8 @@ function algorithmFromFlags(v: Values, preset: Preset | undefined): AlgorithmSpe
 export function specFromFlags(v: Values): SearchSpec {
   const str = (name: string) => v[name] as string | undefined;
   const presetName = str('preset');
-  const preset = presetName === undefined ? undefined : PRESETS[presetName];
+  // Own presets only: "constructor" would otherwise find Object.prototype's.
+  const preset = presetName === undefined || !Object.hasOwn(PRESETS, presetName) ? undefined : PRESETS[presetName];
   if (presetName !== undefined && !preset) throw new UsageError(`--preset: "${presetName}" is not one of ${PRESET_NAMES.join(', ')}`);
   const solver = oneOf('solver', str('solver'), ['euler', 'heun'] as const);
   return {

@@ -49,10 +49,25 @@ function resolve(params: PathsParams, plan: SearchPlan): Resolved {
     backwardSteps: params.backwardSteps ?? PATHS_DEFAULTS.backwardSteps,
   };
   // Sized by the budget only when the walk ends; validate refuses the parameters otherwise.
-  const ends = resolved.deltaB > resolved.deltaF && [resolved.sigmaStart, resolved.deltaF, resolved.deltaB].every((x) => x >= 0 && x <= 1);
+  const ends = resolved.deltaB > resolved.deltaF && [resolved.sigmaStart, resolved.deltaF, resolved.deltaB].every((x) => x >= 0 && x <= 1) && walkRounds(resolved) <= maxRounds(plan);
   if (params.n === undefined && ends) resolved.n = Math.max(1, Math.floor(plan.spec.budgetNfe / pathsCost(plan, resolved)));
   return resolved;
 }
+
+/** The rounds of the walk from sigmaStart down to 0, at least: each lowers the level by deltaB - deltaF. */
+function walkRounds(p: Pick<Resolved, 'sigmaStart' | 'deltaF' | 'deltaB'>): number {
+  return p.sigmaStart / (p.deltaB - p.deltaF);
+}
+
+/**
+ * The most rounds a walk may take: every round costs at least one NFE, so the budget caps them; and a gap
+ * deltaB - deltaF too small for floating point (1e-104) would never end the walk, nor the planning of it.
+ */
+function maxRounds(plan: SearchPlan): number {
+  return Math.min(plan.spec.budgetNfe, MAX_PATHS_ROUNDS);
+}
+
+const MAX_PATHS_ROUNDS = 10_000;
 
 /** Levels within rounding of each other are one level: the paper's deltas are decimals (0.05 + 0.78 - 0.81). */
 const LEVEL_TOLERANCE = 1e-9;
@@ -117,6 +132,9 @@ export const pathSearch: SearchAlgorithm<PathsParams, PathsState> = {
     if (inRange(p.deltaF) && !(p.deltaF > 0)) problems.push(`deltaF: ${p.deltaF} must be above 0`);
     if (inRange(p.deltaF) && inRange(p.deltaB)) {
       if (!(p.deltaB > p.deltaF)) problems.push(`deltaB: ${p.deltaB} must be above deltaF (${p.deltaF}), or the walk never reaches sigma = 0`);
+      else if (inRange(p.sigmaStart) && walkRounds(p) > maxRounds(plan)) {
+        problems.push(`deltaB: deltaB - deltaF = ${p.deltaB - p.deltaF} takes the walk from level ${p.sigmaStart} to 0 in over ${maxRounds(plan)} rounds (the most the budget or noisesearch allows); widen the gap`);
+      }
       else if (inRange(p.sigmaStart) && p.sigmaStart + p.deltaF > 1 + LEVEL_TOLERANCE) problems.push(`deltaF: sigmaStart + deltaF = ${p.sigmaStart + p.deltaF} is above level 1 (the model's sigma_max)`);
     }
     if (problems.length === 0) problems.push(...budgetProblems(plan, pathsCost(plan, p), `Paths-${p.n} with M = ${p.m}`));

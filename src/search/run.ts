@@ -14,7 +14,7 @@ import { candidateNfe } from './nfe';
 import { pathSearch } from './paths';
 import { randomSearch } from './random';
 import type { Ranked } from './selection';
-import { fullSolve, planSearch, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
+import { fullSolve, planSearch, searchSpecShapeProblems, SpecError, type AlgorithmName, type SearchPlan, type SearchSpec } from './spec';
 import { zeroOrderSearch } from './zero-order';
 import type { BatchOutcome, BatchRequest, Candidate, CandidateError, CandidateOutcome, KeyKind, Lineage, ModelInfo, NoiseRecipe, WireCandidate } from './types';
 
@@ -157,10 +157,10 @@ function round4(x: number): number {
 
 /** Validates the spec against the model; throws SpecError listing every problem. */
 export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
-  const algorithm = ALGORITHMS[spec.algorithm?.name];
-  if (!algorithm) {
-    throw new SpecError([`algorithm: "${spec.algorithm?.name}" is unknown; use one of ${ALGORITHM_NAMES.join(', ')}`]);
-  }
+  // A workflow's input may come from any client: its shape first, so nothing below meets a wrong type.
+  const shape = searchSpecShapeProblems(spec);
+  if (shape.length > 0) throw new SpecError(shape);
+  const algorithm = ALGORITHMS[spec.algorithm.name];
   const { plan, problems } = planSearch(spec, model, algorithm.finalGeneration);
   problems.push(...algorithm.validate(spec.algorithm, plan));
   if (problems.length === 0) problems.push(...verifierProblems(spec, plan, model, algorithm));

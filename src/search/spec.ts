@@ -97,11 +97,114 @@ export function scheduleOf(model: ModelInfo): NoiseSchedule {
 /** Solvers that map a noise to one sample: a search sampler must be one (FK steering brings its own). */
 export const DETERMINISTIC_SOLVERS: string[] = ['euler', 'heun'];
 
+/** A problem a user reads is one line of at most this many characters, whatever value it quotes. */
+export const MAX_PROBLEM_CHARS = 1000;
+
+/**
+ * One line: a value quoted in a problem (a prompt, a verifier name, a file's line) may hold line breaks, and
+ * may be megabytes long; the middle goes, so the field named at the start and the fix at the end stay.
+ */
+function oneLine(problem: string): string {
+  const line = problem.replace(/[\r\n\u2028\u2029]+/g, ' ');
+  if (line.length <= MAX_PROBLEM_CHARS) return line;
+  const keep = (MAX_PROBLEM_CHARS - 3) / 2;
+  return `${line.slice(0, Math.ceil(keep))} … ${line.slice(-Math.floor(keep))}`;
+}
+
 export class SpecError extends Error {
-  constructor(readonly problems: string[]) {
-    super(problems.join('\n'));
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    const lines = problems.map(oneLine);
+    super(lines.join('\n'));
+    this.problems = lines;
     this.name = 'SpecError';
   }
+}
+
+/**
+ * A value as a problem quotes it: text and numbers as JSON (escapes show a line break), anything else by
+ * its kind, so that a hostile value (a list nested 20,000 deep, a megabyte of text) is never rendered whole.
+ */
+export function describeValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null || value === undefined) return String(value);
+  if (Array.isArray(value)) return `a list of ${value.length}`;
+  return typeof value === 'object' ? 'a mapping' : `a ${typeof value}`;
+}
+
+type ParamType = 'number' | 'boolean' | 'string';
+
+/** Every algorithm's parameters and their JSON types: ranges are each algorithm's own `validate`. */
+export const ALGORITHM_PARAMETERS: Record<AlgorithmName, Record<string, ParamType>> = {
+  random: { n: 'number', roundSize: 'number' },
+  'zero-order': { n: 'number', t: 'number', restart: 'boolean' },
+  paths: { n: 'number', m: 'number', sigmaStart: 'number', deltaF: 'number', deltaB: 'number', backwardSteps: 'number' },
+  fk: { k: 'number', lambda: 'number', potential: 'string', resampling: 'string', resampleEvery: 'number' },
+};
+
+const isMapping = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * What is wrong with an algorithm as a user wrote it (a name and parameters), before its ranges are checked:
+ * an unknown name, a parameter of the wrong type, a parameter the algorithm does not have (a typo would
+ * otherwise be silently ignored). `field` prefixes each problem.
+ */
+export function algorithmShapeProblems(algorithm: unknown, field: string): string[] {
+  const names = Object.keys(ALGORITHM_PARAMETERS);
+  const name = isMapping(algorithm) ? algorithm.name : undefined;
+  if (typeof name !== 'string' || !Object.hasOwn(ALGORITHM_PARAMETERS, name)) {
+    return [`${field}: ${isMapping(algorithm) ? describeValue(name) : describeValue(algorithm)} is unknown; use one of ${names.join(', ')}`];
+  }
+  const known = ALGORITHM_PARAMETERS[name as AlgorithmName];
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(algorithm as Record<string, unknown>)) {
+    if (key === 'name' || value === undefined) continue;
+    if (!Object.hasOwn(known, key)) {
+      problems.push(`${field}.${key}: not a parameter of ${name}; use ${Object.keys(known).join(', ')}`);
+    } else if (typeof value !== known[key]) {
+      problems.push(`${field}.${key}: ${describeValue(value)} must be a ${known[key]}`);
+    }
+  }
+  return problems;
+}
+
+const SPEC_FIELDS = ['model', 'condition', 'algorithm', 'verifiers', 'budgetNfe', 'seed', 'searchSampler', 'finalSampler'];
+const CONDITION_FIELDS: Record<string, ParamType> = { classLabel: 'number', prompt: 'string', negativePrompt: 'string', guidanceScale: 'number' };
+const SAMPLER_FIELDS: Record<string, ParamType> = { solver: 'string', steps: 'number' };
+
+function fieldsProblems(value: unknown, field: string, types: Record<string, ParamType>): string[] {
+  if (value === undefined) return [];
+  if (!isMapping(value)) return [`${field}: ${describeValue(value)} must be a mapping of ${Object.keys(types).join(', ')}`];
+  return Object.entries(value).flatMap(([key, v]): string[] => {
+    if (v === undefined) return [];
+    if (!Object.hasOwn(types, key)) return [`${field}.${key}: not a field; use ${Object.keys(types).join(', ')}`];
+    return typeof v === types[key] ? [] : [`${field}.${key}: ${describeValue(v)} must be a ${types[key]}`];
+  });
+}
+
+/**
+ * What is wrong with the shape of a search spec (a workflow's input may come from any client): every field
+ * of its JSON type, no unknown field. Values are checked against the model afterwards, by planSearch.
+ */
+export function searchSpecShapeProblems(spec: unknown): string[] {
+  if (!isMapping(spec)) return [`spec: ${describeValue(spec)} must be a mapping with ${SPEC_FIELDS.join(', ')}`];
+  const problems: string[] = [];
+  for (const key of Object.keys(spec)) {
+    if (!SPEC_FIELDS.includes(key)) problems.push(`${key}: not a field of a search spec; use ${SPEC_FIELDS.join(', ')}`);
+  }
+  if (typeof spec.model !== 'string') problems.push(`model: ${describeValue(spec.model)} must be the name of a model`);
+  if (spec.condition === undefined) problems.push('condition: missing; give a mapping, {} for an unconditional search');
+  problems.push(...fieldsProblems(spec.condition, 'condition', CONDITION_FIELDS));
+  problems.push(...algorithmShapeProblems(spec.algorithm, 'algorithm'));
+  if (!Array.isArray(spec.verifiers) || !spec.verifiers.every((v) => typeof v === 'string')) {
+    problems.push(`verifiers: ${describeValue(spec.verifiers)} must be a list of verifier names`);
+  }
+  for (const key of ['budgetNfe', 'seed']) {
+    if (typeof spec[key] !== 'number') problems.push(`${key}: ${describeValue(spec[key])} must be a whole number`);
+  }
+  problems.push(...fieldsProblems(spec.searchSampler, 'searchSampler', SAMPLER_FIELDS));
+  problems.push(...fieldsProblems(spec.finalSampler, 'finalSampler', SAMPLER_FIELDS));
+  return problems;
 }
 
 export function fullSolve(sigmaMax: number, sampler: SamplerSpec): SolveOp {
@@ -166,7 +269,7 @@ function checkVerifiers(spec: SearchSpec, model: ModelInfo, problems: string[]):
   const duplicates = spec.verifiers.filter((v, i) => spec.verifiers.indexOf(v) !== i);
   if (duplicates.length > 0) problems.push(`verifier: ${duplicates.join(',')} is listed twice; name each verifier of an ensemble once`);
   for (const name of spec.verifiers) {
-    if (!hosted.includes(name)) problems.push(`verifier: "${name}" is not hosted with model ${model.model}; use one of ${hosted.join(', ')}`);
+    if (!hosted.includes(name)) problems.push(`verifier: ${describeValue(name)} is not hosted with model ${model.model}; use one of ${hosted.join(', ')}`);
   }
 }
 
