@@ -2,12 +2,24 @@
 // latent, or the PNG an image model decoded) and, for an image model, the no-search baseline of each
 // (item, seed) with its evaluation scores. Only activities and the report writer touch these files:
 // picture bytes never travel through a workflow.
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { SearchRecord } from '../store/types';
 
+/** File systems take names of at most 255 bytes; a sample's name keeps its extension and a margin. */
+const MAX_NAME_CHARS = 160;
+
+/**
+ * A file name made of an ID that holds user data (a dataset's category or item id): only letters, digits,
+ * '.', '_' and '-', so no separator, NUL or ".." path can leave the samples folder. An ID that had to be
+ * changed, or cut to a length a file system takes, ends in "~" and a hash of the whole ID ("~" is never
+ * kept from an ID), so two IDs never share a file ("a b" and "a_b" would).
+ */
 function fileName(text: string): string {
-  return text.replace(/[^\w.-]+/g, '_');
+  const safe = text.replace(/[^\w.-]+/g, '_');
+  if (safe === text && safe.length <= MAX_NAME_CHARS) return safe;
+  return `${safe.slice(0, MAX_NAME_CHARS - 17)}~${createHash('sha256').update(text).digest('hex').slice(0, 16)}`;
 }
 
 export function samplePath(folder: string, workflowId: string, extension: 'svg' | 'png'): string {

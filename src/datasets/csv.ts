@@ -1,4 +1,4 @@
-// A small RFC 4180 CSV reader: fields separated by commas, records by CRLF or LF; a field in double
+// A small RFC 4180 CSV reader: fields separated by commas, records by CRLF, LF or a lone CR (classic Mac OS); a field in double
 // quotes may hold commas, line breaks and doubled quotes (""). A UTF-8 byte order mark is dropped.
 // Every record carries the (1-based) line it starts on, so problems can name the line.
 
@@ -39,8 +39,8 @@ export function parseCsv(input: string): CsvResult {
       line += 1;
       continue;
     }
-    if (text[i] === '\r' && text[i + 1] === '\n') {
-      i += 2;
+    if (text[i] === '\r') {
+      i += text[i + 1] === '\n' ? 2 : 1;
       line += 1;
       continue;
     }
@@ -65,7 +65,7 @@ export function parseCsv(input: string): CsvResult {
               break;
             }
           } else {
-            if (c === '\n') line += 1;
+            if (c === '\n' || (c === '\r' && text[i + 1] !== '\n')) line += 1;
             field += c;
             i += 1;
           }
@@ -74,15 +74,15 @@ export function parseCsv(input: string): CsvResult {
           problems.push(`line ${quoteLine}: a quoted field is never closed (no matching ")`);
           broken = true;
           i = n;
-        } else if (i < n && text[i] !== ',' && text[i] !== '\n' && !(text[i] === '\r' && text[i + 1] === '\n')) {
+        } else if (i < n && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') {
           problems.push(`line ${line}: text after the closing quote of a field (write a quote inside a quoted field as "")`);
           broken = true;
           // Skip to the end of this physical line and go on with the next record.
-          while (i < n && text[i] !== '\n') i += 1;
+          while (i < n && text[i] !== '\n' && text[i] !== '\r') i += 1;
         }
       } else {
         const start = i;
-        while (i < n && text[i] !== ',' && text[i] !== '\n' && !(text[i] === '\r' && text[i + 1] === '\n')) i += 1;
+        while (i < n && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') i += 1;
         field = text.slice(start, i);
       }
       fields.push(field);
@@ -94,8 +94,8 @@ export function parseCsv(input: string): CsvResult {
         i += 1;
         line += 1;
         recordDone = true;
-      } else if (text[i] === '\r' && text[i + 1] === '\n') {
-        i += 2;
+      } else if (text[i] === '\r') {
+        i += text[i + 1] === '\n' ? 2 : 1;
         line += 1;
         recordDone = true;
       }

@@ -24,6 +24,13 @@ export const IMAGENET_CLASSES = 1000;
 /** At most this many line problems are listed per file; the rest are counted in one more line. */
 const MAX_LINE_PROBLEMS = 20;
 
+/**
+ * The longest prompt taken: far above what text encoders read (CLIP 77 tokens, T5 512), and small enough
+ * that a campaign of thousands of prompts stays within Temporal's 2 MB payloads. A longer one is a file
+ * read wrongly (a quote never closed, a binary file), not a prompt.
+ */
+export const MAX_PROMPT_CHARS = 4096;
+
 const CLASS_KINDS = new Set<DatasetKind>(['gmm-classes', 'imagenet']);
 const EXAMPLE_FILE: Record<string, string> = {
   drawbench: 'DrawBench.csv',
@@ -34,6 +41,8 @@ const EXAMPLE_FILE: Record<string, string> = {
 
 /** A prompt read from a file, before it gets its id. */
 interface Row {
+  /** The (1-based) line the prompt starts on, for problems found after parsing. */
+  line: number;
   prompt: string;
   category?: string;
   challenge?: string;
@@ -128,7 +137,9 @@ function classNames(file: unknown, field: string, problems: string[]): string[] 
     problems.push(`${field}: file ${file} does not exist; give a file of ${IMAGENET_CLASSES} class names, one a line`);
     return null;
   }
-  const names = stripBom(fs.readFileSync(file, 'utf8')).split(/\r?\n/).map((l) => l.trim());
+  const text = readText(file, field, problems);
+  if (text === undefined) return null;
+  const names = text.split(LINE_BREAK).map((l) => l.trim());
   while (names.length > 0 && names[names.length - 1] === '') names.pop();
   const blank = names.findIndex((n) => n === '');
   if (names.length !== IMAGENET_CLASSES || blank >= 0) {
@@ -208,9 +219,10 @@ function fileItems(kind: DatasetKind, file: string, pathField: string, problems:
       parsed = parseT2i(text, t2iCategory(file));
       break;
   }
-  report(parsed.problems, file, pathField, problems);
-  if (parsed.problems.length > 0) return [];
-  return parsed.rows.map((row, i) => toItem(`${kind}-${i}`, row));
+  const checked = withRowProblems(parsed);
+  report(checked.problems, file, pathField, problems);
+  if (checked.problems.length > 0) return [];
+  return checked.rows.map((row, i) => toItem(`${kind}-${i}`, row));
 }
 
 function t2iDirectoryItems(dir: string, pathField: string, problems: string[]): DatasetItem[] {
@@ -247,7 +259,7 @@ function t2iDirectoryItems(dir: string, pathField: string, problems: string[]): 
       ok = false;
       continue;
     }
-    const parsed = parseT2i(text, category);
+    const parsed = withRowProblems(parseT2i(text, category));
     report(parsed.problems, file, pathField, problems);
     if (parsed.problems.length > 0) {
       ok = false;
@@ -256,6 +268,14 @@ function t2iDirectoryItems(dir: string, pathField: string, problems: string[]): 
     parsed.rows.forEach((row, i) => items.push(toItem(`${category}-${i}`, row)));
   }
   return ok ? items : [];
+}
+
+/** The parser's problems and those of its rows: a prompt too long to be one. */
+function withRowProblems(parsed: Parsed): Parsed {
+  const tooLong = parsed.rows
+    .filter((row) => row.prompt.length > MAX_PROMPT_CHARS)
+    .map((row) => `line ${row.line}: a prompt of ${row.prompt.length} characters; at most ${MAX_PROMPT_CHARS} are taken (is a quote left open, or is this not a prompt file?)`);
+  return { rows: parsed.rows, problems: [...parsed.problems, ...tooLong] };
 }
 
 function toItem(id: string, row: Row): DatasetItem {
@@ -272,6 +292,70 @@ function errorText(err: unknown): string {
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** Line breaks as text editors read them: CRLF, LF, and a lone CR (classic Mac OS). */
+const LINE_BREAK = /\r\n|\n|\r/;
+
+const NUL_PROBLEM = 'a NUL byte; this is not a text file (or is UTF-16 without a byte order mark); save it as UTF-8';
+
+/** The 1-based line of a byte offset: line breaks before it, counted in the bytes (LF, and CR not followed by LF). */
+function lineAtByte(bytes: Uint8Array, offset: number): number {
+  let line = 1;
+  for (let i = 0; i < offset; i++) {
+    if (bytes[i] === 0x0a || (bytes[i] === 0x0d && bytes[i + 1] !== 0x0a)) line++;
+  }
+  return line;
+}
+
+/** The offset of the first byte that is not part of well-formed UTF-8. */
+function firstBadUtf8(bytes: Uint8Array): number {
+  let lo = 0;
+  let hi = bytes.length;
+  // The longest well-formed prefix, by bisection (a cut inside a character fails too, so step back over it).
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    let end = mid;
+    while (end > 0 && end < bytes.length && (bytes[end] & 0xc0) === 0x80) end--;
+    try {
+      UTF8.decode(bytes.subarray(0, end));
+      if (end === lo) break;
+      lo = end;
+    } catch {
+      hi = mid - 1;
+    }
+  }
+  // lo ends at a character boundary where decoding the next character fails.
+  return lo;
+}
+
+/**
+ * The file's text. UTF-8 (a byte order mark dropped) is read; UTF-16 is read when a byte order mark says so
+ * (as Windows' Notepad writes "Unicode"). Bytes that are not UTF-8 (Latin-1, say) and NUL bytes (a binary
+ * file, or UTF-16 without a mark) are a problem naming the line, not text read wrongly.
+ */
+function decodeText(bytes: Uint8Array): { text: string } | { problem: string } {
+  let text: string;
+  const utf16 = bytes[0] === 0xff && bytes[1] === 0xfe ? 'utf-16le' : bytes[0] === 0xfe && bytes[1] === 0xff ? 'utf-16be' : null;
+  if (utf16) {
+    try {
+      text = new TextDecoder(utf16, { fatal: true }).decode(bytes.subarray(2));
+    } catch {
+      return { problem: `has a UTF-16 byte order mark but is not valid ${utf16.toUpperCase()}; save the file as UTF-8` };
+    }
+  } else {
+    // Before decoding: NUL is a NUL byte in UTF-8, and UTF-16 without a mark shows as NULs before bad bytes.
+    const nul = bytes.indexOf(0);
+    if (nul >= 0) return { problem: `line ${lineAtByte(bytes, nul)}: ${NUL_PROBLEM}` };
+    try {
+      text = stripBom(UTF8.decode(bytes));
+    } catch {
+      const at = firstBadUtf8(bytes);
+      return { problem: `line ${lineAtByte(bytes, at)}: byte 0x${bytes[at].toString(16).toUpperCase().padStart(2, '0')} is not UTF-8; save the file as UTF-8` };
+    }
+  }
+  const nul = text.indexOf('\0');
+  if (nul >= 0) return { problem: `line ${text.slice(0, nul).split(LINE_BREAK).length}: ${NUL_PROBLEM}` };
+  return { text };
+}
 
 function readText(file: string, pathField: string, problems: string[]): string | undefined {
   let bytes: Buffer;
@@ -281,14 +365,12 @@ function readText(file: string, pathField: string, problems: string[]): string |
     problems.push(`${pathField}: file ${file} cannot be read (${errorText(err)})`);
     return undefined;
   }
-  let text: string;
-  try {
-    text = UTF8.decode(bytes);
-  } catch {
-    problems.push(`${pathField}: file ${file} is not UTF-8 text`);
+  const decoded = decodeText(bytes);
+  if ('problem' in decoded) {
+    problems.push(`${pathField}: file ${file} ${decoded.problem}`);
     return undefined;
   }
-  return stripBom(text);
+  return decoded.text;
 }
 
 function lineOf(problem: string): number {
@@ -306,13 +388,12 @@ function report(fileProblems: string[], file: string, pathField: string, problem
   }
 }
 
-/** Non-blank lines with their 1-based line numbers; a trailing \r (CRLF files) is dropped. */
+/** Non-blank lines with their 1-based line numbers; lines end with CRLF, LF or a lone CR. */
 function lines(text: string): { line: number; text: string }[] {
   const out: { line: number; text: string }[] = [];
-  const raw = text.split('\n');
+  const raw = text.split(LINE_BREAK);
   for (let i = 0; i < raw.length; i++) {
-    const t = raw[i].endsWith('\r') ? raw[i].slice(0, -1) : raw[i];
-    if (t.trim() !== '') out.push({ line: i + 1, text: t });
+    if (raw[i].trim() !== '') out.push({ line: i + 1, text: raw[i] });
   }
   return out;
 }
@@ -344,6 +425,8 @@ export function parseDrawBench(text: string): Parsed {
     return { rows, problems };
   }
   for (const r of body) {
+    // A line of spaces is as blank as an empty one (which gives no record at all).
+    if (r.fields.length === 1 && r.fields[0].trim() === '') continue;
     if (r.fields.length !== header.length) {
       problems.push(
         `line ${r.line}: ${r.fields.length} fields, expected ${header.length} (${header.join(',')}); put a prompt that contains a comma in double quotes`,
@@ -355,7 +438,7 @@ export function parseDrawBench(text: string): Parsed {
       problems.push(`line ${r.line}: empty prompt`);
       continue;
     }
-    rows.push({ prompt, category: trimmedOrUndefined(r.fields[categoryCol]) });
+    rows.push({ line: r.line, prompt, category: trimmedOrUndefined(r.fields[categoryCol]) });
   }
   if (rows.length === 0 && problems.length === 0) problems.push('has a header but no prompts');
   return { rows, problems };
@@ -390,7 +473,7 @@ export function parsePartiPrompts(text: string): Parsed {
       problems.push(`line ${l.line}: empty prompt`);
       continue;
     }
-    const row: Row = { prompt, category: trimmedOrUndefined(fields[categoryCol]) };
+    const row: Row = { line: l.line, prompt, category: trimmedOrUndefined(fields[categoryCol]) };
     if (challengeCol >= 0) {
       const challenge = trimmedOrUndefined(fields[challengeCol]);
       if (challenge !== undefined) row.challenge = challenge;
@@ -411,7 +494,7 @@ export function t2iCategory(file: string): string {
 
 /** T2I-CompBench: one prompt per line, CRLF or LF, final newline or not; blank lines are skipped. */
 export function parseT2i(text: string, category: string): Parsed {
-  const rows = lines(text).map((l) => ({ prompt: l.text, category }));
+  const rows = lines(text).map((l) => ({ line: l.line, prompt: l.text, category }));
   return { rows, problems: rows.length === 0 ? ['is empty; expected one prompt per line'] : [] };
 }
 
@@ -454,7 +537,7 @@ export function parseGenEval(text: string): Parsed {
     }
     const geneval: NonNullable<Row['geneval']> = { include: include! };
     if (exclude !== undefined) geneval.exclude = exclude;
-    rows.push({ prompt: value.prompt as string, category: (value.tag as string).trim(), geneval });
+    rows.push({ line: l.line, prompt: value.prompt as string, category: (value.tag as string).trim(), geneval });
   }
   if (rows.length === 0 && problems.length === 0) problems.push('is empty; expected one JSON object per line');
   return { rows, problems };
