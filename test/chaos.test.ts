@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { chaosRun, reliabilityTable } from '../src/chaos/main';
 import { FaultProxy } from '../src/chaos/proxy';
+import { FAULT_KINDS, faultSchedule } from '../src/chaos/schedule';
 
 /** An echo server: what a client sends comes back unchanged. */
 async function echoServer(): Promise<{ address: string; close: () => Promise<void> }> {
@@ -38,6 +40,12 @@ async function dial(port: number) {
   });
   return { socket, received, text: () => received.map((r) => r.text).join(''), ended: () => ended };
 }
+
+/**
+ * Searches run at once: few enough that the faulted campaign outlasts its nine faults (the time a
+ * campaign takes here is set by its searches' rounds through Temporal more than by their NFEs).
+ */
+const CAMPAIGN_CONCURRENCY = 3;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -142,5 +150,60 @@ describe('the fault proxy, in front of a real echo server', () => {
     } finally {
       await orphan.close();
     }
+  });
+});
+
+describe('the fault schedule', () => {
+  it('is the same for the same seed, and another seed orders it otherwise', () => {
+    assert.deepEqual(faultSchedule({ seed: 5, repeats: 2, workers: 3 }), faultSchedule({ seed: 5, repeats: 2, workers: 3 }));
+    const kinds = (seed: number) => faultSchedule({ seed, repeats: 2, workers: 3 }).map((e) => e.kind).join(',');
+    assert.notEqual(kinds(5), kinds(6));
+  });
+
+  it('has every kind `repeats` times and one lost server in the last third, after which server faults hit the survivor', () => {
+    for (const seed of [0, 1, 2, 3, 11, 12345]) {
+      const schedule = faultSchedule({ seed, repeats: 2, workers: 3 });
+      // 8 kinds twice, and lose-server once: 17 events.
+      assert.equal(schedule.length, 17);
+      for (const kind of FAULT_KINDS) assert.equal(schedule.filter((e) => e.kind === kind).length, kind === 'lose-server' ? 1 : 2, `${kind} (seed ${seed})`);
+      const lostAt = schedule.findIndex((e) => e.kind === 'lose-server');
+      // Inserted among the 16 others at a position from ceil(16 * 2 / 3) = 11 on.
+      assert.ok(lostAt >= 11, `lose-server at ${lostAt} (seed ${seed})`);
+      const survivor = 1 - schedule[lostAt].target;
+      for (const event of schedule.slice(lostAt + 1)) {
+        if (['kill-server', 'partition', 'reset', 'slow-server', 'server-errors'].includes(event.kind)) assert.equal(event.target, survivor, `${event.kind} after the loss (seed ${seed})`);
+      }
+      for (const event of schedule) {
+        if (event.kind === 'kill-worker') assert.ok(event.target >= 0 && event.target < 3);
+        if (event.kind === 'slow-server') assert.ok(event.latencyMs! >= 200 && event.latencyMs! <= 800);
+        else assert.equal(event.latencyMs, undefined);
+        assert.ok(event.gapMs >= 1_000 && event.gapMs <= 3_000);
+        assert.ok(event.kind === 'lose-server' ? event.durationMs === 0 : event.durationMs >= 500 && event.durationMs <= 10_000);
+      }
+    }
+  });
+
+  it('refuses a schedule with no repeats or no workers', () => {
+    assert.throws(() => faultSchedule({ seed: 1, repeats: 0, workers: 2 }), /^Error: repeats: got 0; want a whole number >= 1$/);
+    assert.throws(() => faultSchedule({ seed: 1, repeats: 1, workers: 0 }), /^Error: workers: got 0; want a whole number >= 1$/);
+  });
+});
+
+describe('a campaign under every kind of fault', { timeout: 600_000 }, () => {
+  it('ends with every search in the store once, done, and bit-identical to its fault-free reference', async () => {
+    const lines: string[] = [];
+    const report = await chaosRun({ searches: 32, seed: 3, workers: 2, repeats: 1, budget: 300, concurrency: CAMPAIGN_CONCURRENCY, timeoutMs: 300_000, log: (line) => lines.push(line) });
+    const { reference, faulted, comparison } = report;
+    const context = `${reliabilityTable(report)}\n${lines.join('\n')}\nCLI: ${faulted.cliStderr}`;
+    // 4 algorithms x 2 verifier sets x 2 classes x 2 seeds.
+    assert.equal(comparison.expected, 32);
+    assert.equal(reference.records.filter((r) => r.status === 'done').length, 32, context);
+    for (const kind of FAULT_KINDS) assert.ok(faulted.injected.some((f) => f.event.kind === kind), `${kind} was injected\n${context}`);
+    for (const fault of faulted.injected) assert.notEqual(fault.recoveryMs, null, `${fault.event.kind} recovered\n${context}`);
+    assert.deepEqual(
+      { lost: comparison.lost, duplicated: comparison.duplicated, differing: comparison.differing, failed: comparison.failed, running: faulted.running, exits: faulted.unexpectedExits, timedOut: faulted.timedOut, cli: faulted.cliExit },
+      { lost: [], duplicated: [], differing: [], failed: [], running: [], exits: [], timedOut: false, cli: 0 },
+      context,
+    );
   });
 });
