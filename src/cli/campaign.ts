@@ -12,6 +12,7 @@ import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFr
 import { writeReport } from '../report/report';
 import { SpecError } from '../search/spec';
 import { exportSearches, openStore, type ExportFormat } from '../store';
+import { shareableStore } from '../store/credentials';
 import type { StoreConfig } from '../store/types';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { startCampaign } from '../temporal/client';
@@ -190,7 +191,9 @@ async function run(values: Record<string, unknown>, specFile: string): Promise<n
   const { spec, problems } = readCampaignSpec(specFile);
   if (problems.length > 0) throw new SpecError(problems);
   const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false, fleetTlsFromFlags(values));
-  const input = resolveCampaign(spec, model!, campaignsDir());
+  // A PostgreSQL password stays in this process: the record, the workflow input and the store get the URL without it.
+  const resolved = resolveCampaign(spec, model!, campaignsDir());
+  const input: CampaignInput = { ...resolved, store: shareableStore(resolved.store) };
   process.stderr.write(`campaign ${input.campaignId}: ${describeCampaign(input)}\n`);
   return runWithFlags(input, values);
 }

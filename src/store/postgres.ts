@@ -1,5 +1,6 @@
 // The results store in PostgreSQL (a pg Pool): for many workers on many machines writing at once.
 import { Pool, type PoolConfig } from 'pg';
+import { connectionUrl, redactPassword } from './credentials';
 import { addColumnStatements, CAMPAIGNS, CELL_METRICS, EXISTING_COLUMNS, QUERIES, SEARCHES, campaignFromRow, cellMetricsFromRow, numbered, schemaStatements, searchFromRow, toParams, upsertStatement } from './schema';
 import type { CampaignRecord, CellMetricsRecord, ResultsStore, SearchRecord } from './types';
 
@@ -23,7 +24,8 @@ export class PostgresStore implements ResultsStore {
 
   async init(): Promise<void> {
     if (this.pool) return;
-    const pool = new Pool({ max: 4, ...this.poolConfig, connectionString: this.url });
+    const connectionString = connectionUrl(this.url);
+    const pool = new Pool({ max: 4, ...this.poolConfig, connectionString });
     // An idle client's error (the server restarting) must not crash the process; the next query reconnects.
     pool.on('error', () => {});
     try {
@@ -42,7 +44,9 @@ export class PostgresStore implements ResultsStore {
       }
     } catch (error) {
       await pool.end();
-      throw error;
+      // Whatever the driver says, the password it was given is not repeated.
+      const message = redactPassword(String((error as Error)?.message ?? error), connectionString).split('\n')[0];
+      throw new Error(`results store: ${message}`);
     }
     this.pool = pool;
   }

@@ -147,6 +147,14 @@ export function upsertStatement<R>(table: Table<R>, dialect: Dialect): string {
   );
 }
 
+/**
+ * PostgreSQL keeps no NUL in TEXT and no \u0000 in JSONB; SQLite would. Refused on both, so a value is
+ * stored, or not, whichever store a campaign uses.
+ */
+function refuseNul(table: string, column: string, text: string, nul: string | RegExp): void {
+  if (typeof nul === 'string' ? text.includes(nul) : nul.test(text)) throw new Error(`${table}.${column}: holds a NUL character (\\0), which the results store cannot keep`);
+}
+
 /** The record's values in column order; JSON values as JSON text (SQL NULL for a null nullable column). */
 export function toParams<R>(table: Table<R>, record: R): unknown[] {
   return table.columns.map((c) => {
@@ -155,7 +163,13 @@ export function toParams<R>(table: Table<R>, record: R): unknown[] {
       if (!c.nullable) throw new Error(`${table.name}.${c.name}: a value is required`);
       return null;
     }
-    if (c.kind === 'json') return JSON.stringify(value);
+    if (c.kind === 'json') {
+      const json = JSON.stringify(value);
+      // \u0000 escaped, not a backslash of the text followed by "u0000" (that is \\u0000).
+      refuseNul(table.name, c.name, json, /(^|[^\\])(\\\\)*\\u0000/);
+      return json;
+    }
+    if (c.kind === 'text') refuseNul(table.name, c.name, String(value), '\0');
     if ((c.kind === 'int' || c.kind === 'real') && typeof value !== 'number') throw new Error(`${table.name}.${c.name}: ${String(value)} is not a number`);
     if (c.kind === 'int' && !Number.isSafeInteger(value)) throw new Error(`${table.name}.${c.name}: ${String(value)} is not a whole number up to 2^53`);
     return value;
