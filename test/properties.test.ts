@@ -324,6 +324,7 @@ describe('property: campaign specs', () => {
       ['results.path a list', setAt(base, ['results', 'path'], ['a']), /^results\.path: /],
       ['results.folder with a NUL byte', setAt(base, ['results', 'folder'], 'a\0b'), /^results\.folder: /],
       ['an algorithm parameter nested 20,000 deep', setAt(base, ['grid', 'algorithms', '0'], { name: 'random', n: nested(20_000) }), /^grid\.algorithms\[0\]/],
+      ['dataset.kind nested 20,000 deep', setAt(base, ['dataset', 'kind'], nested(20_000)), /^dataset\.kind: a list of 1 is not one of gmm-classes/],
       ['an algorithm parameter of the wrong type', setAt(base, ['grid', 'algorithms', '0'], { name: 'zero-order', t: '0.5' }), /^grid\.algorithms\[0\]\.t: "0\.5" must be a number/],
     ];
     for (const [what, spec, pattern] of cases) {

@@ -6,7 +6,7 @@
 // directory "<category>-<index>" with the index within that category's file.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { SpecError } from '../search/spec';
+import { describeValue, SpecError } from '../search/spec';
 import { parseCsv, stripBom } from './csv';
 import type { DatasetItem, DatasetKind, DatasetSpec, GenevalObject } from './types';
 
@@ -72,11 +72,8 @@ export function loadDataset(spec: DatasetSpec): DatasetItem[] {
   return items;
 }
 
-function show(value: unknown): string {
-  if (typeof value === 'number') return String(value);
-  if (value === undefined) return 'undefined';
-  return JSON.stringify(value) ?? String(value);
-}
+/** A value as a problem quotes it: never rendered whole (a spec may nest a value 20,000 deep). */
+const show = describeValue;
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
