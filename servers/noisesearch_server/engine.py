@@ -56,8 +56,11 @@ def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
 
 
 def ancestral_step(sigma: float, sigma_next: float) -> tuple[float, float]:
-    """(sigma_down, sigma_up) of k-diffusion's get_ancestral_step with eta = 1."""
-    sigma_up = min(sigma_next, math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    """(sigma_down, sigma_up) of k-diffusion's get_ancestral_step with eta = 1. A step that does not go down
+    adds no noise: a solve from just above sigma_min steps between sigmas equal but for rounding, where the
+    variance below comes out an ulp negative (the square root of it raised, failing the whole request)."""
+    variance = max(0.0, sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+    sigma_up = min(sigma_next, math.sqrt(variance))
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
