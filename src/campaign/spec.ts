@@ -120,7 +120,7 @@ function list<T>(value: unknown, field: string, problems: string[], check: (item
 function algorithmOf(value: unknown, field: string, problems: string[]): AlgorithmSpec | null {
   const algorithm = typeof value === 'string' ? { name: value } : value;
   if (!isObject(algorithm) || !ALGORITHM_NAMES.includes(algorithm.name as never)) {
-    const shown = isObject(algorithm) ? `{name: ${describeValue(algorithm.name)}}` : describeValue(value);
+    const shown = isObject(value) ? `{name: ${describeValue(value.name)}}` : describeValue(value);
     problems.push(`${field}: ${shown} is not an algorithm; use one of ${ALGORITHM_NAMES.join(', ')}, or {name: ..., parameters}`);
     return null;
   }
