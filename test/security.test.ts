@@ -15,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 import { Client } from 'pg';
-import { PROJECT_ROOT } from '../src/embedded/paths';
+import { PROJECT_ROOT, VENV_PYTHON } from '../src/embedded/paths';
 import { freePort, startModelServer } from '../src/embedded/processes';
 import { fleetTlsFromFlags } from '../src/fleet/tls';
 import { openStore } from '../src/store';
@@ -59,6 +59,22 @@ function filesUnder(dir: string): Array<[string, Buffer]> {
     .filter((file) => statSync(file).isFile())
     .map((file) => [file, readFileSync(file)]);
 }
+
+/** Every (label, value) of every sample of a Prometheus text exposition. */
+function metricLabels(text: string): Array<[string, string, string]> {
+  const labels: Array<[string, string, string]> = [];
+  for (const line of text.split('\n')) {
+    const sample = /^(\w+)\{(.*)\} /.exec(line);
+    if (!sample) continue;
+    for (const [, name, value] of sample[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels.push([sample[1], name, value]);
+  }
+  return labels;
+}
+
+/** Labels the metrics may carry (docs/metrics.md), besides those of the client libraries' process metrics. */
+const WORKER_LABELS = new Set(['model', 'algorithm', 'phase', 'outcome', 'verifier', 'endpoint', 'method', 'code', 'retryable', 'state', 'campaign', 'le']);
+const SERVER_LABELS = new Set(['method', 'code', 'status', 'op', 'model', 'verifier', 'device', 'kind', 'le']);
+const RUNTIME_LABELS = new Set(['version', 'major', 'minor', 'patch', 'patchlevel', 'implementation', 'generation', 'space', 'kind', 'type']);
 
 /** The base64 lines of a PEM key: any of them in an output means the key leaked. */
 function pemBody(file: string): string[] {
@@ -214,12 +230,27 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
     try {
       const client = new TemporalClient({ connection });
       let histories = 0;
+      const workflowIds: string[] = [];
       for await (const execution of client.workflow.list()) {
+        workflowIds.push(execution.workflowId);
         const history = await client.workflow.getHandle(execution.workflowId, execution.runId).fetchHistory();
         outputs.push([`history of ${execution.workflowId}`, Buffer.from(proto.api.history.v1.History.encode(history).finish())]);
         histories++;
       }
       assert.equal(histories, 3, 'the campaign and its two searches');
+      // Metrics carry bounded labels only: the campaign's name, never its ID or a search's; the one endpoint.
+      for (const [where, text, allowed] of [['worker', workerMetrics, WORKER_LABELS], ['model server', serverMetrics, SERVER_LABELS]] as const) {
+        const labels = metricLabels(text);
+        assert.ok(labels.length > 10, `${where} /metrics has labelled samples`);
+        for (const [metric, name, value] of labels) {
+          const ownMetric = metric.startsWith('noisesearch_');
+          assert.ok(ownMetric ? allowed.has(name) : RUNTIME_LABELS.has(name) || allowed.has(name), `${where}: ${metric} has label ${name}`);
+          if (name === 'campaign') assert.equal(value, 'leak-check');
+          if (name === 'endpoint') assert.equal(value, server.address);
+          for (const id of workflowIds) assert.ok(!value.includes(id), `${where}: ${metric}{${name}} holds workflow ID ${id}`);
+          assert.ok(!/campaign-leak-check-|--class-/.test(value), `${where}: ${metric}{${name}="${value}"} holds an ID`);
+        }
+      }
     } finally {
       await connection.close();
     }
@@ -361,5 +392,59 @@ describe('store credentials', () => {
     assert.equal(connectionUrl('postgres://carol@h:5432/d', env), 'postgres://carol:pw1@h:5432/d');
     for (const other of ['postgres://carol@h:5433/d', 'postgres://dave@h:5432/d', 'postgres://carol@h:5432/e', 'postgres://carol@g:5432/d']) assert.equal(connectionUrl(other, env), other);
     assert.deepEqual(shareableStore({ kind: 'sqlite', path: '/x/results.sqlite' }), { kind: 'sqlite', path: '/x/results.sqlite' });
+  });
+});
+
+/** The addresses a port is listened on, from the kernel's socket tables (IPv4 and IPv6), as IPs. */
+function listeners(port: number): string[] {
+  const found: string[] = [];
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const [, local, , state] = line.trim().split(/\s+/);
+      if (state !== '0A' || !local) continue;
+      const [hex, portHex] = local.split(':');
+      if (parseInt(portHex, 16) !== port) continue;
+      // IPv4 is one little-endian word; IPv6 four of them.
+      const words = hex.match(/.{8}/g)!.map((w) => w.match(/../g)!.reverse().join(''));
+      const ip = words.join('');
+      const dotted = (hex8: string) => hex8.match(/../g)!.map((b) => parseInt(b, 16)).join('.');
+      // An IPv6 socket bound to a v4-mapped address (::ffff:a.b.c.d) listens on that IPv4 address only.
+      found.push(ip.length === 8 ? dotted(ip) : ip.startsWith('00000000000000000000FFFF') ? dotted(ip.slice(24)) : ip);
+    }
+  }
+  return found;
+}
+
+describe('HTTP endpoints bind 127.0.0.1 unless told otherwise', { timeout: 300_000 }, () => {
+  it('the model server\'s gRPC and /metrics ports, with no --host', async () => {
+    const [port, metricsPort] = [await freePort(), await freePort()];
+    const child = spawn(VENV_PYTHON, ['-m', 'noisesearch_server', '--port', String(port), '--metrics-port', String(metricsPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    try {
+      await waitUntil('the server to listen', async () => out.includes('listening on'), 60_000);
+      assert.deepEqual(listeners(port), ['127.0.0.1']);
+      assert.deepEqual(listeners(metricsPort), ['127.0.0.1']);
+      assert.match(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text(), /noisesearch_server_/);
+    } finally {
+      await stopChild(child);
+    }
+  });
+
+  it('the dashboard, with no --address (127.0.0.1:8080), and a worker\'s --metrics only where asked', async (t) => {
+    if (listeners(8080).length > 0) {
+      t.skip('port 8080 is taken on this machine: the default address cannot be tried');
+      return;
+    }
+    const temporal = await withTemporal();
+    const home = tempDir('default-bind');
+    const dashboard = background(['dashboard', '--temporal', temporal.address], {}, home);
+    try {
+      await waitUntil('the dashboard URL', async () => dashboard.output().includes('dashboard http://127.0.0.1:8080/'), 30_000);
+      assert.deepEqual(listeners(8080), ['127.0.0.1']);
+    } finally {
+      await stopChild(dashboard.child);
+      await temporal.stop();
+    }
   });
 });
