@@ -73,9 +73,28 @@ export function fleetTlsFromFlags(values: Record<string, unknown>, env: NodeJS.P
   return tls;
 }
 
+let ipServerNameQuiet = false;
+
+/**
+ * grpc-js hands Node's TLS the target's host as the server name, an IP address for most fleets; Node
+ * deprecates that (DEP0123: RFC 6066 has no IPs in SNI) with a two-line warning on stderr, which would break
+ * the CLI's one-line output. The certificate is still verified against the IP. Only that warning is dropped.
+ */
+export function quietIpServerNameWarning(): void {
+  if (ipServerNameQuiet) return;
+  ipServerNameQuiet = true;
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: string }).code : rest[1];
+    if (code !== 'DEP0123') emit(warning, ...rest);
+  }) as typeof process.emitWarning;
+}
+
 /** Credentials for every channel to a model server: plaintext without TLS. */
 export function channelCredentials(tls: FleetTls | undefined): grpc.ChannelCredentials {
-  return tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
+  if (!tls) return grpc.credentials.createInsecure();
+  quietIpServerNameWarning();
+  return grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null);
 }
 
 /** How long the handshake diagnosis waits for the server's verdict on this client's certificate. */

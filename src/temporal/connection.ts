@@ -7,7 +7,7 @@ import { createSecureContext } from 'node:tls';
 import { Connection } from '@temporalio/client';
 import type { TLSConfig } from '@temporalio/common/lib/internal-non-workflow';
 import { NativeConnection } from '@temporalio/worker';
-import { diagnoseTls } from '../fleet/tls';
+import { diagnoseTls, quietIpServerNameWarning } from '../fleet/tls';
 
 /** A bad Temporal connection flag: the CLI says it in one line and exits 2. */
 export class TemporalOptionsError extends Error {
@@ -111,6 +111,7 @@ async function explainFailure(address: string, security: TemporalSecurity, error
 
 /** A client connection (starting, querying, signalling workflows). */
 export async function connectTemporal(address: string | undefined, security: TemporalSecurity = {}): Promise<Connection> {
+  if (security.tls || security.apiKey) quietIpServerNameWarning();
   try {
     return await Connection.connect({ address, ...security });
   } catch (error) {
