@@ -24,6 +24,7 @@ from .faults import FaultPlan
 from .lineage import Cancellation
 from .metrics import ServerMetrics
 from .proto import load
+from .validation import MAX_REQUEST_LINEAGE_ITEMS
 from .wire import describe_decode_failure
 
 messages, services = load()
@@ -125,6 +126,13 @@ class DenoiserService(services.DenoiserServicer):
         # Counted before decoding: decoding a million empty candidates would cost seconds and a gigabyte.
         if len(request.candidates) > self.description.max_batch:
             raise too_many_candidates(len(request.candidates), self.description.max_batch)
+        items = sum(len(c.lineage.ops) + len(c.lineage.noise.perturbations) for c in request.candidates)
+        if items > MAX_REQUEST_LINEAGE_ITEMS:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"candidates: {items} ops and perturbations in all, more than the {MAX_REQUEST_LINEAGE_ITEMS} a "
+                f"request may carry; continue from bases (a CandidateResult's state_key) or split the request",
+            )
         decoded = codec.decode_evaluate_request(request, _cancellation(context))
         self.backend.check_request(decoded)
         if self.faults is not None:

@@ -12,6 +12,10 @@ SIGMA_RELATIVE_TOLERANCE = 1e-9
 MAX_STEPS = 10_000
 MAX_OPS = 100_000
 MAX_PERTURBATIONS = 100_000
+# Ops and perturbations of all of a request's candidates together, counted before they are decoded: decoding
+# runs on the event loop at about 50,000 ops a second, so 64 candidates at MAX_OPS each (a 190 MB request)
+# would stop the server answering anything, health checks included, for two minutes.
+MAX_REQUEST_LINEAGE_ITEMS = 100_000
 # Solvers that draw noise of their own; the others are deterministic and take seed 0.
 SEEDED_SOLVERS = ("euler_ancestral",)
 

@@ -158,3 +158,26 @@ async def test_an_ancestral_solve_from_just_above_sigma_min_adds_no_noise_where_
         assert not result.HasField("error"), result.error
         samples[solver] = list(result.sample)
     assert len(samples["euler"]) == 16 and samples["euler_ancestral"] == samples["euler"]
+
+
+async def test_a_request_carrying_more_lineage_than_it_may_is_refused_before_decoding(raw_call):
+    # Each candidate is within MAX_OPS, but decoding 120,000 ops blocked the event loop for seconds (about
+    # 50,000 ops a second): 64 candidates at the limit would have stopped the server answering for minutes.
+    op = pb.Op(solve=pb.Solve(sigma_from=1.0, sigma_to=0.5, solver="euler", steps=1))
+    candidate = pb.Candidate(id="c", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=1), ops=[op] * 60_000))
+    too_much = pb.EvaluateRequest(candidates=[candidate] * 2).SerializeToString()
+    code, details, seconds = await raw_call("Denoiser/Evaluate", too_much)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("candidates: 120000 ops and perturbations in all, more than the 100000 a request may carry")
+    assert seconds < 1, f"refused after {seconds:.1f} s"
+    # One op fewer than the limit in all is decoded and judged candidate by candidate (here: ops that do not
+    # start at sigma_max).
+    candidate.lineage.ops.pop()
+    other = pb.Candidate(id="d", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=2), ops=[op] * 40_000))
+    fewer = pb.EvaluateRequest(candidates=[candidate, other])
+    code, response, _ = await raw_call("Denoiser/Evaluate", fewer.SerializeToString())
+    assert code == grpc.StatusCode.OK, response
+    errors = [result.error.message for result in pb.EvaluateResponse.FromString(response).results]
+    assert [error.split(":")[0] for error in errors] == [
+        "candidates[0].lineage.ops[0].solve.sigma_from", "candidates[1].lineage.ops[0].solve.sigma_from"
+    ]
