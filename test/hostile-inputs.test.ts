@@ -220,6 +220,24 @@ describe('dataset files in odd encodings and line ends', () => {
     ]);
   });
 
+  it('paths that cannot be files: a NUL byte, a name too long, a device, a directory, each one line, none read', () => {
+    const long = path.join(dir, 'x'.repeat(300));
+    const cases: Array<[DatasetSpec, string]> = [
+      [{ kind: 'drawbench', path: 'a\0b.csv' }, 'dataset.path: "a\\u0000b.csv" holds a NUL byte; give a path without one'],
+      [{ kind: 'imagenet', classes: [1], names: 'a\0b.txt' }, 'dataset.names: "a\\u0000b.txt" holds a NUL byte; give a path without one'],
+      [{ kind: 'geneval', path: long }, `dataset.path: ${JSON.stringify(`${long.slice(0, 80)}…`)} cannot be read (ENAMETOOLONG)`],
+      // Read whole, /dev/zero never ends: refused by its kind before a byte is read.
+      [{ kind: 'drawbench', path: '/dev/zero' }, 'dataset.path: /dev/zero is not a regular file; give the path of a text file'],
+      [{ kind: 'partiprompts', path: dir }, `dataset.path: ${dir} is a directory; give the path of PartiPrompts.tsv`],
+    ];
+    for (const [spec, problem] of cases) {
+      const started = Date.now();
+      assert.deepEqual(problemsOf(() => loadDataset(spec)), [problem]);
+      assert.ok(Date.now() - started < 1_000);
+    }
+    assert.deepEqual(readCampaignSpec('spec\0.yaml').problems, ['spec: "spec\\u0000.yaml" holds a NUL byte; give a path without one']);
+  });
+
   it('a file of only blank lines, in any line end, is refused as empty', () => {
     for (const [end, eol] of LINE_ENDS) {
       const file = write(`blank-${end.replace(' ', '_')}/color_val.txt`, ['', '  ', '\t', ''].join(eol));

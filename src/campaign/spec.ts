@@ -86,7 +86,13 @@ function tooDeepAt(text: string, max: number): number | null {
 }
 
 export function readCampaignSpec(file: string): { spec: unknown; problems: string[] } {
-  const stat = statSync(file, { throwIfNoEntry: false });
+  if (file.includes('\0')) return { spec: null, problems: [`spec: ${describeValue(file)} holds a NUL byte; give a path without one`] };
+  let stat;
+  try {
+    stat = statSync(file, { throwIfNoEntry: false });
+  } catch (error) {
+    return { spec: null, problems: [`spec: ${describeValue(file)} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`] };
+  }
   if (!stat) return { spec: null, problems: [`spec: file ${file} does not exist`] };
   if (!stat.isFile()) return { spec: null, problems: [`spec: ${file} is not a file; give a YAML or JSON campaign spec`] };
   if (stat.size > MAX_SPEC_BYTES) {

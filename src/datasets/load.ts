@@ -129,7 +129,8 @@ function classNames(file: unknown, field: string, problems: string[]): string[] 
     problems.push(`${field}: ${show(file)} is not a path; give a file of ${IMAGENET_CLASSES} class names, one a line`);
     return null;
   }
-  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  const stat = statPath(file, field, problems);
+  if (stat === null) return null;
   if (stat === undefined || !stat.isFile()) {
     problems.push(`${field}: file ${file} does not exist; give a file of ${IMAGENET_CLASSES} class names, one a line`);
     return null;
@@ -188,8 +189,26 @@ function classItems(kind: DatasetKind, classes: unknown, field: string, problems
   return items;
 }
 
+/**
+ * The path's status: undefined when nothing is there, null (with a problem) when it cannot be asked: a NUL
+ * byte, which no file system takes, or a name too long (ENAMETOOLONG), which statSync throws.
+ */
+function statPath(file: string, field: string, problems: string[]): fs.Stats | undefined | null {
+  if (file.includes('\0')) {
+    problems.push(`${field}: ${show(file)} holds a NUL byte; give a path without one`);
+    return null;
+  }
+  try {
+    return fs.statSync(file, { throwIfNoEntry: false });
+  } catch (err) {
+    problems.push(`${field}: ${show(file)} cannot be read (${errorText(err)})`);
+    return null;
+  }
+}
+
 function fileItems(kind: DatasetKind, file: string, pathField: string, problems: string[]): DatasetItem[] {
-  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  const stat = statPath(file, pathField, problems);
+  if (stat === null) return [];
   if (stat === undefined) {
     problems.push(`${pathField}: file ${file} does not exist`);
     return [];
@@ -354,9 +373,22 @@ function decodeText(bytes: Uint8Array): { text: string } | { problem: string } {
   return { text };
 }
 
+/** The benchmarks' files are kilobytes to a megabyte; a bigger one is read into memory whole, so refused. */
+export const MAX_DATASET_BYTES = 64 * 1024 * 1024;
+
 function readText(file: string, pathField: string, problems: string[]): string | undefined {
   let bytes: Buffer;
   try {
+    const stat = fs.statSync(file);
+    // A device or a pipe (/dev/zero, a FIFO) would be read forever.
+    if (!stat.isFile()) {
+      problems.push(`${pathField}: ${file} is not a regular file; give the path of a text file`);
+      return undefined;
+    }
+    if (stat.size > MAX_DATASET_BYTES) {
+      problems.push(`${pathField}: file ${file} is ${stat.size} bytes, over the ${MAX_DATASET_BYTES} a dataset file may be`);
+      return undefined;
+    }
     bytes = fs.readFileSync(file);
   } catch (err) {
     problems.push(`${pathField}: file ${file} cannot be read (${errorText(err)})`);
