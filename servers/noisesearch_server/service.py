@@ -18,14 +18,22 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import codec
-from .backend import Backend, EvaluateRequest, RequestError, describe_failure, too_many_candidates
+from .backend import (
+    MAX_POPULATION_SAMPLES,
+    MAX_SCORE_SAMPLES,
+    Backend,
+    EvaluateRequest,
+    RequestError,
+    describe_failure,
+    too_many_candidates,
+)
 from .batcher import Batcher
 from .faults import FaultPlan
 from .lineage import Cancellation
 from .metrics import ServerMetrics
 from .proto import load
 from .validation import MAX_REQUEST_LINEAGE_ITEMS
-from .wire import describe_decode_failure
+from .wire import describe_decode_failure, first_field_over_budget
 
 messages, services = load()
 
@@ -37,8 +45,30 @@ class Undecodable:
         self.message = message
 
 
-def _lenient_parser(message_class) -> Callable[[bytes], object]:
+def field_budget(request_type: str, max_batch: int) -> int:
+    """How many fields (first_field_over_budget counts them) a request of this type may hold: what the largest
+    valid one holds, and room for a few verifier names and unknown fields."""
+    if request_type == "EvaluateRequest":
+        # Per candidate: id, lineage, condition, score_xpred, base; lineage: noise; noise: seed.
+        return MAX_REQUEST_LINEAGE_ITEMS + 8 * max_batch + 1_000
+    if request_type == "ScoreRequest":
+        return MAX_SCORE_SAMPLES + 1_000
+    if request_type == "PopulationRequest":
+        return MAX_POPULATION_SAMPLES + 1_000
+    return 1_000
+
+
+def _lenient_parser(message_class, budget: int) -> Callable[[bytes], object]:
+    descriptor = message_class.DESCRIPTOR
+
     def parse(data: bytes):
+        # Before parsing, which makes an object of every field: an empty entry (2 bytes) becomes ~80 bytes.
+        over = first_field_over_budget(descriptor, data, budget)
+        if over is not None:
+            return Undecodable(
+                f"{over}: more than {budget} fields in all, the most a request of this RPC "
+                f"({descriptor.name}) may hold (counted before parsing); split the request"
+            )
         try:
             return message_class.FromString(data)
         except DecodeError as error:
@@ -58,10 +88,13 @@ def add_services(server, *servicers) -> None:
     leniently; a method the proto declares and the servicer lacks fails here, at start-up."""
     for servicer in servicers:
         service = messages.DESCRIPTOR.services_by_name[servicer.SERVICE]
+        max_batch = servicer.description.max_batch
         handlers = {
             method.name: grpc.unary_unary_rpc_method_handler(
                 getattr(servicer, method.name),
-                request_deserializer=_lenient_parser(getattr(messages, method.input_type.name)),
+                request_deserializer=_lenient_parser(
+                    getattr(messages, method.input_type.name), field_budget(method.input_type.name, max_batch)
+                ),
                 response_serializer=getattr(messages, method.output_type.name).SerializeToString,
             )
             for method in service.methods

@@ -9,6 +9,8 @@ the path is the message's own name (`EvaluateRequest`). It runs only after the p
 
 from __future__ import annotations
 
+import functools
+
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 # upb's default recursion limit: deeper nesting (only possible through unknown groups here) is refused.
@@ -157,3 +159,89 @@ def describe_decode_failure(descriptor: Descriptor, data: bytes, error: Exceptio
     except _Corrupt as corrupt:
         return f"{corrupt} (these bytes are no {descriptor.full_name})"
     return f"{descriptor.name}: these bytes are no {descriptor.full_name} ({error})"
+
+
+class _OverBudget(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+@functools.cache
+def _holds_repeated_messages(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can hold repeated submessages, at any depth (the proto has no cycles)."""
+    return any(
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and (_is_repeated(field) or _holds_repeated_messages(field.message_type))
+        for field in descriptor.fields
+    )
+
+
+def first_field_over_budget(descriptor: Descriptor, data: bytes, budget: int) -> str | None:
+    """The path where a message's field count passes `budget`, or None. Counts without parsing: every field of
+    the message and of each submessage that can hold repeated submessages (a candidate, its lineage, its noise),
+    unknown fields and groups included; a repeated entry (an op, a sample) is one field, not looked inside.
+    Parsing makes an object of every one of them, ~80 bytes of memory for an empty entry 2 bytes long, before a
+    count can be checked; this bounds that work by `budget` steps. Bytes that do not decode give None: the
+    parser refuses them, and describe_decode_failure says where."""
+    if len(data) <= budget:
+        # Every field takes a byte at least: a message this short cannot pass the budget, and is not walked.
+        return None
+    steps = 0
+
+    def walk(
+        message_type: Descriptor | None, start: int, end: int, path: str, depth: int, group: int | None = None
+    ) -> int:
+        nonlocal steps
+        here = path or descriptor.name
+        if depth > MAX_DEPTH:
+            raise _Corrupt(here, "nested too deep")
+        occurrences: dict[int, int] = {}
+        pos = start
+        while pos < end:
+            steps += 1
+            if steps > budget:
+                raise _OverBudget(here)
+            tag, pos = _varint(data, pos, end, here, "a field tag")
+            number, wire = tag >> 3, tag & 7
+            if wire == _GROUP_END:
+                if number != group:
+                    raise _Corrupt(here, "an unopened group")
+                return pos
+            if wire == _VARINT:
+                _, pos = _varint(data, pos, end, here, "a value")
+            elif wire == _FIXED64:
+                pos = _fixed(pos, 8, end, here, "a value")
+            elif wire == _FIXED32:
+                pos = _fixed(pos, 4, end, here, "a value")
+            elif wire == _GROUP_START:
+                pos = walk(None, pos, end, path, depth + 1, number)
+            elif wire == _LENGTH:
+                length, pos = _varint(data, pos, end, here, "a length")
+                if pos + length > end:
+                    raise _Corrupt(here, "a length past the end")
+                field = message_type.fields_by_number.get(number) if message_type is not None else None
+                if (
+                    field is not None
+                    and field.type == FieldDescriptor.TYPE_MESSAGE
+                    and _holds_repeated_messages(field.message_type)
+                ):
+                    index = occurrences.get(number, 0)
+                    occurrences[number] = index + 1
+                    child = f"{path}.{field.name}" if path else field.name
+                    child = f"{child}[{index}]" if _is_repeated(field) else child
+                    walk(field.message_type, pos, pos + length, child, depth + 1)
+                pos += length
+            else:
+                raise _Corrupt(here, "a wire type that does not exist")
+        if group is not None:
+            raise _Corrupt(here, "an unclosed group")
+        return pos
+
+    try:
+        walk(descriptor, 0, len(data), "", 0)
+    except _Corrupt:
+        return None
+    except _OverBudget as over:
+        return over.path
+    return None

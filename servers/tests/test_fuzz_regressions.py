@@ -55,18 +55,17 @@ async def test_bytes_that_are_no_message_are_invalid_argument_naming_the_field(r
         assert details.startswith(fragment), details
 
 
-async def test_a_flood_of_empty_samples_is_refused_before_decoding(raw_call):
-    # 1.5 million empty samples fit in 3 MB; decoding them all took 45 s and a gigabyte before they were counted.
-    score_flood = b"\x12\x00" * 1_500_000  # field 2 of ScoreRequest and of EvaluateRequest, empty, over and over
-    population_flood = b"\x0a\x00" * 1_500_000  # field 1 of PopulationRequest
-    for method, flood in (("Verifier/Score", score_flood), ("Verifier/Population", population_flood)):
-        code, details, seconds = await raw_call(method, flood)
+async def test_too_many_samples_or_candidates_are_refused_before_decoding(raw_call):
+    # 10,001 empty samples (under the parse budget) were decoded whole before the 10,000-sample limit was
+    # checked: 2 million took 60 s and a gigabyte. The count is now checked on the parsed message first.
+    for method, field in (("Verifier/Score", b"\x12\x00"), ("Verifier/Population", b"\x0a\x00")):
+        code, details, seconds = await raw_call(method, field * 10_001)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert details.startswith("samples: got 1500000, more than 10000")
+        assert details.startswith("samples: got 10001, more than 10000"), details
         assert seconds < 5, f"{method} took {seconds:.1f} s"
-    code, details, seconds = await raw_call("Denoiser/Evaluate", score_flood)
+    code, details, seconds = await raw_call("Denoiser/Evaluate", b"\x12\x00" * 10_001)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("candidates: got 1500000, more than max_batch 64") and seconds < 5
+    assert details.startswith("candidates: got 10001, more than max_batch 64") and seconds < 5
 
 
 async def test_refusals_quote_long_strings_and_lists_in_part(raw_call):
@@ -161,19 +160,20 @@ async def test_an_ancestral_solve_from_just_above_sigma_min_adds_no_noise_where_
 
 
 async def test_a_request_carrying_more_lineage_than_it_may_is_refused_before_decoding(raw_call):
-    # Each candidate is within MAX_OPS, but decoding 120,000 ops blocked the event loop for seconds (about
+    # Each candidate is within MAX_OPS, but decoding 101,000 ops blocked the event loop for seconds (about
     # 50,000 ops a second): 64 candidates at the limit would have stopped the server answering for minutes.
+    # (Far more is refused before parsing, by the field count: the next test.)
     op = pb.Op(solve=pb.Solve(sigma_from=1.0, sigma_to=0.5, solver="euler", steps=1))
-    candidate = pb.Candidate(id="c", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=1), ops=[op] * 60_000))
+    candidate = pb.Candidate(id="c", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=1), ops=[op] * 50_500))
     too_much = pb.EvaluateRequest(candidates=[candidate] * 2).SerializeToString()
     code, details, seconds = await raw_call("Denoiser/Evaluate", too_much)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("candidates: 120000 ops and perturbations in all, more than the 100000 a request may carry")
-    assert seconds < 1, f"refused after {seconds:.1f} s"
+    assert details.startswith("candidates: 101000 ops and perturbations in all, more than the 100000 a request may carry")
+    assert seconds < 3, f"refused after {seconds:.1f} s"
     # One op fewer than the limit in all is decoded and judged candidate by candidate (here: ops that do not
     # start at sigma_max).
-    candidate.lineage.ops.pop()
-    other = pb.Candidate(id="d", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=2), ops=[op] * 40_000))
+    del candidate.lineage.ops[50_000:]
+    other = pb.Candidate(id="d", lineage=pb.Lineage(noise=pb.NoiseRecipe(seed=2), ops=[op] * 49_999))
     fewer = pb.EvaluateRequest(candidates=[candidate, other])
     code, response, _ = await raw_call("Denoiser/Evaluate", fewer.SerializeToString())
     assert code == grpc.StatusCode.OK, response
@@ -181,3 +181,19 @@ async def test_a_request_carrying_more_lineage_than_it_may_is_refused_before_dec
     assert [error.split(":")[0] for error in errors] == [
         "candidates[0].lineage.ops[0].solve.sigma_from", "candidates[1].lineage.ops[0].solve.sigma_from"
     ]
+
+
+async def test_a_flood_of_entries_is_refused_before_parsing(raw_call):
+    # Parsing alone made ~80 bytes of memory of every 2-byte empty entry (2 million samples in 4 MB: +150 MiB),
+    # before any count could be checked: at the default 256 MB message limit, ~10 GB. Now the fields are counted
+    # on the wire first, and the refusal names where the count ran over.
+    ops_flood = pb.EvaluateRequest(candidates=[pb.Candidate(lineage=pb.Lineage(ops=[pb.Op()] * 200_000))])
+    cases = [
+        ("Denoiser/Evaluate", ops_flood.SerializeToString(), "candidates[0].lineage: more than 101512 fields in all"),
+        ("Verifier/Score", b"\x12\x00" * 1_500_000, "ScoreRequest: more than 11000 fields in all"),
+        ("Verifier/Describe", b"\x08\x00" * 1_500_000, "DescribeVerifiersRequest: more than 1000 fields in all"),
+    ]
+    for method, data, fragment in cases:
+        code, details, seconds = await raw_call(method, data)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(fragment), details
+        assert seconds < 5, f"{method} took {seconds:.1f} s"
