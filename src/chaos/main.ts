@@ -1,10 +1,9 @@
 // `npm run chaos`: a campaign run once without faults (the reference) and once under a seeded schedule of
 // every kind of fault, then compared search by search; prints the reliability table and writes it into
 // docs/reliability.md.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { mkdtempSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { PROJECT_ROOT } from '../embedded/paths';
 import { compareRuns, runUnderFaults, type Comparison, type RunOutcome } from './harness';
@@ -29,49 +28,71 @@ export function chaosSpec(searches: number, budget = 300, concurrency = 8): Reco
   };
 }
 
-export interface ChaosReport {
-  reference: RunOutcome;
-  faulted: RunOutcome;
+/** One run under faults, compared with the reference. */
+export interface FaultedRun {
+  seed: number;
+  outcome: RunOutcome;
   comparison: Comparison;
 }
 
-export async function chaosRun(options: { searches: number; seed: number; workers: number; repeats: number; budget?: number; concurrency?: number; timeoutMs: number; log: (line: string) => void }): Promise<ChaosReport> {
+export interface ChaosReport {
+  reference: RunOutcome;
+  runs: FaultedRun[];
+}
+
+/** The reference once, then `runs` runs under the schedules of seeds `seed`, `seed + 1`, ... */
+export async function chaosRun(options: { searches: number; seed: number; runs: number; workers: number; repeats: number; pace?: number; budget?: number; concurrency?: number; timeoutMs: number; log: (line: string) => void }): Promise<ChaosReport> {
   const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-chaos-'));
   const spec = chaosSpec(options.searches, options.budget, options.concurrency);
   options.log(`reference run (no faults) in ${dir}/reference`);
   const reference = await runUnderFaults({ spec, dir: path.join(dir, 'reference'), schedule: [], workers: options.workers, timeoutMs: options.timeoutMs, log: options.log });
-  const schedule = faultSchedule({ seed: options.seed, repeats: options.repeats, workers: options.workers });
-  options.log(`faulted run (${schedule.length} faults, seed ${options.seed}) in ${dir}/faulted`);
-  const faulted = await runUnderFaults({ spec, dir: path.join(dir, 'faulted'), schedule, workers: options.workers, timeoutMs: options.timeoutMs, log: options.log });
-  return { reference, faulted, comparison: compareRuns(reference, faulted) };
+  const runs: FaultedRun[] = [];
+  for (let run = 0; run < options.runs; run++) {
+    const seed = options.seed + run;
+    const schedule = faultSchedule({ seed, repeats: options.repeats, workers: options.workers, pace: options.pace });
+    options.log(`faulted run ${run + 1} of ${options.runs} (${schedule.length} faults, seed ${seed}) in ${dir}/faulted-${seed}`);
+    const outcome = await runUnderFaults({ spec, dir: path.join(dir, `faulted-${seed}`), schedule, workers: options.workers, timeoutMs: options.timeoutMs, log: options.log });
+    runs.push({ seed, outcome, comparison: compareRuns(reference, outcome) });
+  }
+  return { reference, runs };
+}
+
+/** Whether a run ended as it must: every search once, done, identical, nothing left running or dead on its own. */
+export function healthy(run: FaultedRun): boolean {
+  const { outcome, comparison } = run;
+  return [comparison.lost, comparison.duplicated, comparison.differing, comparison.failed, outcome.running, outcome.unexpectedExits].every((list) => list.length === 0) && !outcome.timedOut && outcome.cliExit === 0;
 }
 
 /**
- * The table of docs/reliability.md: a row per kind of fault, and the run's total. Lost, duplicated and
- * differing searches and extra NFEs belong to the whole run, which every kind took part in (a zero there
- * is a zero for each kind; anything else cannot be put down to one kind and is shown on the total only).
+ * The table of docs/reliability.md: a row per kind of fault, and the total over all runs. Lost,
+ * duplicated, differing and failed searches and extra NFEs belong to whole runs, which every kind took
+ * part in (a zero there is a zero for each kind; anything else cannot be put down to one kind and is
+ * shown on the total only).
  */
 export function reliabilityTable(report: ChaosReport): string {
-  const { faulted, comparison } = report;
+  const { runs } = report;
   const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
-  const longest = (faults: typeof faulted.injected) =>
+  const injected = runs.flatMap((r) => r.outcome.injected);
+  const longest = (faults: typeof injected) =>
     faults.length === 0 ? '-' : faults.some((f) => f.recoveryMs === null) ? 'never' : seconds(Math.max(...faults.map((f) => f.recoveryMs!)));
-  const counts = [comparison.lost.length, comparison.duplicated.length, comparison.differing.length, comparison.failed.length];
+  const sum = (pick: (run: FaultedRun) => number) => runs.reduce((total, run) => total + pick(run), 0);
+  const counts = [sum((r) => r.comparison.lost.length), sum((r) => r.comparison.duplicated.length), sum((r) => r.comparison.differing.length), sum((r) => r.comparison.failed.length)];
   const clean = counts.every((c) => c === 0);
-  const row = (name: string, faults: typeof faulted.injected, total: boolean) =>
-    `| ${name} | ${faults.length} | 1 | ${comparison.expected} | ${clean || total ? counts.join(' | ') : '(total) | (total) | (total) | (total)'} | ${total ? comparison.extraExecutedNfe : '(total)'} | ${longest(faults)} |`;
-  const healthy = clean && faulted.running.length === 0 && faulted.unexpectedExits.length === 0 && !faulted.timedOut;
+  const searches = sum((r) => r.comparison.expected);
+  const extra = sum((r) => r.comparison.extraExecutedNfe);
+  const row = (name: string, faults: typeof injected, total: boolean) =>
+    `| ${name} | ${faults.length} | ${runs.length} | ${searches} | ${clean || total ? counts.join(' | ') : '(total) | (total) | (total) | (total)'} | ${total ? extra : '(total)'} | ${longest(faults)} |`;
   return [
     '| fault | injected | runs | searches | lost | duplicated | differing | failed | extra executed NFEs | longest time to recover |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...FAULT_KINDS.map((kind) => row(kind, faulted.injected.filter((f) => f.event.kind === kind), false)),
-    row('**all**', faulted.injected, true),
+    ...FAULT_KINDS.map((kind) => row(kind, injected.filter((f) => f.event.kind === kind), false)),
+    row('**all**', injected, true),
     '',
-    `Workflows left running: ${faulted.running.length}. Processes that exited on their own: ${faulted.unexpectedExits.length}. ` +
-      `Faulted run ${seconds(faulted.wallMs)}, reference run ${seconds(report.reference.wallMs)} (each with its own start-up); ` +
-      `executed NFEs ${comparison.executedNfe.faulted} against ${comparison.executedNfe.reference} without faults.`,
+    `Workflows left running: ${sum((r) => r.outcome.running.length)}. Processes that exited on their own: ${sum((r) => r.outcome.unexpectedExits.length)}. ` +
+      `Reference run ${seconds(report.reference.wallMs)}; faulted runs ${runs.map((r) => `${seconds(r.outcome.wallMs)} (seed ${r.seed})`).join(', ')}, each with its own start-up. ` +
+      `Executed NFEs: ${report.reference.records.reduce((t, r) => t + r.nfeExecuted, 0)} without faults; ${runs.map((r) => r.comparison.executedNfe.faulted).join(', ')} under faults.`,
     '',
-    healthy ? 'Every search done exactly once, bit-identical to the reference.' : 'NOT HEALTHY: see the lists printed below the table.',
+    runs.every(healthy) ? 'Every search done exactly once, bit-identical to the reference.' : 'NOT HEALTHY: see the lists printed below the table.',
   ].join('\n');
 }
 
@@ -83,6 +104,7 @@ async function main(): Promise<number> {
     options: {
       searches: { type: 'string', default: '200' },
       seed: { type: 'string', default: '11' },
+      runs: { type: 'string', default: '1' },
       workers: { type: 'string', default: '2' },
       repeats: { type: 'string', default: '2' },
       budget: { type: 'string', default: '300' },
@@ -97,25 +119,26 @@ async function main(): Promise<number> {
     }
     return value;
   };
-  const options = { searches: number('searches', 8), seed: number('seed', 0), workers: number('workers', 1), repeats: number('repeats', 1), budget: number('budget', 100) };
+  const options = { searches: number('searches', 8), seed: number('seed', 0), runs: number('runs', 1), workers: number('workers', 1), repeats: number('repeats', 1), budget: number('budget', 100) };
   const log = (line: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
   const report = await chaosRun({ ...options, timeoutMs: 20 * 60_000, log });
   const table = reliabilityTable(report);
   process.stdout.write(`${table}\n`);
-  const { comparison, faulted } = report;
-  for (const [what, list] of [['lost', comparison.lost], ['duplicated', comparison.duplicated], ['differing', comparison.differing], ['failed', comparison.failed], ['left running', faulted.running], ['unexpected exits', faulted.unexpectedExits]] as const) {
-    if (list.length > 0) process.stdout.write(`${what}: ${list.slice(0, 20).join('; ')}\n`);
+  for (const { seed, comparison, outcome } of report.runs) {
+    for (const [what, list] of [['lost', comparison.lost], ['duplicated', comparison.duplicated], ['differing', comparison.differing], ['failed', comparison.failed], ['left running', outcome.running], ['unexpected exits', outcome.unexpectedExits]] as const) {
+      if (list.length > 0) process.stdout.write(`seed ${seed}: ${what}: ${list.slice(0, 20).join('; ')}\n`);
+    }
+    if (outcome.cliExit !== 0) process.stdout.write(`seed ${seed}: campaign run ended with ${outcome.timedOut ? 'the time limit' : `exit code ${outcome.cliExit}`}: ${outcome.cliStderr.trim().split('\n').pop()}\n`);
   }
   if (!values['no-docs']) {
     const docs = path.join(PROJECT_ROOT, 'docs', 'reliability.md');
     const text = readFileSync(docs, 'utf8');
-    const stamp = `\`npm run chaos -- --searches ${options.searches} --seed ${options.seed} --workers ${options.workers} --repeats ${options.repeats} --budget ${options.budget}\`, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC:`;
+    const stamp = `\`npm run chaos -- --searches ${options.searches} --seed ${options.seed} --runs ${options.runs} --workers ${options.workers} --repeats ${options.repeats} --budget ${options.budget}\`, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC:`;
     const start = text.indexOf(BEGIN);
     const end = text.indexOf(END);
     if (start >= 0 && end > start) writeFileSync(docs, `${text.slice(0, start + BEGIN.length)}\n${stamp}\n\n${table}\n${text.slice(end)}`);
   }
-  const bad = comparison.lost.length + comparison.duplicated.length + comparison.differing.length + comparison.failed.length + faulted.running.length;
-  return bad === 0 && !faulted.timedOut ? 0 : 1;
+  return report.runs.every(healthy) ? 0 : 1;
 }
 
 if (require.main === module) {
