@@ -199,6 +199,10 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
     assert.equal(refused.code, 1);
     assert.deepEqual(refused.stderr.trim().split('\n'), ['noisesearch export: results store: password authentication failed for user "noisesearch_app"']);
     assert.ok(!refused.stderr.includes(wrongPassword) && !refused.stdout.includes(wrongPassword));
+    // No password anywhere (the record has none, and neither the environment): one line that says where to give it.
+    const noPassword = await cli(['export', campaignId!, '--format', 'csv'], { NOISESEARCH_STORE_URL: '' }, home);
+    assert.equal(noPassword.code, 1);
+    assert.deepEqual(noPassword.stderr.trim().split('\n'), ['noisesearch export: results store: SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a string; the URL carries no password: give it as NOISESEARCH_STORE_URL (the URL with its password) or PGPASSWORD (docs/security.md)']);
 
     // The dashboard, with actions and a token from a file.
     const tokenFile = path.join(tempDir('security-token'), 'token');

@@ -46,7 +46,11 @@ export class PostgresStore implements ResultsStore {
       await pool.end();
       // Whatever the driver says, the password it was given is not repeated.
       const message = redactPassword(String((error as Error)?.message ?? error), connectionString).split('\n')[0];
-      throw new Error(`results store: ${message}`);
+      // A campaign's record and workflow input keep the URL without its password (src/store/credentials.ts).
+      const hint = !new URL(connectionString).password && !process.env.PGPASSWORD && /password/i.test(message)
+        ? '; the URL carries no password: give it as NOISESEARCH_STORE_URL (the URL with its password) or PGPASSWORD (docs/security.md)'
+        : '';
+      throw new Error(`results store: ${message}${hint}`);
     }
     this.pool = pool;
   }
