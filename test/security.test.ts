@@ -154,9 +154,13 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
     const folder = path.join(tempDir('security-campaign'), 'out');
     // The user's own spec holds the password: it is input, kept apart from the outputs searched.
     const specFile = path.join(tempDir('security-spec'), 'campaign.json');
+    // Class names that are hostile to SQL and look like secrets: they must reach the store exactly, and /metrics never.
+    const HOSTILE_NAMES = { 2: "'); DROP TABLE searches; --", 5: 'sk_live_51Hx0SECRETlooking\\"quoted\'' };
+    const namesFile = path.join(path.dirname(specFile), 'names.txt');
+    writeFileSync(namesFile, Array.from({ length: 1000 }, (_, i) => HOSTILE_NAMES[i as 2 | 5] ?? `class name ${i}`).join('\n'));
     writeFileSync(specFile, JSON.stringify({
       name: 'leak-check',
-      dataset: { kind: 'gmm-classes', classes: [2, 5] },
+      dataset: { kind: 'imagenet', classes: [2, 5], names: namesFile },
       grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400] },
       evaluation: ['gmm-oracle'],
       seeds: [0],
@@ -252,8 +256,9 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
           if (name === 'campaign') assert.equal(value, 'leak-check');
           if (name === 'endpoint') assert.equal(value, server.address);
           for (const id of workflowIds) assert.ok(!value.includes(id), `${where}: ${metric}{${name}} holds workflow ID ${id}`);
-          assert.ok(!/campaign-leak-check-|--class-/.test(value), `${where}: ${metric}{${name}="${value}"} holds an ID`);
+          assert.ok(!/campaign-leak-check-|--imagenet-/.test(value), `${where}: ${metric}{${name}="${value}"} holds an ID`);
         }
+        for (const hostile of Object.values(HOSTILE_NAMES)) assert.ok(!text.includes(hostile.slice(0, 12)), `${where} /metrics holds a dataset label`);
       }
     } finally {
       await connection.close();
@@ -265,6 +270,8 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
     try {
       const tables = (await admin.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'`)).rows.map((r) => r.table_name as string);
       assert.deepEqual(tables.sort(), ['campaigns', 'cell_metrics', 'searches']);
+      const labels = (await admin.query('SELECT item_label FROM searches ORDER BY item_label')).rows.map((r) => r.item_label as string);
+      assert.deepEqual(labels, [`${HOSTILE_NAMES[2]} (ImageNet class 2)`, `${HOSTILE_NAMES[5]} (ImageNet class 5)`]);
       for (const table of tables) {
         const rows = (await admin.query(`SELECT row_to_json(t)::text AS row FROM "${table}" t`)).rows.map((r) => r.row as string);
         if (table !== 'cell_metrics') assert.ok(rows.length > 0, `${table} has rows`);
