@@ -74,7 +74,7 @@ class Supervised {
   private intended = false;
   private stopped = false;
 
-  constructor(private readonly name: string, private readonly start: () => ChildProcess, private readonly onUnexpected: (what: string) => void, private readonly onExit?: (code: number | null, child: ChildProcess) => boolean) {}
+  constructor(private readonly name: string, private readonly start: () => ChildProcess, private readonly onUnexpected: (what: string) => void, private readonly onExit?: (code: number | null) => boolean) {}
 
   run(): void {
     if (this.stopped) return;
@@ -84,7 +84,7 @@ class Supervised {
     child.once('exit', (code, signal) => {
       if (this.child !== child || this.stopped) return;
       // onExit says whether this exit was the end of the child's work (the command reporting the campaign done).
-      if (this.onExit?.(code, child)) return;
+      if (this.onExit?.(code)) return;
       if (this.intended) return;
       this.onUnexpected(`${this.name} exited with ${signal ?? `code ${code}`}`);
       setTimeout(() => this.run(), 1_000);
