@@ -63,6 +63,9 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
       [['search', '--prompt', 'a red car'], /prompt: model gmm is class-conditional \(10 classes\) and takes no text prompt; give a class from 0 to 9/],
       [['search', '--class', '3', '--negative-prompt', 'blurry'], /negativePrompt: model gmm is class-conditional/],
       [['budget', 'some-search', 'lots'], /--budget: "lots" is not a whole number/],
+      // An ID names the campaign's record file: one shaped like a path is refused before any file is read.
+      [['campaign', 'status', '../../etc/passwd'], /campaign ID "..\/..\/etc\/passwd": want the ID "campaign run" printed, campaign-NAME-HASH/],
+      [['report', '/tmp/campaign-x-0123456789ab'], /campaign ID "\/tmp\/campaign-x-0123456789ab": want the ID/],
     ];
     for (const [args, pattern] of cases) {
       const run = await cli(args, home);

@@ -14,7 +14,7 @@ import { SpecError } from '../search/spec';
 import { exportSearches, openStore, type ExportFormat } from '../store';
 import { shareableStore } from '../store/credentials';
 import type { StoreConfig } from '../store/types';
-import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { CAMPAIGN_INPUT_LIMIT_BYTES, CAMPAIGN_INPUT_WARN_BYTES, DEFAULT_NAMESPACE } from '../temporal/constants';
 import { startCampaign } from '../temporal/client';
 import { describeWait, type FleetWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
@@ -61,6 +61,9 @@ const FLAGS = {
   ...METRICS_FLAGS,
 } as const;
 
+/** What resolveCampaign makes: campaign-<name>-<12 hex digits>, the name of 1 to 64 letters, digits, '.', '_' or '-'. */
+const CAMPAIGN_ID = /^campaign-[\w.-]{1,64}-[0-9a-f]{12}$/;
+
 function campaignsDir(): string {
   return path.join(stateDir(), 'campaigns');
 }
@@ -75,6 +78,8 @@ function saveRecord(input: CampaignInput): void {
 }
 
 function loadRecord(campaignId: string, storeFlag?: string): { input: CampaignInput | null; store: StoreConfig; folder: string } {
+  // The ID names a file under the campaigns folder: one of another shape ("../x") could read outside it.
+  if (!CAMPAIGN_ID.test(campaignId)) throw new UsageError(`campaign ID ${JSON.stringify(campaignId).slice(0, 80)}: want the ID "campaign run" printed, campaign-NAME-HASH (e.g. campaign-demo-0123456789ab)`);
   const file = recordFile(campaignId);
   const input = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as CampaignInput) : null;
   if (storeFlag) {
@@ -195,6 +200,10 @@ async function run(values: Record<string, unknown>, specFile: string): Promise<n
   const resolved = resolveCampaign(spec, model!, campaignsDir());
   const input: CampaignInput = { ...resolved, store: shareableStore(resolved.store) };
   process.stderr.write(`campaign ${input.campaignId}: ${describeCampaign(input)}\n`);
+  const inputBytes = Buffer.byteLength(JSON.stringify(input));
+  if (inputBytes > CAMPAIGN_INPUT_WARN_BYTES) {
+    process.stderr.write(`campaign ${input.campaignId}: warning: its input (the dataset's items) is ${Math.round(inputBytes / 1024)} KiB, carried by every run of its workflow; Temporal refuses over ${CAMPAIGN_INPUT_LIMIT_BYTES / 2 ** 20} MiB\n`);
+  }
   return runWithFlags(input, values);
 }
 
