@@ -66,6 +66,25 @@ describe('campaign specs', () => {
     );
   });
 
+  it("refuses a dataset whose items would make the campaign's input larger than a Temporal payload", () => {
+    const dir = tempDir('payload');
+    const textToImage = gmmModelInfo({ model: 't2i', takesPrompts: true, numClasses: 0 });
+    const prompts = (count: number) => {
+      const file = path.join(dir, `prompts-${count}.csv`);
+      // Each prompt is 4,000 characters (the longest taken is 4,096) and unique, so nothing is shared.
+      writeFileSync(file, ['Prompts,Category', ...Array.from({ length: count }, (_, i) => `${String(i).padStart(6, '0')}${'a'.repeat(3994)},Colors`)].join('\n'));
+      return { ...campaignSpec(dir, `payload-${count}`, { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400] }, evaluation: ['gmm-classifier'] }), model: 't2i', dataset: { kind: 'drawbench', path: file } };
+    };
+    // 600 prompts carry at least 600 x 4,000 bytes = 2.4 MB of text, past the 2 MiB (2,097,152 bytes) limit.
+    assert.throws(() => resolveCampaign(prompts(600), textToImage, dir), (error: SpecError) => {
+      assert.equal(error.problems.length, 1, error.problems.join('\n'));
+      assert.match(error.problems[0], /^dataset: its 600 items make a campaign input of \d+\.\d MiB, past the 2 MiB a Temporal payload may hold; take fewer items/);
+      return true;
+    });
+    // 100 of them are at most 100 x (two copies of 4,000 bytes + 1,000 of keys) = 0.9 MB, well within.
+    assert.equal(resolveCampaign(prompts(100), textToImage, dir).items.length, 100);
+  });
+
   it('checks every dataset item and every grid cell against the model before anything starts', () => {
     const dir = tempDir('items');
     assert.throws(() => resolveCampaign(campaignSpec(dir, 'items', { dataset: { kind: 'gmm-classes', classes: [1, 12, 3, 10] } }), MODEL, dir), (error: SpecError) => {

@@ -11,6 +11,7 @@ import { ALGORITHM_NAMES, createRun } from '../search/run';
 import { algorithmShapeProblems, conditionProblems, describeValue, SpecError, type AlgorithmSpec } from '../search/spec';
 import type { ModelInfo } from '../search/types';
 import type { StoreConfig } from '../store/types';
+import { CAMPAIGN_INPUT_LIMIT_BYTES } from '../temporal/constants';
 import { canonicalJson } from './hash';
 import { campaignSize, cellKey, type CampaignInput } from './plan';
 
@@ -252,8 +253,14 @@ export function resolveCampaign(raw: unknown, model: ModelInfo, campaignsDir: st
   const campaignId = `campaign-${name}-${createHash('sha256').update(canonicalJson(identity)).digest('hex').slice(0, 12)}`;
   const folder = folderOf(spec, campaignsDir, campaignId, problems);
   const store = storeOf(spec, folder, problems);
-  if (problems.length > 0) throw new SpecError([...new Set(problems)]);
   const input: CampaignInput = { campaignId, name, model: model.model, items, algorithms, verifierSets, budgets, seeds, evaluation, concurrency, store, folder };
+  // The campaign workflow's input carries the dataset's items: each prompt may be short and the whole still
+  // past what Temporal takes in one payload. Refused here, not as a start that Temporal rejects.
+  const inputBytes = Buffer.byteLength(JSON.stringify(input));
+  if (inputBytes > CAMPAIGN_INPUT_LIMIT_BYTES) {
+    problems.push(`dataset: its ${items.length} items make a campaign input of ${(inputBytes / 2 ** 20).toFixed(1)} MiB, past the ${CAMPAIGN_INPUT_LIMIT_BYTES / 2 ** 20} MiB a Temporal payload may hold; take fewer items (the dataset's limit field keeps the first N) or split its file into several campaigns`);
+  }
+  if (problems.length > 0) throw new SpecError([...new Set(problems)]);
   return input;
 }
 
