@@ -31,6 +31,8 @@ export function chaosSpec(searches: number, budget = 300, concurrency = 8): Reco
 /** One run under faults, compared with the reference. */
 export interface FaultedRun {
   seed: number;
+  /** How many faults the run's schedule holds: a campaign that ends sooner was not put through them all. */
+  scheduled: number;
   outcome: RunOutcome;
   comparison: Comparison;
 }
@@ -52,7 +54,7 @@ export async function chaosRun(options: { searches: number; seed: number; runs: 
     const schedule = faultSchedule({ seed, repeats: options.repeats, workers: options.workers, pace: options.pace });
     options.log(`faulted run ${run + 1} of ${options.runs} (${schedule.length} faults, seed ${seed}) in ${dir}/faulted-${seed}`);
     const outcome = await runUnderFaults({ spec, dir: path.join(dir, `faulted-${seed}`), schedule, workers: options.workers, timeoutMs: options.timeoutMs, log: options.log });
-    runs.push({ seed, outcome, comparison: compareRuns(reference, outcome) });
+    runs.push({ seed, scheduled: schedule.length, outcome, comparison: compareRuns(reference, outcome) });
   }
   return { reference, runs };
 }
@@ -124,10 +126,12 @@ async function main(): Promise<number> {
   const report = await chaosRun({ ...options, timeoutMs: 20 * 60_000, log });
   const table = reliabilityTable(report);
   process.stdout.write(`${table}\n`);
-  for (const { seed, comparison, outcome } of report.runs) {
+  for (const run of report.runs) {
+    const { seed, comparison, outcome } = run;
     for (const [what, list] of [['lost', comparison.lost], ['duplicated', comparison.duplicated], ['differing', comparison.differing], ['failed', comparison.failed], ['left running', outcome.running], ['unexpected exits', outcome.unexpectedExits]] as const) {
       if (list.length > 0) process.stdout.write(`seed ${seed}: ${what}: ${list.slice(0, 20).join('; ')}\n`);
     }
+    if (outcome.injected.length < run.scheduled) process.stdout.write(`seed ${seed}: the campaign ended after ${outcome.injected.length} of its ${run.scheduled} faults; give it more --searches\n`);
     if (outcome.cliExit !== 0) process.stdout.write(`seed ${seed}: campaign run ended with ${outcome.timedOut ? 'the time limit' : `exit code ${outcome.cliExit}`}: ${outcome.cliStderr.trim().split('\n').pop()}\n`);
   }
   if (!values['no-docs']) {
@@ -138,7 +142,7 @@ async function main(): Promise<number> {
     const end = text.indexOf(END);
     if (start >= 0 && end > start) writeFileSync(docs, `${text.slice(0, start + BEGIN.length)}\n${stamp}\n\n${table}\n${text.slice(end)}`);
   }
-  return report.runs.every(healthy) ? 0 : 1;
+  return report.runs.every((run) => healthy(run) && run.outcome.injected.length === run.scheduled) ? 0 : 1;
 }
 
 if (require.main === module) {
