@@ -2,10 +2,10 @@
 // (denoiser, verifier, health; fixed or DNS-resolved) is made with the same credentials. Files are read
 // once, when a command starts; a file that cannot be read or a key that is not the certificate's is refused
 // there in one line, and no message ever carries a file's contents.
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { connect, createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { readKeyPair, readPem } from '../pem';
 import { FleetError } from './errors';
 
 export interface FleetTls {
@@ -31,14 +31,6 @@ function refuse(message: string): FleetError {
   return new FleetError('INVALID_ARGUMENT', message, false);
 }
 
-function readPem(flag: string, file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (error) {
-    throw refuse(`${flag} ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'unreadable'}); want a readable PEM file`);
-  }
-}
-
 /**
  * The fleet's TLS from the flags, else NOISESEARCH_TLS_CA/CERT/KEY (how Kubernetes hands secrets over);
  * undefined when none is set: plaintext, as the embedded model server speaks.
@@ -54,7 +46,7 @@ export function fleetTlsFromFlags(values: Record<string, unknown>, env: NodeJS.P
   }
   const tls: FleetTls = {};
   if (caFile) {
-    tls.ca = readPem('--tls-ca', caFile);
+    tls.ca = readPem('--tls-ca', caFile, refuse);
     try {
       createSecureContext({ ca: tls.ca });
     } catch {
@@ -62,13 +54,9 @@ export function fleetTlsFromFlags(values: Record<string, unknown>, env: NodeJS.P
     }
   }
   if (certFile && keyFile) {
-    tls.cert = readPem('--tls-cert', certFile);
-    tls.key = readPem('--tls-key', keyFile);
-    try {
-      createSecureContext({ cert: tls.cert, key: tls.key });
-    } catch {
-      throw refuse(`--tls-cert ${certFile} / --tls-key ${keyFile}: not a PEM certificate and its matching private key`);
-    }
+    const pair = readKeyPair('--tls-cert', certFile, '--tls-key', keyFile, refuse);
+    tls.cert = pair.cert;
+    tls.key = pair.key;
   }
   return tls;
 }

@@ -2,12 +2,11 @@
 // (mutual TLS, or an API key as Temporal Cloud takes; docs/security.md). The embedded dev server speaks
 // plaintext and needs none of it. Files are read, and bad combinations refused in one line, before any
 // connection is tried; no message carries a key or a file's contents.
-import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
 import { Connection } from '@temporalio/client';
 import type { TLSConfig } from '@temporalio/common/lib/internal-non-workflow';
 import { NativeConnection } from '@temporalio/worker';
 import { diagnoseTls, quietIpServerNameWarning } from '../fleet/tls';
+import { readKeyPair, readPem } from '../pem';
 
 /** A bad Temporal connection flag: the CLI says it in one line and exits 2. */
 export class TemporalOptionsError extends Error {
@@ -39,14 +38,6 @@ export interface TemporalSecurity {
   apiKey?: string;
 }
 
-function readPem(flag: string, file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (error) {
-    throw new TemporalOptionsError(`${flag} ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'unreadable'}); want a readable PEM file`);
-  }
-}
-
 /** The security the flags ask for, else the environment Temporal's own CLI reads (TEMPORAL_TLS_*, TEMPORAL_API_KEY). */
 export function temporalSecurityFromFlags(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): TemporalSecurity {
   const pick = (flag: string, variable: string) => (values[flag] as string | undefined) ?? (env[variable] || undefined);
@@ -69,15 +60,11 @@ export function temporalSecurityFromFlags(values: Record<string, unknown>, env: 
   if (plaintext) security.tls = false;
   else if (wantsTls) {
     const tls: TLSConfig = {};
-    if (caFile) tls.serverRootCACertificate = readPem('--temporal-tls-ca', caFile);
+    const refuse = (message: string) => new TemporalOptionsError(message);
+    if (caFile) tls.serverRootCACertificate = readPem('--temporal-tls-ca', caFile, refuse);
     if (certFile && keyFile) {
-      const pair = { crt: readPem('--temporal-tls-cert', certFile), key: readPem('--temporal-tls-key', keyFile) };
-      try {
-        createSecureContext({ cert: pair.crt, key: pair.key });
-      } catch {
-        throw new TemporalOptionsError(`--temporal-tls-cert ${certFile} / --temporal-tls-key ${keyFile}: not a PEM certificate and its matching private key`);
-      }
-      tls.clientCertPair = pair;
+      const { cert, key } = readKeyPair('--temporal-tls-cert', certFile, '--temporal-tls-key', keyFile, refuse);
+      tls.clientCertPair = { crt: cert, key };
     }
     if (serverName) tls.serverNameOverride = serverName;
     security.tls = tls;
