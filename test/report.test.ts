@@ -14,6 +14,7 @@ import type { SearchResult } from '../src/search/run';
 import type { SearchSpec } from '../src/search/spec';
 import type { CampaignRecord, CellMetricsRecord, SearchRecord } from '../src/store/types';
 import { baselineKey, type SampleImages } from '../src/campaign/samples';
+import { mulberry32 } from '../src/search/seeds';
 import { tinyPng } from './fake-server';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -30,20 +31,8 @@ const ITEMS = [
 ];
 const SEEDS = [11, 12];
 
-/** A small deterministic generator (mulberry32), so the synthetic campaign is the same every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function syntheticInput(): { campaign: CampaignRecord; searches: SearchRecord[]; cellMetrics: CellMetricsRecord[] } {
-  const rand = rng(2501);
+  const rand = mulberry32(2501);
   const campaign: CampaignRecord = {
     campaignId: CAMPAIGN_ID,
     name: 'GMM scaling: random vs zero-order vs paths',

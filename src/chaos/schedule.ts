@@ -1,4 +1,5 @@
 // The fault schedule of a chaos run: pure, so the same seed gives the same faults in the same order.
+import { mulberry32 } from '../search/seeds';
 
 /** The faults the campaign is put through, each one what an operator would meet in production. */
 export const FAULT_KINDS = [
@@ -50,18 +51,6 @@ const DURATIONS: Record<FaultKind, [number, number]> = {
 const GAP_MS: [number, number] = [1_000, 3_000];
 const LATENCY_MS: [number, number] = [200, 800];
 
-/** mulberry32: a small counter-based generator, enough to shuffle a schedule reproducibly. */
-function generator(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 const SERVER_KINDS: ReadonlySet<FaultKind> = new Set(['kill-server', 'partition', 'reset', 'slow-server', 'server-errors', 'lose-server']);
 
 /**
@@ -73,7 +62,7 @@ export function faultSchedule({ seed, repeats, workers, pace = 1 }: ScheduleOpti
   if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`repeats: got ${repeats}; want a whole number >= 1`);
   if (!Number.isInteger(workers) || workers < 1) throw new Error(`workers: got ${workers}; want a whole number >= 1`);
   if (!(pace > 0 && pace <= 1)) throw new Error(`pace: got ${pace}; want a number in (0, 1]`);
-  const random = generator(seed);
+  const random = mulberry32(seed);
   const between = ([low, high]: [number, number]) => low + Math.floor(random() * (high - low + 1));
   const paced = (range: [number, number]) => Math.round(between(range) * pace);
   const kinds: FaultKind[] = [];

@@ -30,3 +30,18 @@ export const SeedStream = {
   fkStep: 7,
   fkResample: 8,
 } as const;
+
+/**
+ * mulberry32: a small uniform stream in [0, 1) for what only has to repeat from a seed (a fault schedule,
+ * synthetic test data), never for noises, whose seeds are derived above.
+ */
+export function mulberry32(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
