@@ -205,6 +205,9 @@ class EvaluateResponse:
     results: tuple[CandidateResult, ...]
     verifier_timings: tuple[VerifierTiming, ...]
     cache_hits: int
+    # This request's share of the denoising time (solves and x-predictions, not verifiers) of the merged engine
+    # run it was part of: what a search is charged for the denoiser, beside its verifier seconds.
+    denoise_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ def encode_evaluate_response(response: EvaluateResponse, server_seconds: float, 
         server_seconds=server_seconds,
         server_id=server_id,
         cache_hits=response.cache_hits,
+        denoise_seconds=response.denoise_seconds,
     )
 
 

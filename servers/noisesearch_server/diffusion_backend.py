@@ -179,6 +179,7 @@ class DiffusionBackend(Backend):
                     results.append(CandidateResult(id=candidate.id, error=outcome))
             request_results.append(results)
 
+        denoising_before = self._denoising_seconds()
         try:
             finished = self.engine.run(jobs)
         except RequestError as error:
@@ -189,9 +190,12 @@ class DiffusionBackend(Backend):
             finished = []
         for (r, i), result in zip(slots, finished):
             request_results[r][i] = result
+        denoise_shares = _denoise_shares(
+            self._denoising_seconds() - denoising_before, slots, finished, len(request_results)
+        )
 
         responses: list[EvaluateResponse | RequestError] = []
-        for outcome in request_results:
+        for outcome, denoise_seconds in zip(request_results, denoise_shares):
             if isinstance(outcome, RequestError):
                 responses.append(outcome)
                 continue
@@ -201,9 +205,16 @@ class DiffusionBackend(Backend):
                     results=tuple(results),
                     verifier_timings=summarize_timings(results),
                     cache_hits=sum(result.resumed_from_cache for result in results),
+                    denoise_seconds=denoise_seconds,
                 )
             )
         return responses
+
+    def _denoising_seconds(self) -> float:
+        """The engine's denoising time so far: its solves (renoising included) and x-predictions; evaluate runs
+        on the engine thread, so the difference around one run is that run's."""
+        compute = self.engine.stats.compute_seconds
+        return compute["solve"] + compute["xpred"]
 
     def score(self, request: ScoreRequest) -> ScoreResponse:
         self._check_verifiers(request.verifiers)
@@ -327,6 +338,22 @@ class DiffusionBackend(Backend):
         if not (math.isfinite(result.frechet_distance) and math.isfinite(result.inception_score)):
             raise RequestError("INTERNAL", f"population metrics are not finite: {result}")
         return result
+
+
+def _denoise_shares(
+    seconds: float, slots: list[tuple[int, int]], finished: list[CandidateResult], requests: int
+) -> list[float]:
+    """Splits one merged run's denoising time between its requests by the NFEs each executed in it, so a
+    request served from the cache costs ~0; by candidates run when none executed (all cache hits, whose
+    small cost of resuming is still someone's)."""
+    executed = [0] * requests
+    ran = [0] * requests
+    for (r, _), result in zip(slots, finished):
+        executed[r] += result.nfe_executed
+        ran[r] += 1
+    weights = executed if sum(executed) > 0 else ran
+    total = sum(weights)
+    return [seconds * weight / total if total else 0.0 for weight in weights]
 
 
 def _logical_nfe_bound(candidate: Candidate) -> int:

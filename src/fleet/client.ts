@@ -370,6 +370,7 @@ export class Fleet {
       return {
         outcomes: response.results.map(toOutcome),
         verifierTimings: response.verifierTimings.map((t: any) => ({ verifier: t.verifier, calls: t.calls, seconds: t.seconds })),
+        denoiseSeconds: response.denoiseSeconds,
         serverId: response.serverId,
       };
     });

@@ -175,6 +175,11 @@ export interface PopulationMetrics {
 export interface BatchOutcome {
   outcomes: CandidateOutcome[];
   verifierTimings: VerifierTiming[];
+  /**
+   * This batch's share of the server's denoising time (solves and x-predictions) in the merged run it joined;
+   * absent in results recorded before servers measured it, which count as 0.
+   */
+  denoiseSeconds?: number;
   /** The server that answered (not carried through Temporal: nothing decides on it). */
   serverId?: string;
 }
