@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import math
 import signal
 import ssl
 import sys
@@ -28,6 +29,7 @@ from .gmm import GaussianMixture, GmmConfig, GmmPopulation, gmm_verifiers
 from .metrics import ServerMetrics
 from .proto import service_name
 from .service import DenoiserService, VerifierService, add_services
+from .sim import SimulatedBackend, SimulatedCost
 
 GRACE_SECONDS = 5.0
 # How often a server with remote networks (Triton) asks whether they are ready, to say so in its health.
@@ -75,6 +77,10 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    # --model sim (benchmarks and scale tests only): each engine run takes at least
+    # sim_batch_ms + sim_item_ms per candidate of wall time (sim.py).
+    sim_batch_ms: float = 10.0
+    sim_item_ms: float = 0.0
 
     @property
     def cache_bytes(self) -> int:
@@ -97,6 +103,12 @@ def build_gmm_backend(config: ServerConfig) -> Backend:
         max_request_nfe=config.max_request_nfe,
         faults=config.faults,
     )
+
+
+def build_sim_backend(config: ServerConfig) -> Backend:
+    inner = build_gmm_backend(config)
+    assert isinstance(inner, DiffusionBackend)
+    return SimulatedBackend(inner, SimulatedCost(config.sim_batch_ms, config.sim_item_ms))
 
 
 TORCH_EXTRA = "pip install -e 'servers[torch]' (in the project's .venv: npm test installs it)"
@@ -179,7 +191,7 @@ def build_triton_backend(config: ServerConfig) -> Backend:
     return backend
 
 
-MODELS: dict[str, Callable[[ServerConfig], Backend]] = {"gmm": build_gmm_backend}
+MODELS: dict[str, Callable[[ServerConfig], Backend]] = {"gmm": build_gmm_backend, "sim": build_sim_backend}
 
 
 def build_backend(config: ServerConfig) -> Backend:
@@ -245,6 +257,16 @@ def _triton_models_file(path: str, model: str) -> tuple[str, list[tuple[str, str
     return entry["triton"], [(name, v["triton"]) for name, v in verifiers.items()]
 
 
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; want milliseconds, a number of 0 or more (e.g. 10 or 0.5)")
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(message)
@@ -257,8 +279,19 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     parser.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
     parser.add_argument(
         "--model", default=defaults.model,
-        help="gmm (the embedded model), or NAME=DIR for a PyTorch model loaded from a local folder "
-        "(flux, sdxl, sdxl-dpo, pixart-sigma, sit), or NAME with --models",
+        help="gmm (the embedded model); sim (the gmm at a simulated GPU's pace, for benchmarks and scale tests "
+        "only: it sleeps rather than computes, see --sim-batch-ms); NAME=DIR for a PyTorch model loaded from a "
+        "local folder (flux, sdxl, sdxl-dpo, pixart-sigma, sit); or NAME with --models",
+    )
+    parser.add_argument(
+        "--sim-batch-ms", type=_milliseconds, metavar="MS",
+        help=f"with --model sim (benchmarks and scale tests only): each engine batch takes at least this many ms, "
+        f"plus --sim-item-ms per candidate (default {defaults.sim_batch_ms:g})",
+    )
+    parser.add_argument(
+        "--sim-item-ms", type=_milliseconds, metavar="MS",
+        help=f"with --model sim (benchmarks and scale tests only): ms each candidate adds to its batch "
+        f"(default {defaults.sim_item_ms:g})",
     )
     parser.add_argument("--models", metavar="FILE", help="a JSON models file naming model and verifier folders")
     parser.add_argument(
@@ -317,6 +350,9 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
     args = parser.parse_args(argv)
     if args.faults is not None and not args.allow_fault_injection:
         raise ConfigError("--faults: fault injection is for tests only; add --allow-fault-injection to turn it on")
+    for flag, given in (("--sim-batch-ms", args.sim_batch_ms), ("--sim-item-ms", args.sim_item_ms)):
+        if given is not None and args.model != "sim":
+            raise ConfigError(f"{flag}: only the simulated server takes it; add --model sim (benchmarks and scale tests only)")
     model, model_folder, verifiers = args.model, None, {}
     triton_model, triton_verifiers = None, []
     if args.triton is not None:
@@ -341,7 +377,8 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         model_folder, verifiers = _models_file(args.models, args.model)
     elif args.model not in MODELS:
         raise ConfigError(
-            f"--model: unknown model {args.model!r}; want gmm, or NAME=DIR to load a PyTorch model from a folder"
+            f"--model: unknown model {args.model!r}; want gmm, sim (benchmarks only), or NAME=DIR to load a PyTorch "
+            f"model from a folder"
         )
     if args.triton is None:
         verifiers.update(_named_folder("--verifier", value) for value in args.verifier)
@@ -382,6 +419,8 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
+        sim_batch_ms=defaults.sim_batch_ms if args.sim_batch_ms is None else args.sim_batch_ms,
+        sim_item_ms=defaults.sim_item_ms if args.sim_item_ms is None else args.sim_item_ms,
     )
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"--port: got {config.port}; want 0 (any free port) to 65535")
@@ -473,8 +512,10 @@ class RunningServer:
 async def start_server(config: ServerConfig, backend: Backend | None = None) -> RunningServer:
     backend = backend or build_backend(config)
     description = backend.describe()
-    if isinstance(backend, DiffusionBackend):
-        metrics = ServerMetrics(description.model.name, config.max_batch, backend.engine.stats, backend.cache)
+    # The simulated server's engine and cache are its gmm's: their counters are read from there.
+    engine_backend = backend.inner if isinstance(backend, SimulatedBackend) else backend
+    if isinstance(engine_backend, DiffusionBackend):
+        metrics = ServerMetrics(description.model.name, config.max_batch, engine_backend.engine.stats, engine_backend.cache)
     else:
         metrics = ServerMetrics(description.model.name, config.max_batch)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="noisesearch-engine")

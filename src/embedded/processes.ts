@@ -119,26 +119,57 @@ export async function modelServerReady(address: string, model?: string, tls?: Fl
   }
 }
 
+/** The simulated GPU server's pace (--model sim; benchmarks and scale tests only): each engine batch takes at
+ * least batchMs + itemMs per candidate of wall time, with the embedded gmm's results. */
+export interface SimulatedPace {
+  batchMs: number;
+  itemMs: number;
+}
+
 export interface ModelServerOptions {
   logFile: string;
   port?: number;
   /** The server's --model: a name (gmm), or NAME=DIR for a PyTorch model loaded from a folder. */
   model?: string;
+  /** Serve the simulated GPU server (--model sim) at this pace; `model` is then sim or left out. */
+  sim?: SimulatedPace;
+  maxBatch?: number;
+  maxConcurrency?: number;
+  /** Serve Prometheus /metrics on this port (docs/metrics.md). */
+  metricsPort?: number;
   extraArgs?: string[];
   detached?: boolean;
   /** How the readiness probe reaches a server started with --tls-* (the embedded one speaks plaintext). */
   tls?: FleetTls;
 }
 
+function modelOf(options: ModelServerOptions): string {
+  if (options.sim && options.model !== undefined && options.model !== 'sim') {
+    throw new Error(`startModelServer: sim is the simulated gmm; got model ${JSON.stringify(options.model)} as well`);
+  }
+  return options.sim ? 'sim' : (options.model ?? 'gmm');
+}
+
+/** The server's flags for `options`, after --host and --port; the server itself checks their values. */
+export function modelServerFlags(options: ModelServerOptions): string[] {
+  const args = ['--model', modelOf(options)];
+  if (options.sim) args.push('--sim-batch-ms', String(options.sim.batchMs), '--sim-item-ms', String(options.sim.itemMs));
+  if (options.maxBatch !== undefined) args.push('--max-batch', String(options.maxBatch));
+  if (options.maxConcurrency !== undefined) args.push('--max-concurrency', String(options.maxConcurrency));
+  if (options.metricsPort !== undefined) args.push('--metrics-port', String(options.metricsPort));
+  return [...args, ...(options.extraArgs ?? [])];
+}
+
 export async function startModelServer(options: ModelServerOptions): Promise<StartedProcess> {
   const port = options.port ?? (await freePort());
-  const model = options.model ?? 'gmm';
-  const args = ['-m', 'noisesearch_server', '--host', '127.0.0.1', '--port', String(port), '--model', model, ...(options.extraArgs ?? [])];
+  const model = modelOf(options);
+  const args = ['-m', 'noisesearch_server', '--host', '127.0.0.1', '--port', String(port), ...modelServerFlags(options)];
   const child = spawnLogged(VENV_PYTHON, args, options.logFile, options.detached ?? false);
   const address = `127.0.0.1:${port}`;
-  // A real model reads gigabytes of weights before it serves; the embedded one is up in seconds.
-  const embedded = model === 'gmm';
-  await waitFor('model server', () => modelServerReady(address, embedded ? model : undefined, options.tls), child, embedded ? 60_000 : 1_800_000, options.logFile);
+  // A real model reads gigabytes of weights before it serves; the embedded one, simulated or not, is up in
+  // seconds, and describes itself as gmm.
+  const embedded = model === 'gmm' || model === 'sim';
+  await waitFor('model server', () => modelServerReady(address, embedded ? 'gmm' : undefined, options.tls), child, embedded ? 60_000 : 1_800_000, options.logFile);
   return { pid: child.pid!, address, child };
 }
 
