@@ -77,8 +77,16 @@ class Batcher:
                     waiting.reply.set_result(response)
 
     def _evaluate_isolated(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]:
-        """On the engine thread. When a merged run raises, each request runs alone, so that one request's
-        crash fails that request only, as INTERNAL with its cause."""
+        """On the engine thread, which runs one batch at a time as a GPU does: its time is the engine's busy time."""
+        started = time.monotonic()
+        try:
+            return self._evaluate_or_split(requests)
+        finally:
+            self.metrics.busy_seconds.inc(time.monotonic() - started)
+
+    def _evaluate_or_split(self, requests: list[EvaluateRequest]) -> list[EvaluateResponse | RequestError]:
+        """When a merged run raises, each request runs alone, so that one request's crash fails that request
+        only, as INTERNAL with its cause."""
         self.engine_runs += 1
         try:
             return self.backend.evaluate(requests)

@@ -102,6 +102,12 @@ class ServerMetrics:
         self.batch_fill_ratio = Histogram(
             PREFIX + "batch_fill_ratio", "candidates per batch / --max-batch", buckets=FILL_RATIO_BUCKETS, registry=registry
         )
+        # Engine runs happen one at a time, so the rate of this counter is the fraction of time the engine (a
+        # GPU) was busy: what says whether a fleet is kept full.
+        self.busy_seconds = Counter(
+            PREFIX + "busy_seconds", "engine time running Evaluate batches, a simulated server's sleep included",
+            registry=registry,
+        )
         self.queue_wait = Histogram(
             PREFIX + "queue_wait_seconds", "time a request waited in the batcher before its batch ran",
             buckets=QUEUE_WAIT_BUCKETS, registry=registry,

@@ -9,7 +9,7 @@ servers fit on a few cores and a benchmark measures the orchestration and the fl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backend import (
     Backend,
@@ -58,8 +58,13 @@ class SimulatedBackend(Backend):
         responses = self.inner.evaluate(requests)
         # Every candidate of the merged run occupies the modelled GPU, as a padded batch would.
         candidates = sum(len(request.candidates) for request in requests)
-        sleep_until(started + self.cost.seconds(candidates))
-        return responses
+        slept = sleep_until(started + self.cost.seconds(candidates))
+        # The sleep stands for denoising: each request is charged its candidates' share of it.
+        return [
+            response if isinstance(response, RequestError)
+            else replace(response, denoise_seconds=response.denoise_seconds + slept * len(request.candidates) / candidates)
+            for request, response in zip(requests, responses)
+        ]
 
     def score(self, request: ScoreRequest) -> ScoreResponse:
         return self.inner.score(request)
