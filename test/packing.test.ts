@@ -17,6 +17,8 @@ function whatCrosses(outcome: BatchOutcome, batch: BatchRequest): BatchOutcome {
   const kind = batch.keys ?? 'state';
   return {
     verifierTimings: outcome.verifierTimings,
+    // Outcomes recorded before servers measured denoising carry none: 0.
+    denoiseSeconds: outcome.denoiseSeconds ?? 0,
     outcomes: outcome.outcomes.map(({ key, noiseKey, ...o }) => ({
       ...o,
       nfeLogical: o.error ? o.nfeLogical : 0,
@@ -49,6 +51,7 @@ describe('packing batches and outcomes for Temporal', () => {
           const outcome: BatchOutcome = {
             outcomes: batch.candidates.map((c) => round.outcomes.get(c.id)!),
             verifierTimings: [{ verifier: 'a', calls: batch.candidates.length, seconds: 0.5 }],
+            ...(checked % 2 === 0 ? { denoiseSeconds: batch.candidates.length / 7 } : {}),
           };
           assert.deepEqual(unpackOutcome(JSON.parse(JSON.stringify(packOutcome(outcome, batch))), batch), whatCrosses(outcome, batch));
           checked++;

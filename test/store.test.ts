@@ -41,6 +41,7 @@ function result(seed: number, score: number): SearchResult {
     stopped: false,
     verifierSeconds: 0.1 + 0.2,
     verifierCosts: { 'gmm-classifier': { calls: 20, seconds: 1 / 3 }, clip: { calls: 20, seconds: 1e-300 } },
+    seconds: { denoise: 0.1 + 0.7, verifiers: { 'gmm-classifier': 1 / 3, clip: 1e-300 }, total: 0.1 + 0.7 + 1 / 3 },
   };
 }
 
@@ -95,6 +96,41 @@ const OLD_CELL_METRICS = {
   postgres: `CREATE TABLE cell_metrics (campaign_id TEXT COLLATE "C" NOT NULL, cell TEXT COLLATE "C" NOT NULL, samples BIGINT NOT NULL,
     frechet_distance DOUBLE PRECISION NOT NULL, inception_score DOUBLE PRECISION NOT NULL, computed_at TEXT COLLATE "C" NOT NULL, PRIMARY KEY (campaign_id, cell))`,
 };
+/** searches as stores made before measured seconds created it (its column list then). */
+const OLD_SEARCH_COLUMNS = [
+  ['workflow_id', 'text'], ['campaign_id', 'text'], ['item_id', 'text'], ['item_label', 'text'], ['item_category', 'text?'], ['cell', 'text'],
+  ['algorithm', 'text'], ['search_verifiers', 'json'], ['budget_nfe', 'int'], ['seed', 'int'], ['status', 'text'], ['error', 'text?'],
+  ['spec', 'json'], ['result', 'json?'], ['evaluation', 'json'], ['sample', 'json'], ['nfe_search', 'int'], ['nfe_final', 'int'],
+  ['nfe_total', 'int'], ['nfe_executed', 'int'], ['verifier_seconds', 'real'], ['wall_seconds', 'real'], ['finished_at', 'text'],
+];
+function oldSearches(dialect: 'sqlite' | 'postgres'): string {
+  const types: Record<string, string> = dialect === 'sqlite'
+    ? { text: 'TEXT', int: 'INTEGER', real: 'REAL', json: 'TEXT' }
+    : { text: 'TEXT COLLATE "C"', int: 'BIGINT', real: 'DOUBLE PRECISION', json: 'JSONB' };
+  const columns = OLD_SEARCH_COLUMNS.map(([name, kind]) => `${name} ${types[kind.replace('?', '')]}${kind.endsWith('?') ? '' : ' NOT NULL'}`);
+  return `CREATE TABLE searches (${columns.join(', ')}, PRIMARY KEY (workflow_id))${dialect === 'sqlite' ? ' STRICT' : ''}`;
+}
+
+/** Rows straight from the database the config names, not through the store: what SQL users of it see. */
+async function selectRows(config: StoreConfig, sql: string, params: unknown[]): Promise<Array<Record<string, unknown>>> {
+  if (config.kind === 'sqlite') {
+    const db = new Database(config.path, { readonly: true });
+    try {
+      return db.prepare(sql).all(...params) as Array<Record<string, unknown>>;
+    } finally {
+      db.close();
+    }
+  }
+  const client = new Client({ connectionString: config.url });
+  await client.connect();
+  try {
+    let i = 0;
+    return (await client.query(sql.replace(/\?/g, () => `$${++i}`), params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
 const OLD_ROW = `INSERT INTO cell_metrics VALUES ('old-campaign', 'random|clip|400', 64, 1.5, 2.5, '2024-12-01T00:00:00.000Z')`;
 
 /**
@@ -219,6 +255,26 @@ function storeSuite(backend: string, config: () => StoreConfig, oldStore: () => 
       }
     });
 
+    it('keeps each search\'s measured seconds in columns of their own, null for a failed search', async () => {
+      for (const target of [config(), await oldStore()]) {
+        const reopened = await openStore(target);
+        const id = uniqueId('campaign');
+        try {
+          await reopened.upsertSearch(search(id, 'wf-1'));
+          await reopened.upsertSearch(failed(id, 'wf-2'));
+          assert.deepEqual((await reopened.searches(id))[0], search(id, 'wf-1'));
+        } finally {
+          await reopened.close();
+        }
+        const rows = await selectRows(target, 'SELECT workflow_id, denoise_seconds, verifier_seconds_by_name FROM searches WHERE campaign_id = ? ORDER BY workflow_id', [id]);
+        const byName = (v: unknown) => (typeof v === 'string' ? JSON.parse(v) : v);
+        assert.deepEqual(
+          rows.map((r) => [r.workflow_id, r.denoise_seconds, byName(r.verifier_seconds_by_name)]),
+          [['wf-1', 0.1 + 0.7, { 'gmm-classifier': 1 / 3, clip: 1e-300 }], ['wf-2', null, null]],
+        );
+      }
+    });
+
     it('round-trips JSON and doubles exactly', async () => {
       const id = uniqueId('campaign');
       for (const [i, x] of AWKWARD_NUMBERS.entries()) {
@@ -268,6 +324,7 @@ storeSuite(
     const db = new Database(file);
     db.exec(OLD_CELL_METRICS.sqlite);
     db.exec(OLD_ROW);
+    db.exec(oldSearches('sqlite'));
     db.close();
     return { kind: 'sqlite', path: file };
   },
@@ -285,7 +342,7 @@ storeSuite(
     // A database of its own: the suite's already has the current tables.
     const database = `old_${uniqueId('store').replace(/[^a-z0-9]/gi, '_').toLowerCase()}`;
     const url = postgres!.url.replace(/\/[^/]+$/, `/${database}`);
-    for (const [target, sql] of [[postgres!.url, [`CREATE DATABASE ${database}`]], [url, [OLD_CELL_METRICS.postgres, OLD_ROW]]] as const) {
+    for (const [target, sql] of [[postgres!.url, [`CREATE DATABASE ${database}`]], [url, [OLD_CELL_METRICS.postgres, OLD_ROW, oldSearches('postgres')]]] as const) {
       const client = new Client({ connectionString: target });
       await client.connect();
       try {
@@ -408,9 +465,10 @@ describe('export', () => {
   const expectedColumns = [
     'workflow_id', 'campaign_id', 'item_id', 'item_label', 'item_category', 'cell', 'algorithm', 'search_verifiers',
     'budget_nfe', 'seed', 'status', 'error', 'best_score', 'nfe_search', 'nfe_final', 'nfe_total', 'nfe_executed',
-    'verifier_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
+    'verifier_seconds', 'denoise_seconds', 'fleet_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
     'eval_aesthetic', 'eval_extra', 'eval_gmm-classifier', 'eval_image-reward',
     'score_clip', 'score_gmm-classifier',
+    'seconds_clip', 'seconds_gmm-classifier',
   ];
 
   it('writes CSV with a header and one row per search, read back field for field', () => {
@@ -430,6 +488,11 @@ describe('export', () => {
     assert.equal(Number(byName[0]['eval_aesthetic']), -1e-300);
     assert.equal(byName[0].eval_extra, '');
     assert.equal(Number(byName[0]['score_clip']), -1e-300);
+    assert.equal(Number(byName[0].denoise_seconds), 0.1 + 0.7);
+    assert.equal(Number(byName[0].fleet_seconds), 0.1 + 0.7 + 1 / 3);
+    assert.equal(Number(byName[0]['seconds_gmm-classifier']), 1 / 3);
+    assert.equal(byName[1].denoise_seconds, '');
+    assert.equal(byName[1].seconds_clip, '');
     assert.equal(byName[1].status, 'failed');
     assert.equal(byName[1].error, 'model server unreachable, "retries" exhausted');
     assert.equal(byName[1].item_category, '');
@@ -451,7 +514,7 @@ describe('export', () => {
     assert.equal(get('wall_seconds'), 'inf');
     assert.equal(get('verifier_seconds'), '');
     assert.equal(get('eval_v'), '-inf');
-    assert.deepEqual(parseCsv(exportSearches([], 'csv')), [expectedColumns.slice(0, 23)]);
+    assert.deepEqual(parseCsv(exportSearches([], 'csv')), [expectedColumns.slice(0, 25)]);
     assert.equal(exportSearches([], 'jsonl'), '');
   });
 

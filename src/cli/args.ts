@@ -41,6 +41,13 @@ export function finiteNumber(flag: string, value: string | undefined): number | 
   return n;
 }
 
+export function positiveNumber(flag: string, value: string | undefined, unit: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new UsageError(`--${flag}: ${quoted(value)} is not a number of ${unit} above 0`);
+  return n;
+}
+
 export function oneOf<T extends string>(flag: string, value: string | undefined, allowed: readonly T[]): T | undefined {
   if (value === undefined) return undefined;
   if (!allowed.includes(value as T)) throw new UsageError(`--${flag}: ${quoted(value)} is not one of ${allowed.join(', ')}`);

@@ -16,13 +16,13 @@ import type { AlgorithmName, AlgorithmSpec, SearchSpec } from '../search/spec';
 import { ZERO_ORDER_DEFAULTS } from '../search/zero-order';
 import type { ModelInfo } from '../search/types';
 import { configHash, startSearch } from '../temporal/client';
-import { finiteNumber, oneOf, parseFlags, UsageError, wholeNumber } from './args';
+import { finiteNumber, oneOf, parseFlags, positiveNumber, UsageError, wholeNumber } from './args';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
 
 const SEARCH_USAGE =
-  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE] [--metrics HOST:PORT]';
+  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--budget-seconds S] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE] [--metrics HOST:PORT]';
 
 const SEARCH_HELP = `Runs one search and prints its result.
 
@@ -35,6 +35,8 @@ Usage: ${SEARCH_USAGE}
   --algorithm NAME     ${ALGORITHM_NAMES.join(' | ')} (default random)
   --verifier A[,B..]   verifier, or an ensemble ranked by mean rank (default gmm-classifier)
   --budget NFES        total denoiser evaluations: search plus final generation (default 2000)
+  --budget-seconds S   also stop before a round predicted to take the fleet seconds (the servers' measured
+                       denoising and verifier time, not wall time) past S; the first round always runs
   --seed N             seed every noise derives from (default 0)
   --preset NAME        the paper's settings: ${PRESET_NAMES.join(', ')} (flags override)
   --solver, --steps    sampler used while searching (default: the model's)
@@ -90,6 +92,7 @@ const FLAGS = {
   algorithm: { type: 'string' },
   verifier: { type: 'string' },
   budget: { type: 'string' },
+  'budget-seconds': { type: 'string' },
   seed: { type: 'string' },
   preset: { type: 'string' },
   solver: { type: 'string' },
@@ -143,6 +146,7 @@ export function specFromFlags(v: Values): SearchSpec {
     algorithm: algorithmFromFlags(v, preset),
     verifiers: (str('verifier') ?? 'gmm-classifier').split(',').map((s) => s.trim()),
     budgetNfe: wholeNumber('budget', str('budget') ?? '2000', { min: 1 })!,
+    ...defined({ budgetSeconds: positiveNumber('budget-seconds', str('budget-seconds'), 'seconds') }),
     seed: wholeNumber('seed', str('seed') ?? '0')!,
     searchSampler: { ...preset?.searchSampler, ...defined({ solver, steps: wholeNumber('steps', str('steps'), { min: 1 }) }) },
     finalSampler: { ...preset?.finalSampler, ...defined({ solver, steps: wholeNumber('final-steps', str('final-steps'), { min: 1 }) }) },
@@ -196,6 +200,9 @@ export function formatResult(result: SearchResult & { workflowId: string; driver
     `  NFEs           search ${result.nfe.search} + final ${result.nfe.final} = ${result.nfe.total} of ${result.budget.nfe} (executed ${result.nfe.executed}${result.nfe.failed > 0 ? `; ${result.nfe.failed} on failed candidates` : ''})`,
     `  candidates     ${result.candidates} (${result.failedCandidates} failed)`,
     `  verifier time  ${result.verifierSeconds.toFixed(4)} s (${Object.entries(result.verifierCosts).map(([v, c]) => `${v}: ${c.calls} calls, ${c.seconds.toFixed(4)} s`).join('; ')})`,
+    ...(result.seconds
+      ? [`  fleet time     ${result.seconds.total.toFixed(4)} s (denoising ${result.seconds.denoise.toFixed(4)} s + verifiers ${result.verifierSeconds.toFixed(4)} s)${result.budget.seconds !== undefined ? ` of ${result.budget.seconds} s` : ''}`]
+      : []),
     `  best noise     ${JSON.stringify(result.best.noise)}`,
   ].join('\n');
 }

@@ -42,6 +42,8 @@ export interface PackedOutcome {
   samples?: Array<number[] | null>;
   /** [verifier (its index in the batch's verifiers, or its name), calls, seconds]. */
   timings: Array<[number | string, number, number]>;
+  /** The batch's share of the server's denoising seconds; absent when none was measured (or recorded before it was). */
+  denoise?: number;
 }
 
 function withoutSeed(op: Op): { template: Op; seed: number | undefined } {
@@ -131,6 +133,7 @@ export function packOutcome(outcome: BatchOutcome, batch: BatchRequest): PackedO
       return [index >= 0 ? index : t.verifier, t.calls, t.seconds];
     }),
   };
+  if (outcome.denoiseSeconds) packed.denoise = outcome.denoiseSeconds;
   if (kind !== 'none') packed.keys = ordered.map((o) => (kind === 'state' ? o.key : o.noiseKey) ?? '');
   if (ordered.some((o) => o.sample)) packed.samples = ordered.map((o) => o.sample ?? null);
   return packed;
@@ -158,5 +161,5 @@ export function unpackOutcome(packed: PackedOutcome, batch: BatchRequest): Batch
     return outcome;
   });
   const verifierTimings: VerifierTiming[] = packed.timings.map(([verifier, calls, seconds]) => ({ verifier: typeof verifier === 'number' ? batch.verifiers[verifier] : verifier, calls, seconds }));
-  return { outcomes, verifierTimings };
+  return { outcomes, verifierTimings, denoiseSeconds: packed.denoise ?? 0 };
 }

@@ -38,13 +38,24 @@ export interface VerifierCost {
   seconds: number;
 }
 
+/**
+ * Measured seconds of fleet time (on the servers, not wall time): the search's share of the denoising of
+ * every batch it ran in, and each verifier's; total is their sum.
+ */
+export interface SearchSeconds {
+  denoise: number;
+  verifiers: Record<string, number>;
+  total: number;
+}
+
 export interface SearchResult {
   algorithm: string;
   verifiers: string[];
   model: string;
   condition: SearchSpec['condition'];
   seed: number;
-  budget: { nfe: number };
+  /** seconds: the budget of fleet seconds, when the spec set one. */
+  budget: { nfe: number; seconds?: number };
   /**
    * Logical NFEs as the paper counts them (search + final = total), of which `failed` went to candidates
    * that failed (what the servers spent on them before failing); `executed` is what servers really ran.
@@ -71,6 +82,8 @@ export interface SearchResult {
   stopped: boolean;
   verifierSeconds: number;
   verifierCosts: Record<string, VerifierCost>;
+  /** Absent from results recorded before searches measured their denoising. */
+  seconds?: SearchSeconds;
 }
 
 export interface SearchProgress {
@@ -115,6 +128,8 @@ export interface RunState {
   failedCandidates: number;
   firstFailure: CandidateError | null;
   verifierCosts: Record<string, VerifierCost>;
+  /** The servers' denoising seconds charged to this search; absent in a state carried over from before it was measured. */
+  denoiseSeconds?: number;
   result: SearchResult | null;
 }
 
@@ -185,6 +200,7 @@ export function createRun(spec: SearchSpec, model: ModelInfo): RunState {
     failedCandidates: 0,
     firstFailure: null,
     verifierCosts: {},
+    denoiseSeconds: 0,
     result: null,
   };
 }
@@ -287,6 +303,24 @@ export function setBudget(run: RunState, budgetNfe: number): RunState {
   return { ...run, plan: { ...run.plan, spec: { ...run.plan.spec, budgetNfe } } };
 }
 
+/** Fleet seconds measured so far: the servers' denoising and every verifier's, from the outcomes handed back. */
+export function secondsSpent(run: RunState): number {
+  return (run.denoiseSeconds ?? 0) + Object.values(run.verifierCosts).reduce((sum, c) => sum + c.seconds, 0);
+}
+
+/**
+ * Whether a round of `roundNfe` logical NFEs would take the search past its budget of fleet seconds, the
+ * final generation's seconds kept in reserve as the NFE budget keeps its NFEs. The prediction is the seconds
+ * per logical NFE measured so far; before anything was measured there is none, so the first round runs.
+ */
+function pastSecondsBudget(run: RunState, roundNfe: number): boolean {
+  const budget = run.plan.spec.budgetSeconds;
+  const spent = secondsSpent(run);
+  if (budget === undefined || run.nfeProposed === 0 || spent === 0) return false;
+  const perNfe = spent / run.nfeProposed;
+  return spent + perNfe * (roundNfe + run.plan.finalNfe) > budget;
+}
+
 function noWinner(run: RunState): SearchFailure {
   const cause = run.firstFailure ? ` (first failure: ${run.firstFailure.code}: ${run.firstFailure.message})` : '';
   if (run.failedCandidates === run.candidates) return new SearchFailure(`every one of the ${run.candidates} candidates failed, so there is no best noise${cause}`);
@@ -306,7 +340,7 @@ export function startRound(run: RunState): Round {
     const proposal = run.stopRequested ? null : algorithmOf(plan).propose(run.algorithmState, plan, nfeAvailable);
     if (proposal && proposal.candidates.length > 0) {
       const cost = proposal.candidates.reduce((sum, c) => sum + candidateNfe(c, plan.sigmaMax), 0);
-      if (cost > nfeAvailable) {
+      if (cost > nfeAvailable || pastSecondsBudget(run, cost)) {
         return startRound({ ...run, stopRequested: true });
       }
       return {
@@ -354,11 +388,13 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   const byId = new Map([...(run.resending?.settled ?? []), ...batches.flatMap((b) => b.outcomes)].map((o) => [o.id, o]));
   const resent = new Set(run.resending?.ids ?? []);
   const verifierCosts = addVerifierCosts(run.verifierCosts, batches);
+  // Outcomes recorded before servers measured denoising carry none: they count as 0.
+  const denoiseSeconds = batches.reduce((sum, b) => sum + (b.denoiseSeconds ?? 0), run.denoiseSeconds ?? 0);
   const nfeExecuted = run.nfeExecuted + batches.flatMap((b) => b.outcomes).reduce((sum, o) => sum + o.nfeExecuted, 0);
   const lost = run.inFlight.filter((c) => c.base && !resent.has(c.id) && byId.get(c.id)?.error?.code === BASE_MISSING);
   if (lost.length > 0) {
     const settled = run.inFlight.filter((c) => !lost.includes(c)).map((c) => byId.get(c.id)).filter((o): o is CandidateOutcome => o !== undefined);
-    return { ...run, verifierCosts, nfeExecuted, resending: { settled, ids: lost.map((c) => c.id) } };
+    return { ...run, verifierCosts, denoiseSeconds, nfeExecuted, resending: { settled, ids: lost.map((c) => c.id) } };
   }
   const evaluated: Evaluated[] = run.inFlight.map((candidate, i) => {
     const outcome = byId.get(candidate.id);
@@ -369,7 +405,7 @@ export function finishRound(run: RunState, batches: BatchOutcome[]): RunState {
   const failures = evaluated.filter((e) => e.outcome.error);
   const charged = evaluated.reduce((sum, e) => sum + chargedNfe(run, e), 0);
   const failedCharge = failures.reduce((sum, e) => sum + chargedNfe(run, e), 0);
-  const settledRun = { ...run, resending: null, verifierCosts, nfeExecuted };
+  const settledRun = { ...run, resending: null, verifierCosts, denoiseSeconds, nfeExecuted };
 
   if (run.phase === 'final') {
     const { outcome } = evaluated[0];
@@ -399,13 +435,14 @@ function buildResult(run: RunState, best: Ranked, finalScores: Record<string, nu
   const { spec } = run.plan;
   const ensemble = spec.verifiers.length > 1;
   const verifierSeconds = Object.values(run.verifierCosts).reduce((sum, c) => sum + c.seconds, 0);
+  const denoise = run.denoiseSeconds ?? 0;
   return {
     algorithm: spec.algorithm.name,
     verifiers: spec.verifiers,
     model: spec.model,
     condition: spec.condition,
     seed: spec.seed,
-    budget: { nfe: spec.budgetNfe },
+    budget: spec.budgetSeconds === undefined ? { nfe: spec.budgetNfe } : { nfe: spec.budgetNfe, seconds: spec.budgetSeconds },
     nfe: { search: run.nfeSearch, final: run.nfeFinal, total: run.nfeSearch + run.nfeFinal, executed: run.nfeExecuted, failed: run.nfeFailed },
     best: {
       score: ensemble ? best.value : finalScores[spec.verifiers[0]],
@@ -422,6 +459,11 @@ function buildResult(run: RunState, best: Ranked, finalScores: Record<string, nu
     stopped: run.stopRequested,
     verifierSeconds,
     verifierCosts: run.verifierCosts,
+    seconds: {
+      denoise,
+      verifiers: Object.fromEntries(Object.entries(run.verifierCosts).map(([name, cost]) => [name, cost.seconds])),
+      total: denoise + verifierSeconds,
+    },
   };
 }
 

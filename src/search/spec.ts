@@ -65,6 +65,11 @@ export interface SearchSpec {
   algorithm: AlgorithmSpec;
   verifiers: string[];
   budgetNfe: number;
+  /**
+   * A budget of fleet seconds (the servers' measured denoising and verifier time, not wall time): the search
+   * stops proposing when its next round is predicted to exceed it. The NFE budget bounds it still.
+   */
+  budgetSeconds?: number;
   seed: number;
   searchSampler?: Partial<SamplerSpec>;
   finalSampler?: Partial<SamplerSpec>;
@@ -168,7 +173,7 @@ export function algorithmShapeProblems(algorithm: unknown, field: string): strin
   return problems;
 }
 
-const SPEC_FIELDS = ['model', 'condition', 'algorithm', 'verifiers', 'budgetNfe', 'seed', 'searchSampler', 'finalSampler'];
+const SPEC_FIELDS = ['model', 'condition', 'algorithm', 'verifiers', 'budgetNfe', 'budgetSeconds', 'seed', 'searchSampler', 'finalSampler'];
 const CONDITION_FIELDS: Record<string, ParamType> = { classLabel: 'number', prompt: 'string', negativePrompt: 'string', guidanceScale: 'number' };
 const SAMPLER_FIELDS: Record<string, ParamType> = { solver: 'string', steps: 'number' };
 
@@ -202,9 +207,16 @@ export function searchSpecShapeProblems(spec: unknown): string[] {
   for (const key of ['budgetNfe', 'seed']) {
     if (typeof spec[key] !== 'number') problems.push(`${key}: ${describeValue(spec[key])} must be a whole number`);
   }
+  if (spec.budgetSeconds !== undefined) problems.push(...budgetSecondsProblems(spec.budgetSeconds));
   problems.push(...fieldsProblems(spec.searchSampler, 'searchSampler', SAMPLER_FIELDS));
   problems.push(...fieldsProblems(spec.finalSampler, 'finalSampler', SAMPLER_FIELDS));
   return problems;
+}
+
+/** What is wrong with a budget of fleet seconds, one line; [] when nothing is. */
+export function budgetSecondsProblems(budgetSeconds: unknown): string[] {
+  if (typeof budgetSeconds === 'number' && Number.isFinite(budgetSeconds) && budgetSeconds > 0) return [];
+  return [`budgetSeconds: ${describeValue(budgetSeconds)} must be a finite number of seconds above 0 (the servers' measured denoising and verifier time)`];
 }
 
 export function fullSolve(sigmaMax: number, sampler: SamplerSpec): SolveOp {

@@ -12,23 +12,32 @@ type Flat = Record<string, string | number | null>;
 const FIXED_COLUMNS = [
   'workflow_id', 'campaign_id', 'item_id', 'item_label', 'item_category', 'cell', 'algorithm', 'search_verifiers',
   'budget_nfe', 'seed', 'status', 'error', 'best_score', 'nfe_search', 'nfe_final', 'nfe_total', 'nfe_executed',
-  'verifier_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
+  'verifier_seconds', 'denoise_seconds', 'fleet_seconds', 'wall_seconds', 'finished_at', 'cell_frechet_distance', 'cell_inception_score', 'cell_clip_frechet_distance',
 ] as const;
 
 function searchScores(record: SearchRecord): Record<string, number> {
   return record.result?.best.scores ?? {};
 }
 
-/** The column names: the fixed ones, then `eval_<name>` and `score_<name>` over all records, sorted. */
+function verifierSecondsByName(record: SearchRecord): Record<string, number> {
+  return record.result?.seconds?.verifiers ?? {};
+}
+
+/**
+ * The column names: the fixed ones, then `eval_<name>`, `score_<name>` and `seconds_<verifier>` (the
+ * measured seconds of each search verifier) over all records, each sorted.
+ */
 export function exportColumns(records: SearchRecord[]): string[] {
   const evals = new Set<string>();
   const scores = new Set<string>();
+  const seconds = new Set<string>();
   for (const r of records) {
     for (const name of Object.keys(r.evaluation ?? {})) evals.add(name);
     for (const name of Object.keys(searchScores(r))) scores.add(name);
+    for (const name of Object.keys(verifierSecondsByName(r))) seconds.add(name);
   }
   const sorted = (names: Set<string>) => [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  return [...FIXED_COLUMNS, ...sorted(evals).map((n) => `eval_${n}`), ...sorted(scores).map((n) => `score_${n}`)];
+  return [...FIXED_COLUMNS, ...sorted(evals).map((n) => `eval_${n}`), ...sorted(scores).map((n) => `score_${n}`), ...sorted(seconds).map((n) => `seconds_${n}`)];
 }
 
 function flatten(record: SearchRecord, columns: string[], cell: CellMetricsRecord | undefined): Flat {
@@ -51,6 +60,8 @@ function flatten(record: SearchRecord, columns: string[], cell: CellMetricsRecor
     nfe_total: record.nfeTotal,
     nfe_executed: record.nfeExecuted,
     verifier_seconds: record.verifierSeconds,
+    denoise_seconds: record.result?.seconds?.denoise ?? null,
+    fleet_seconds: record.result?.seconds?.total ?? null,
     wall_seconds: record.wallSeconds,
     finished_at: record.finishedAt,
     cell_frechet_distance: cell?.frechetDistance ?? null,
@@ -59,10 +70,12 @@ function flatten(record: SearchRecord, columns: string[], cell: CellMetricsRecor
   };
   const flat: Flat = {};
   const scores = searchScores(record);
+  const seconds = verifierSecondsByName(record);
   for (const column of columns) {
     if (column in fixed) flat[column] = fixed[column as keyof typeof fixed];
     else if (column.startsWith('eval_')) flat[column] = record.evaluation?.[column.slice(5)] ?? null;
-    else flat[column] = scores[column.slice(6)] ?? null;
+    else if (column.startsWith('score_')) flat[column] = scores[column.slice(6)] ?? null;
+    else flat[column] = seconds[column.slice(8)] ?? null;
   }
   return flat;
 }

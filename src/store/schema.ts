@@ -72,6 +72,10 @@ export const SEARCHES: Table<SearchRecord> = {
     { name: 'verifier_seconds', kind: 'real', get: (r) => r.verifierSeconds },
     { name: 'wall_seconds', kind: 'real', get: (r) => r.wallSeconds },
     { name: 'finished_at', kind: 'text', get: (r) => r.finishedAt },
+    // Added after the first release, copied from the result for SQL: the measured fleet seconds (null for a
+    // failed search, and for one whose result predates them).
+    { name: 'denoise_seconds', kind: 'real', nullable: true, get: (r) => r.result?.seconds?.denoise ?? null },
+    { name: 'verifier_seconds_by_name', kind: 'json', nullable: true, get: (r) => r.result?.seconds?.verifiers ?? null },
   ],
 };
 
