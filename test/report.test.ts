@@ -234,6 +234,32 @@ describe('campaign report', () => {
     assert.ok(paths.includes('FD, IS and CLIP-FID are the cell’s population metrics'));
   });
 
+  it('plots quality against measured fleet seconds beside NFEs, and tables the seconds, once results carry them', async () => {
+    // Denoising at 0.5 ms an NFE; the verifiers as the synthetic costs say (gmm-classifier 2.7x gmm-likelihood).
+    const searches = input.searches.map((r) =>
+      r.result
+        ? { ...r, result: { ...r.result, seconds: { denoise: r.nfeTotal * 0.0005, verifiers: Object.fromEntries(Object.entries(r.result.verifierCosts).map(([v, c]) => [v, c.seconds])), total: r.nfeTotal * 0.0005 + r.verifierSeconds } } }
+        : r,
+    );
+    const measured = await renderReport({ ...input, searches });
+    // The 5 scaling curves of before, each now beside its curve against seconds.
+    assert.equal(count(measured, /<svg class="plot"/g), 8 + 5);
+    assert.ok(measured.includes('gmm-oracle (evaluation) · seconds') && measured.includes('mean fleet seconds per search'));
+    const table = measured.match(/<table class="data compact seconds">[\s\S]*?<\/table>/)![0];
+    const row = table.match(/<tr><th scope="row">random<\/th><td class="text">gmm-classifier<\/td><td>1,000<\/td>.*?<\/tr>/)![0];
+    const done = searches.filter((r) => r.status === 'done' && r.cell === 'random|gmm-classifier|1000');
+    const denoise = done.reduce((a, r) => a + r.nfeTotal * 0.0005, 0) / done.length;
+    const verifier = done.reduce((a, r) => a + r.verifierSeconds, 0) / done.length;
+    const cells = row.match(/<td[^>]*>[^<]*<\/td>/g)!.map((c) => c.replace(/<[^>]+>/g, ''));
+    // search verifiers, budget, mean NFEs, denoising, gmm-classifier, gmm-likelihood, total, verifier share, searches
+    assert.equal(cells[3], `${Number((denoise * 1000).toPrecision(3))} ms`);
+    assert.equal(cells[5], '–', 'a verifier the cell did not search with');
+    assert.equal(cells[7], `${Number(((100 * verifier) / (denoise + verifier)).toPrecision(3))} %`);
+    assert.equal(cells[8], String(done.length));
+    // The cross table's mean fleet seconds column.
+    assert.ok(measured.match(/<table class="data cross" data-algorithm="random">[\s\S]*?<\/table>/)![0].includes('mean fleet seconds'));
+  });
+
   it('renders an empty campaign without failing', async () => {
     const empty = await renderReport({ campaign: input.campaign, searches: [], cellMetrics: [] });
     assert.ok(empty.includes('No finished search to plot.'));

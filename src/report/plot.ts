@@ -128,3 +128,13 @@ export async function samplePicture(sample: number[], title?: string, options: S
   }
   return renderSvg(spec);
 }
+
+/** A rendered plot and its caption, as the report numbers and lays them out. */
+export interface Figure {
+  svg: string;
+  caption: string;
+}
+
+export async function figure(spec: VlSpec, label: string, caption: string): Promise<Figure> {
+  return { svg: inlineSvg(await renderSvg(spec), 'plot', label), caption };
+}
