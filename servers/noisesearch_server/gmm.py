@@ -1,12 +1,16 @@
 """An exact diffusion model: a class-conditional Gaussian mixture with a closed-form denoiser.
 
-Every per-row reduction below is an elementwise product summed over a contiguous last axis, or a Python
-loop over a small axis in a fixed order, never a BLAS call: BLAS picks kernels by batch size, and a
-candidate's result must not depend on the batch it was evaluated in.
+A candidate's result must not depend on the batch it was evaluated in, so every per-row quantity is computed
+from that row alone: elementwise operations, and sums over one axis of a fixed length (the dimension, the
+rank, the components a row needs) by `np.einsum` without `optimize`, which runs numpy's own loops and adds each
+output's terms in the same order whatever the number of rows (tests/test_gmm.py checks batches of 1 to 260).
+Never a BLAS call: BLAS picks kernels and blockings by the number of rows. Which components a row needs depends
+only on the row (its class's, or the whole mixture's for unconditional and guided rows), never on its neighbours.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -63,24 +67,35 @@ def logsumexp(values: np.ndarray) -> np.ndarray:
     return np.log(np.exp(values - safe_peak).sum(axis=-1)) + safe_peak[..., 0]
 
 
-def rows_times(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """values (B, M) times table (M, N), accumulated over m in a fixed order."""
-    total = values[:, 0, None] * table[0]
-    for m in range(1, len(table)):
-        total += values[:, m, None] * table[m]
-    return total
+@dataclass(frozen=True)
+class ComponentTable:
+    """What n components contribute at one sigma. With M_k = a I_r + U_k^T U_k = R_k R_k^T (Cholesky) and the
+    whitened factors W_k = R_k^-1 U_k^T (rank x dim), Woodbury gives (Sigma_k + sigma^2 I)^-1 = (I - W_k^T W_k) / a,
+    and the matrix determinant lemma log det(Sigma_k + sigma^2 I) = (dim - rank) log a + log det M_k.
+
+    `vectors` stacks mu_k and the rows of W_k as ((1 + rank) n, dim): x . vectors gives x . mu_k and W_k x in one
+    pass, and the same table maps the responsibility-weighted (1, W_k d) back to sum_k p_k (mu_k + W_k^T W_k d)."""
+
+    vectors: np.ndarray  # ((1 + rank) n, dim): mu_0 .. mu_n-1, then W_k's row 0 for every k, then row 1, ...
+    mean_norms: np.ndarray  # (n,): |mu_k|^2
+    mean_projections: np.ndarray  # (rank, n): W_k mu_k
+    log_norm: np.ndarray  # (n,): -(log det(Sigma_k + sigma^2 I) + dim log 2 pi) / 2
 
 
-def row_contract(values: np.ndarray, table_t: np.ndarray) -> np.ndarray:
-    """values (B, M) times table_t.T, with table_t (N, M) contiguous: products summed over the last axis."""
-    return (values[:, None, :] * table_t[None]).sum(axis=-1)
+@dataclass(frozen=True)
+class NoiseTerms:
+    a: float  # s^2 + sigma^2
+    mixture: ComponentTable  # every component
+    classes: ComponentTable  # the same per class, each field with a leading class axis
 
 
 class GaussianMixture:
     """Component k: N(mu_k, s^2 I + U_k U_k^T); equal weights within a class, equal class priors."""
 
-    # Rows per denoiser pass: its (rows, dim, K (1 + rank)) product then stays in a core's cache.
-    DENOISE_ROWS = 128
+    # Rows per denoiser pass: a block's arrays then stay in a core's cache. Results do not depend on it.
+    DENOISE_ROWS = 64
+    # Distinct sigmas whose noise terms are kept: a solve's schedule repeats across candidates and batches.
+    NOISE_TERMS_CACHED = 1024
 
     def __init__(self, config: GmmConfig) -> None:
         self.config = config
@@ -96,12 +111,7 @@ class GaussianMixture:
         )
         self.component_class = np.repeat(np.arange(config.num_classes), config.components_per_class)
         self.factor_gram = np.einsum("kid,kjd->kij", self.factors, self.factors)
-        factor_columns = [self.factors[:, j, :] for j in range(config.rank)]
-        # x . [mu_k, u_k0, u_k1, ...] as one (D, K (1 + rank)) table, and its transpose for the way back.
-        self._input_table = np.ascontiguousarray(np.concatenate([self.means.T] + [u.T for u in factor_columns], axis=1))
-        self._output_table = np.ascontiguousarray(np.concatenate([self.means] + factor_columns, axis=0).T)
-        self._mean_norms = (self.means * self.means).sum(axis=-1)
-        self._mean_projections = [(self.means * u).sum(axis=-1) for u in factor_columns]
+        self.noise_terms = functools.lru_cache(maxsize=self.NOISE_TERMS_CACHED)(self._compute_noise_terms)
         features = np.random.default_rng([config.seed, 1])
         self.feature_weights = features.standard_normal((config.feature_count, config.dim)) / math.sqrt(config.dim)
         self.feature_bias = features.standard_normal(config.feature_count) * 0.5
@@ -120,80 +130,110 @@ class GaussianMixture:
             identity=f"gmm:numpy={np.__version__}:" + repr(sorted(asdict(config).items())),
         )
 
-    def _noise_terms(self, sigma: float) -> tuple[float, np.ndarray, np.ndarray]:
-        """a = s^2 + sigma^2, (a I_r + U^T U)^-1 per component, and log det(Sigma_k + sigma^2 I) per component.
-
-        Woodbury: (a I + U U^T)^-1 = (I - U (a I_r + U^T U)^-1 U^T) / a, and the matrix determinant lemma:
-        det(a I + U U^T) = a^(D - r) det(a I_r + U^T U).
-        """
+    def _compute_noise_terms(self, sigma: float) -> NoiseTerms:
+        """Once per sigma, for every row alike, so BLAS and LAPACK are fine here."""
         config = self.config
+        classes, per_class, rank, dim = config.num_classes, config.components_per_class, config.rank, config.dim
         a = config.isotropic_std**2 + sigma * sigma
-        small = a * np.eye(config.rank) + self.factor_gram
-        log_det = (config.dim - config.rank) * math.log(a) + np.linalg.slogdet(small)[1]
-        return a, np.linalg.inv(small), log_det
-
-    def _component_log_densities(self, x: np.ndarray, noise_terms) -> tuple[np.ndarray, list[np.ndarray]]:
-        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, K), and the Woodbury coefficients
-        c_j = (a I_r + U^T U)^-1 U^T (x - mu_k) as `rank` arrays (B, K). |x - mu_k|^2 and U^T (x - mu_k) come
-        from x . mu_k and x . u_kj, so that no (B, K, D) array is ever formed."""
-        config = self.config
-        a, small_inverse, log_det = noise_terms
-        components = len(self.means)
-        products = rows_times(x, self._input_table)
-        squared = (x * x).sum(axis=-1, keepdims=True) - 2 * products[:, :components] + self._mean_norms
-        projections = [
-            products[:, (j + 1) * components : (j + 2) * components] - self._mean_projections[j]
-            for j in range(config.rank)
-        ]
-        coefficients = [
-            sum(small_inverse[None, :, j, i] * projections[i] for i in range(config.rank))
-            for j in range(config.rank)
-        ]
-        quadratic = (squared - sum(p * c for p, c in zip(projections, coefficients))) / a
-        log_density = -0.5 * (quadratic + log_det[None] + config.dim * math.log(2 * math.pi))
-        return log_density, coefficients
+        cholesky = np.linalg.cholesky(a * np.eye(rank) + self.factor_gram)
+        whitened = np.linalg.solve(cholesky, self.factors)  # (K, rank, dim)
+        log_det = (dim - rank) * math.log(a) + 2 * np.log(np.diagonal(cholesky, axis1=-2, axis2=-1)).sum(axis=-1)
+        # (1 + rank, K, dim): the means, then each row of W_k across components.
+        vectors = np.concatenate([self.means[None], whitened.transpose(1, 0, 2)])
+        mean_projections = np.einsum("krd,kd->rk", whitened, self.means)
+        mixture = ComponentTable(
+            np.ascontiguousarray(vectors.reshape(-1, dim)), (self.means * self.means).sum(axis=-1), mean_projections,
+            -0.5 * (log_det + dim * math.log(2 * math.pi)),
+        )
+        by_class = ComponentTable(
+            np.ascontiguousarray(vectors.reshape(1 + rank, classes, per_class, dim).transpose(1, 0, 2, 3).reshape(classes, -1, dim)),
+            mixture.mean_norms.reshape(classes, per_class),
+            np.ascontiguousarray(mean_projections.reshape(rank, classes, per_class).transpose(1, 0, 2)),
+            mixture.log_norm.reshape(classes, per_class),
+        )
+        return NoiseTerms(a, mixture, by_class)
 
     def denoise(self, x: np.ndarray, sigma: float, rows: Rows) -> np.ndarray:
         return self.posterior_mean(x, sigma, rows.labels, rows.guidance)
 
     def posterior_mean(self, x: np.ndarray, sigma: float, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
-        """E[x0 | x_sigma] per row, guided: D_uncond + w (D_cond - D_uncond); negative labels are unconditional."""
-        noise_terms = self._noise_terms(sigma)
+        """E[x0 | x_sigma] per row, guided: D_uncond + w (D_cond - D_uncond); negative labels are unconditional.
+
+        Per component, E[x0 | x_sigma, k] = x - sigma^2 (Sigma_k + sigma^2 I)^-1 (x - mu_k)
+        = x - (sigma^2 / a) (x - mu_k - W_k^T W_k (x - mu_k)); the mixture weighs these by p(k | x_sigma). A
+        labelled row at guidance 1 needs only its class's components; any other row needs the whole mixture."""
+        terms = self.noise_terms(float(sigma))
+        class_only = (labels >= 0) & (guidance == 1.0)
+        if class_only.all():
+            mixed = self._in_blocks(self._class_mix, x, terms, labels, guidance)
+        else:
+            mixed = np.empty_like(x)
+            for rows, method in ((np.flatnonzero(class_only), self._class_mix), (np.flatnonzero(~class_only), self._mixture_mix)):
+                if len(rows):
+                    mixed[rows] = self._in_blocks(method, x[rows], terms, labels[rows], guidance[rows])
+        return x - (sigma * sigma / terms.a) * (x - mixed)
+
+    def _in_blocks(self, method, x: np.ndarray, terms: NoiseTerms, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         rows = self.DENOISE_ROWS
         if len(x) <= rows:
-            return self._denoise_rows(x, sigma, noise_terms, labels, guidance)
+            return method(x, terms, labels, guidance)
         return np.concatenate([
-            self._denoise_rows(x[i : i + rows], sigma, noise_terms, labels[i : i + rows], guidance[i : i + rows])
-            for i in range(0, len(x), rows)
+            method(x[i : i + rows], terms, labels[i : i + rows], guidance[i : i + rows]) for i in range(0, len(x), rows)
         ])
 
-    def _denoise_rows(
-        self, x: np.ndarray, sigma: float, noise_terms, labels: np.ndarray, guidance: np.ndarray
-    ) -> np.ndarray:
-        """Per component, E[x0 | x_sigma, k] = x - sigma^2 (Sigma_k + sigma^2 I)^-1 (x - mu_k). The mixture is linear
-        in the responsibilities, so guidance mixes the responsibilities rather than two denoised batches."""
-        log_density, coefficients = self._component_log_densities(x, noise_terms)
-        unconditional = labels < 0
-        in_class = unconditional[:, None] | (self.component_class[None, :] == labels[:, None])
-        weights = _softmax(np.where(in_class, log_density, -np.inf))
-        plain = unconditional | (guidance == 1.0)
-        if not np.all(plain):
-            unconditional_weights = _softmax(log_density)
-            guided = unconditional_weights + guidance[:, None] * (weights - unconditional_weights)
-            weights = np.where(plain[:, None], weights, guided)
-        # sum_k w_k (mu_k + U_k c_k): the responsibility-weighted means and low-rank corrections, at once.
-        weighted = np.concatenate([weights] + [weights * c for c in coefficients], axis=1)
-        mixed = row_contract(weighted, self._output_table)
-        return x - (sigma * sigma / noise_terms[0]) * (x - mixed)
+    def _class_mix(self, x: np.ndarray, terms: NoiseTerms, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """sum_k p(k | x, c) (mu_k + W_k^T W_k (x - mu_k)) over the components of each row's class c, with each
+        row's class table gathered: (B, (1 + rank) n, dim)."""
+        table = terms.classes
+        vectors = table.vectors.take(labels, axis=0)
+        products = np.einsum("bd,bmd->bm", x, vectors)
+        log_density, projected = self._log_densities(
+            x, products, table.mean_norms.take(labels, axis=0), table.mean_projections.take(labels, axis=0),
+            table.log_norm.take(labels, axis=0), terms.a,
+        )
+        return np.einsum("bm,bmd->bd", _weighted(_softmax(log_density), projected), vectors)
+
+    def _mixture_mix(self, x: np.ndarray, terms: NoiseTerms, labels: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """The same over the whole mixture, with guidance mixing the responsibilities: the mixture is linear in
+        them, so D_uncond + w (D_cond - D_uncond) is the mixture under p_uncond + w (p_cond - p_uncond)."""
+        table = terms.mixture
+        log_density, projected = self._log_densities(
+            x, np.einsum("bd,md->bm", x, table.vectors), table.mean_norms, table.mean_projections, table.log_norm, terms.a
+        )
+        weights = _softmax(log_density)
+        labelled = labels >= 0
+        if labelled.any():
+            # Unconditional rows keep every component, so that no row of `conditional` is empty.
+            in_class = (self.component_class[None, :] == labels[:, None]) | ~labelled[:, None]
+            conditional = _softmax(np.where(in_class, log_density, -np.inf))
+            guided = weights + guidance[:, None] * (conditional - weights)
+            weights = np.where(labelled[:, None], guided, weights)
+        return np.einsum("bm,md->bd", _weighted(weights, projected), table.vectors)
+
+    def _log_densities(
+        self, x: np.ndarray, products: np.ndarray, mean_norms: np.ndarray, mean_projections: np.ndarray,
+        log_norm: np.ndarray, a: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, n) and W_k (x - mu_k) as (B, rank, n), from products = x . vectors
+        (B, (1 + rank) n): |x - mu_k|^2 = |x|^2 - 2 x . mu_k + |mu_k|^2, so no (B, n, dim) array is formed."""
+        products = products.reshape(len(x), 1 + self.config.rank, -1)
+        projected = products[:, 1:] - mean_projections
+        squared = np.einsum("bd,bd->b", x, x)[:, None] - 2 * products[:, 0] + mean_norms
+        quadratic = squared - np.einsum("brk,brk->bk", projected, projected)
+        return log_norm - (0.5 / a) * quadratic, projected
 
     def class_log_densities(self, x: np.ndarray) -> np.ndarray:
         """log p(x | c) under the data distribution, as (B, C)."""
-        log_density, _ = self._component_log_densities(x, self._noise_terms(0.0))
+        terms = self.noise_terms(0.0)
+        table = terms.mixture
+        log_density, _ = self._log_densities(
+            x, np.einsum("bd,md->bm", x, table.vectors), table.mean_norms, table.mean_projections, table.log_norm, terms.a
+        )
         per_class = log_density.reshape(len(x), self.config.num_classes, self.config.components_per_class)
         return logsumexp(per_class) - math.log(self.config.components_per_class)
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh(rows_times(x, self._feature_table) + self.feature_bias)
+        return np.tanh(np.einsum("bd,df->bf", x, self._feature_table) + self.feature_bias)
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Exact draws x0 ~ p(x | c) for the tests and the benchmark."""
@@ -209,6 +249,11 @@ class GaussianMixture:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def _weighted(weights: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """(p_k, p_k W_k d_k) laid out like a ComponentTable's vectors: (B, n), (B, rank, n) -> (B, (1 + rank) n)."""
+    return np.concatenate([weights[:, None], weights[:, None] * projected], axis=1).reshape(len(weights), -1)
 
 
 class OracleVerifier:

@@ -105,6 +105,27 @@ def test_denoiser_matches_the_dense_posterior_mean(model, sigma):
     np.testing.assert_allclose(model.posterior_mean(x, sigma, labels, guidance), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("sigma", [0.02, 1.3, 40.0])
+def test_each_row_is_bit_identical_in_any_batch(model, sigma):
+    """Rows of every kind (a class at guidance 1, guided, unconditional) mixed, in batches across the block size."""
+    rng = np.random.default_rng(11)
+    count = 260
+    x = sigma * rng.standard_normal((count, model.config.dim)) + model.sample(rng.integers(0, 10, count), rng)
+    labels = rng.integers(-1, model.config.num_classes, count)
+    guidance = rng.choice([1.0, 1.0, 0.0, 2.5], count)
+    alone = [model.posterior_mean(x[i : i + 1], sigma, labels[i : i + 1], guidance[i : i + 1]).tobytes() for i in range(count)]
+    class_rows = np.abs(labels)
+    alone_in_class = [model.posterior_mean(x[i : i + 1], sigma, class_rows[i : i + 1], np.ones(1)).tobytes() for i in range(count)]
+    densities_alone = [model.class_log_densities(x[i : i + 1]).tobytes() for i in range(count)]
+    for size, offset in [(7, 3), (16, 100), (64, 0), (100, 17), (129, 131), (260, 0)]:
+        rows = slice(offset, offset + size)
+        batch = model.posterior_mean(x[rows], sigma, labels[rows], guidance[rows])
+        assert [row.tobytes() for row in batch] == alone[rows]
+        batch = model.posterior_mean(x[rows], sigma, class_rows[rows], np.ones(size))
+        assert [row.tobytes() for row in batch] == alone_in_class[rows]
+        assert [row.tobytes() for row in model.class_log_densities(x[rows])] == densities_alone[rows]
+
+
 def test_verifiers_agree_with_their_definitions(model):
     rng = np.random.default_rng(3)
     labels = np.array([0, 5, 5, 9])
