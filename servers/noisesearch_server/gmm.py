@@ -77,9 +77,8 @@ class ComponentTable:
     pass, and the same table maps the responsibility-weighted (1, W_k d) back to sum_k p_k (mu_k + W_k^T W_k d)."""
 
     vectors: np.ndarray  # ((1 + rank) n, dim): mu_0 .. mu_n-1, then W_k's row 0 for every k, then row 1, ...
-    mean_norms: np.ndarray  # (n,): |mu_k|^2
     mean_projections: np.ndarray  # (rank, n): W_k mu_k
-    log_norm: np.ndarray  # (n,): -(log det(Sigma_k + sigma^2 I) + dim log 2 pi) / 2
+    offsets: np.ndarray  # (n,): -(log det(Sigma_k + sigma^2 I) + dim log 2 pi + |mu_k|^2 / a) / 2
 
 
 @dataclass(frozen=True)
@@ -141,15 +140,12 @@ class GaussianMixture:
         # (1 + rank, K, dim): the means, then each row of W_k across components.
         vectors = np.concatenate([self.means[None], whitened.transpose(1, 0, 2)])
         mean_projections = np.einsum("krd,kd->rk", whitened, self.means)
-        mixture = ComponentTable(
-            np.ascontiguousarray(vectors.reshape(-1, dim)), (self.means * self.means).sum(axis=-1), mean_projections,
-            -0.5 * (log_det + dim * math.log(2 * math.pi)),
-        )
+        offsets = -0.5 * (log_det + dim * math.log(2 * math.pi) + (self.means * self.means).sum(axis=-1) / a)
+        mixture = ComponentTable(np.ascontiguousarray(vectors.reshape(-1, dim)), mean_projections, offsets)
         by_class = ComponentTable(
             np.ascontiguousarray(vectors.reshape(1 + rank, classes, per_class, dim).transpose(1, 0, 2, 3).reshape(classes, -1, dim)),
-            mixture.mean_norms.reshape(classes, per_class),
             np.ascontiguousarray(mean_projections.reshape(rank, classes, per_class).transpose(1, 0, 2)),
-            mixture.log_norm.reshape(classes, per_class),
+            offsets.reshape(classes, per_class),
         )
         return NoiseTerms(a, mixture, by_class)
 
@@ -188,8 +184,7 @@ class GaussianMixture:
         vectors = table.vectors.take(labels, axis=0)
         products = np.einsum("bd,bmd->bm", x, vectors)
         log_density, projected = self._log_densities(
-            x, products, table.mean_norms.take(labels, axis=0), table.mean_projections.take(labels, axis=0),
-            table.log_norm.take(labels, axis=0), terms.a,
+            products, table.mean_projections.take(labels, axis=0), table.offsets.take(labels, axis=0), terms.a
         )
         return np.einsum("bm,bmd->bd", _weighted(_softmax(log_density), projected), vectors)
 
@@ -198,7 +193,7 @@ class GaussianMixture:
         them, so D_uncond + w (D_cond - D_uncond) is the mixture under p_uncond + w (p_cond - p_uncond)."""
         table = terms.mixture
         log_density, projected = self._log_densities(
-            x, np.einsum("bd,md->bm", x, table.vectors), table.mean_norms, table.mean_projections, table.log_norm, terms.a
+            np.einsum("bd,md->bm", x, table.vectors), table.mean_projections, table.offsets, terms.a
         )
         weights = _softmax(log_density)
         labelled = labels >= 0
@@ -211,24 +206,21 @@ class GaussianMixture:
         return np.einsum("bm,md->bd", _weighted(weights, projected), table.vectors)
 
     def _log_densities(
-        self, x: np.ndarray, products: np.ndarray, mean_norms: np.ndarray, mean_projections: np.ndarray,
-        log_norm: np.ndarray, a: float,
+        self, products: np.ndarray, mean_projections: np.ndarray, offsets: np.ndarray, a: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """log N(x; mu_k, Sigma_k + sigma^2 I) as (B, n) and W_k (x - mu_k) as (B, rank, n), from products = x . vectors
-        (B, (1 + rank) n): |x - mu_k|^2 = |x|^2 - 2 x . mu_k + |mu_k|^2, so no (B, n, dim) array is formed."""
-        products = products.reshape(len(x), 1 + self.config.rank, -1)
+        """log N(x; mu_k, Sigma_k + sigma^2 I) + |x|^2 / (2 a), the part that depends on k, as (B, n), and
+        W_k (x - mu_k) as (B, rank, n), from products = x . vectors (B, (1 + rank) n):
+        |x - mu_k|^2 - |W_k (x - mu_k)|^2 = |x|^2 - 2 x . mu_k + |mu_k|^2 - |W_k x - W_k mu_k|^2."""
+        products = products.reshape(len(products), 1 + self.config.rank, -1)
         projected = products[:, 1:] - mean_projections
-        squared = np.einsum("bd,bd->b", x, x)[:, None] - 2 * products[:, 0] + mean_norms
-        quadratic = squared - np.einsum("brk,brk->bk", projected, projected)
-        return log_norm - (0.5 / a) * quadratic, projected
+        return offsets + (products[:, 0] + 0.5 * np.einsum("brk,brk->bk", projected, projected)) / a, projected
 
     def class_log_densities(self, x: np.ndarray) -> np.ndarray:
         """log p(x | c) under the data distribution, as (B, C)."""
         terms = self.noise_terms(0.0)
         table = terms.mixture
-        log_density, _ = self._log_densities(
-            x, np.einsum("bd,md->bm", x, table.vectors), table.mean_norms, table.mean_projections, table.log_norm, terms.a
-        )
+        log_density, _ = self._log_densities(np.einsum("bd,md->bm", x, table.vectors), table.mean_projections, table.offsets, terms.a)
+        log_density -= (0.5 / terms.a) * np.einsum("bd,bd->b", x, x)[:, None]
         per_class = log_density.reshape(len(x), self.config.num_classes, self.config.components_per_class)
         return logsumexp(per_class) - math.log(self.config.components_per_class)
 
