@@ -425,8 +425,9 @@ class Engine:
             return denoised
 
         def call(subset: np.ndarray) -> np.ndarray:
-            batch = x if len(subset) == len(x) else x[subset]
-            return self.model.denoise(batch, float(sigma), conditioning[subset])
+            if len(subset) == len(x):
+                return self.model.denoise(x, float(sigma), conditioning)
+            return self.model.denoise(x[subset], float(sigma), conditioning[subset])
 
         what = "x-prediction" if stage == "xpred" else "solve"
         succeeded, outputs = self._isolated(members, rows, call, fault_stage=stage, what=what, counts_nfe=True)
