@@ -38,7 +38,7 @@ function tritonServerArgs(grpcAddress: string): string[] {
  * stub runs numpy 1, the native server numpy 2; the numbers are the same, docs/triton.md).
  */
 function comparable(result: SearchResult) {
-  const { verifierSeconds, verifierCosts, nfe, best, ...rest } = result;
+  const { verifierSeconds, verifierCosts, seconds, nfe, best, ...rest } = result;
   const { key, ...bestWithoutKey } = best;
   const { executed, ...logical } = nfe;
   return { ...rest, nfe: logical, best: bestWithoutKey };
