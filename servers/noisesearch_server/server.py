@@ -41,7 +41,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50151
     model: str = "gmm"
-    max_batch: int = 64
+    max_batch: int = 128
     max_concurrency: int = 8
     batch_window_ms: float = 2.0
     cache_mb: float = 1024.0
