@@ -123,7 +123,7 @@ async def test_answers_are_the_gmms_bit_for_bit(pb):
 
     assert answers["sim"] == answers["gmm"]
     description, (results, _, _), (_, cache_hits, _) = answers["sim"]
-    assert description.model == "gmm" and description.max_batch == 64
+    assert description.model == "gmm" and description.max_batch == 128
     assert [r.HasField("error") for r in results] == [False] * 4 + [True]
     assert all(r.scores and r.state_key for r in results[:4])
     assert cache_hits == 4
