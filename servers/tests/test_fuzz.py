@@ -235,7 +235,7 @@ HOSTILE_DOUBLES = [
     1.0000001, 1e-300,
 ]
 HOSTILE_FLOATS32 = [math.nan, math.inf, -math.inf, -0.0, 3.4028234663852886e38, -3.4028234663852886e38, 1e-45, 1e30]
-HOSTILE_UINTS = [0, 1, 2, 9, 10, 64, 65, MAX_STEPS, MAX_STEPS + 1, 2**31 - 1, 2**31, 2**32 - 1]
+HOSTILE_UINTS = [0, 1, 2, 9, 10, 128, 129, MAX_STEPS, MAX_STEPS + 1, 2**31 - 1, 2**31, 2**32 - 1]
 HOSTILE_UINT64S = HOSTILE_UINTS + [2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1]
 HOSTILE_INT32S = [-(2**31), -1, 0, 1, NUM_CLASSES - 1, NUM_CLASSES, 2**31 - 1]
 HOSTILE_TEXTS = [
@@ -244,8 +244,8 @@ HOSTILE_TEXTS = [
     "\u2028", "../../etc/passwd", "%s%n", "<script>",
 ]
 HOSTILE_BYTES = [b"", b"\x00" * 16, b"\xff" * 16, b"short", b"\x00" * 15, b"\x00" * 17, os.urandom(16), b"x" * 70_000]
-# Repeated fields this long reach every count limit: max_batch 64, MAX_OPS, MAX_PERTURBATIONS, the samples'.
-HUGE_COUNTS = [65, 10_001, MAX_OPS + 1]
+# Repeated fields this long reach every count limit: max_batch 128, MAX_OPS, MAX_PERTURBATIONS, the samples'.
+HUGE_COUNTS = [129, 10_001, MAX_OPS + 1]
 assert MAX_PERTURBATIONS + 1 in HUGE_COUNTS and MAX_SCORE_SAMPLES + 1 in HUGE_COUNTS
 assert MAX_POPULATION_SAMPLES + 1 in HUGE_COUNTS
 

@@ -65,7 +65,7 @@ async def test_too_many_samples_or_candidates_are_refused_before_decoding(raw_ca
         assert seconds < 5, f"{method} took {seconds:.1f} s"
     code, details, seconds = await raw_call("Denoiser/Evaluate", b"\x12\x00" * 10_001)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("candidates: got 10001, more than max_batch 64") and seconds < 5
+    assert details.startswith("candidates: got 10001, more than max_batch 128") and seconds < 5
 
 
 async def test_refusals_quote_long_strings_and_lists_in_part(raw_call):
@@ -192,7 +192,7 @@ async def test_a_flood_of_entries_is_refused_before_parsing(raw_call):
     # on the wire first, and the refusal names where the count ran over.
     ops_flood = pb.EvaluateRequest(candidates=[pb.Candidate(lineage=pb.Lineage(ops=[pb.Op()] * 200_000))])
     cases = [
-        ("Denoiser/Evaluate", ops_flood.SerializeToString(), "candidates[0].lineage: more than 101512 fields in all"),
+        ("Denoiser/Evaluate", ops_flood.SerializeToString(), "candidates[0].lineage: more than 102024 fields in all"),
         ("Verifier/Score", b"\x12\x00" * 1_500_000, "ScoreRequest: more than 11000 fields in all"),
         ("Verifier/Describe", b"\x08\x00" * 1_500_000, "DescribeVerifiersRequest: more than 1000 fields in all"),
     ]

@@ -49,7 +49,7 @@ async def test_describe_reports_the_model(pb, denoiser, verifier):
     assert (description.default_solver, description.default_steps, description.num_classes) == ("heun", 28, 10)
     assert description.rho == 7.0
     assert [s.name for s in description.solvers] == ["euler", "heun", "euler_ancestral"]
-    assert description.max_batch == 64 and description.max_concurrency == 8
+    assert description.max_batch == 128 and description.max_concurrency == 8
     assert len(description.server_id) == 36
     verifiers = {v.name: v for v in description.verifiers}
     assert verifiers["gmm-selfsup"].xpred_sigma == 0.4 and not verifiers["gmm-selfsup"].needs_condition
@@ -82,7 +82,7 @@ async def test_evaluate_scores_each_candidate_in_order(pb, denoiser):
     [
         ({"model": "sdxl"}, grpc.StatusCode.NOT_FOUND, 'model: unknown model \'sdxl\''),
         ({"candidates": []}, grpc.StatusCode.INVALID_ARGUMENT, "candidates: empty"),
-        ({"count": 65}, grpc.StatusCode.INVALID_ARGUMENT, "more than max_batch 64"),
+        ({"count": 129}, grpc.StatusCode.INVALID_ARGUMENT, "more than max_batch 128"),
         (
             {"verifiers": ["gmm-oracle", "foo"]},
             grpc.StatusCode.INVALID_ARGUMENT,
