@@ -33,32 +33,34 @@ function log(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
-function mean(values: number[]): number {
-  return values.reduce((a, b) => a + b, 0) / values.length;
+/** The median: a search preempted on this shared machine moves a mean of millisecond figures, not a median. */
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
 const ms = (seconds: number) => (seconds * 1000).toFixed(1);
 
 function table(cells: Cell[]): string {
   const head = ['algorithm', 'search verifiers', 'NFEs', 'denoise ms', ...ALL_VERIFIERS.map((v) => `${v} ms`), 'verifiers ms', 'fleet ms', 'verifier share', 'verifiers / single', 'fleet / single'];
+  const verifierSeconds = (r: SearchResult) => r.seconds!.total - r.seconds!.denoise;
   const rows = cells.map((cell) => {
     const seconds = cell.results.map((r) => r.seconds!);
-    const denoise = mean(seconds.map((s) => s.denoise));
-    const total = mean(seconds.map((s) => s.total));
+    const verifiers = median(cell.results.map(verifierSeconds));
+    const total = median(seconds.map((s) => s.total));
     const single = cells.find((c) => c.algorithm === cell.algorithm && c.verifiers.join('+') === SINGLE.join('+'))!;
-    const singleTotal = mean(single.results.map((r) => r.seconds!.total));
-    const singleVerifiers = mean(single.results.map((r) => r.seconds!.total - r.seconds!.denoise));
     return [
       cell.algorithm,
       cell.verifiers.join('+'),
-      mean(cell.results.map((r) => r.nfe.total)).toFixed(0),
-      ms(denoise),
-      ...ALL_VERIFIERS.map((v) => (cell.verifiers.includes(v) ? ms(mean(seconds.map((s) => s.verifiers[v] ?? 0))) : '-')),
-      ms(total - denoise),
+      median(cell.results.map((r) => r.nfe.total)).toFixed(0),
+      ms(median(seconds.map((s) => s.denoise))),
+      ...ALL_VERIFIERS.map((v) => (cell.verifiers.includes(v) ? ms(median(seconds.map((s) => s.verifiers[v] ?? 0))) : '-')),
+      ms(verifiers),
       ms(total),
-      `${((100 * (total - denoise)) / total).toFixed(1)} %`,
-      ((total - denoise) / singleVerifiers).toFixed(2),
-      (total / singleTotal).toFixed(2),
+      `${(100 * median(cell.results.map((r) => verifierSeconds(r) / r.seconds!.total))).toFixed(1)} %`,
+      (verifiers / median(single.results.map(verifierSeconds))).toFixed(2),
+      (total / median(single.results.map((r) => r.seconds!.total))).toFixed(2),
     ];
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -89,8 +91,8 @@ async function main(): Promise<void> {
       }
     }
     const lines = [
-      `Measured fleet seconds per search, mean of ${SEEDS} seed${SEEDS === 1 ? '' : 's'} per cell: in-process driver, one embedded gmm model server, class 3, budget ${BUDGET_NFE} NFEs.`,
-      'Every cell of an algorithm spends the same NFEs; "verifiers / single" and "fleet / single" are its verifier and fleet seconds over the same algorithm with gmm-classifier alone.',
+      `Measured fleet seconds per search, median of ${SEEDS} seed${SEEDS === 1 ? '' : 's'} per cell: in-process driver, one embedded gmm model server, class 3, budget ${BUDGET_NFE} NFEs.`,
+      'Every cell of an algorithm spends the same NFEs; "verifiers / single" and "fleet / single" are its median verifier and fleet seconds over those of the same algorithm with gmm-classifier alone.',
       '',
       table(cells),
     ];
