@@ -94,8 +94,9 @@ class GaussianMixture:
     # Rows per denoiser pass, so that a pass's arrays stay in a core's cache: a batch of 256 ran at 1.15x the
     # NFE/s of one in blocks of 128 through the engine, 512 in blocks of 512 no faster. Results do not depend on it.
     DENOISE_ROWS = 256
-    # Distinct sigmas whose noise terms are kept: a solve's schedule repeats across candidates and batches.
-    NOISE_TERMS_CACHED = 1024
+    # Distinct sigmas whose noise terms are kept (about 24 KB each at the default size; recomputing one takes
+    # about 70 us): a solve's schedule repeats across candidates and batches.
+    NOISE_TERMS_CACHED = 256
 
     def __init__(self, config: GmmConfig) -> None:
         self.config = config
