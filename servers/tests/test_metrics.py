@@ -127,10 +127,10 @@ async def test_metrics_match_the_answers(pb):
     for method, code, calls in [("Evaluate", "OK", 2), ("Evaluate", "NOT_FOUND", 1), ("Score", "OK", 1), ("Describe", "OK", 1)]:
         assert value(families, "noisesearch_server_requests_total", method=method, code=code) == calls
 
-    # The refused call never reached the batcher: two batches of four candidates each, out of --max-batch 64.
+    # The refused call never reached the batcher: two batches of four candidates each, out of the default --max-batch 128.
     assert value(families, "noisesearch_server_batch_candidates_count") == 2
     assert value(families, "noisesearch_server_batch_candidates_sum") == 8
-    assert value(families, "noisesearch_server_batch_fill_ratio_sum") == pytest.approx(8 / 64)
+    assert value(families, "noisesearch_server_batch_fill_ratio_sum") == pytest.approx(8 / 128)
     assert value(families, "noisesearch_server_queue_wait_seconds_count") == 2
 
     timings = [timing for response in [*responses, scored] for timing in response.verifier_timings]
