@@ -18,6 +18,9 @@ import numpy as np
 
 from .backend import ModelSpec, Rows, VerifierSpec
 
+# Part of the model identity (the trajectory cache key): raised whenever the denoiser's arithmetic changes.
+FORMULATION_REVISION = 2
+
 
 @dataclass(frozen=True)
 class GmmConfig:
@@ -128,8 +131,10 @@ class GaussianMixture:
             default_solver=config.default_solver,
             default_steps=config.default_steps,
             default_guidance_scale=config.default_guidance_scale,
-            # numpy keeps its random streams only within a version: a new numpy is a new model.
-            identity=f"gmm:numpy={np.__version__}:" + repr(sorted(asdict(config).items())),
+            # numpy keeps its random streams only within a version: a new numpy is a new model. The formulation's
+            # revision goes in too: a denoiser summing in another order (revision 2 computes only the
+            # components a row needs) gives states that differ by rounding, so they must not share keys.
+            identity=f"gmm/{FORMULATION_REVISION}:numpy={np.__version__}:" + repr(sorted(asdict(config).items())),
         )
 
     def _compute_noise_terms(self, sigma: float) -> NoiseTerms:

@@ -143,3 +143,8 @@ def test_numpy_is_pinned_to_the_version_in_the_model_identity(model):
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert f"numpy=={np.__version__}" in pyproject["project"]["dependencies"]
     assert f"numpy={np.__version__}:" in model.spec.identity
+
+
+def test_the_formulation_revision_is_in_the_model_identity(model):
+    # States of a denoiser that sums in another order differ by rounding: they must not share cache keys.
+    assert model.spec.identity.startswith("gmm/2:")
