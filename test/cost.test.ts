@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { freePort, startModelServer, type StartedProcess } from '../src/embedded/processes';
-import { createRun, finishRound, startRound, type RunState, type SearchResult } from '../src/search/run';
+import { createRun, finishRound, progressOf, startRound, type RunState, type SearchResult } from '../src/search/run';
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import type { BatchOutcome } from '../src/search/types';
 import { GEN, hashScore, MODEL, spec } from './drive';
@@ -24,7 +24,7 @@ const VERIFIER_SECONDS_PER_BATCH = 0.001;
  * Runs the search to its end as a driver would, each batch's outcome carrying its denoising seconds (or
  * none, as outcomes recorded before servers measured it).
  */
-function run(searchSpec: SearchSpec, measureDenoising = true): SearchResult {
+function run(searchSpec: SearchSpec, measureDenoising = true, after?: (state: RunState) => void): SearchResult {
   const server = new FakeServer({ scorer: hashScore });
   let state: RunState = createRun(searchSpec, MODEL);
   for (let rounds = 0; state.phase !== 'done'; rounds++) {
@@ -35,6 +35,7 @@ function run(searchSpec: SearchSpec, measureDenoising = true): SearchResult {
       return measureDenoising ? { ...outcome, denoiseSeconds: SECONDS_PER_NFE * GEN * batch.candidates.length } : outcome;
     });
     state = finishRound(round.run, outcomes);
+    after?.(state);
   }
   return state.result!;
 }
@@ -70,6 +71,20 @@ describe('measured seconds in the search core', () => {
     const roomy = run(random(100));
     const unbounded = run(random());
     assert.deepEqual([roomy.best, roomy.candidates, roomy.stopped], [unbounded.best, unbounded.candidates, unbounded.stopped]);
+  });
+
+  it('reports the seconds spent, and the seconds budget, in its progress', () => {
+    const seen: Array<[number, number | undefined]> = [];
+    run(random(3), true, (state) => {
+      const progress = progressOf(state);
+      seen.push([progress.secondsSpent, progress.budgetSeconds]);
+    });
+    const expected = [ROUND_SECONDS, 2 * ROUND_SECONDS, 2 * ROUND_SECONDS + FINAL_SECONDS];
+    assert.equal(seen.length, expected.length);
+    seen.forEach(([spent, budget], i) => {
+      assert.ok(Math.abs(spent - expected[i]) < 1e-9, `after round ${i + 1}: ${spent} s`);
+      assert.equal(budget, 3);
+    });
   });
 
   it('runs the first round unpredicted, whatever the budget', () => {

@@ -91,6 +91,9 @@ export interface SearchProgress {
   round: number;
   nfeSpent: number;
   budget: number;
+  /** Fleet seconds measured so far (denoising and verifiers), and the seconds budget when the spec has one. */
+  secondsSpent: number;
+  budgetSeconds?: number;
   candidates: number;
   failedCandidates: number;
   best: { score: number; scores: Record<string, number>; candidateId: string; noise: NoiseRecipe } | null;
@@ -474,6 +477,8 @@ export function progressOf(run: RunState): SearchProgress {
     round: run.round,
     nfeSpent: nfeSpent(run),
     budget: run.plan.spec.budgetNfe,
+    secondsSpent: secondsSpent(run),
+    ...(run.plan.spec.budgetSeconds !== undefined ? { budgetSeconds: run.plan.spec.budgetSeconds } : {}),
     candidates: run.candidates,
     failedCandidates: run.failedCandidates,
     best: best && { score: best.value, scores: best.scores, candidateId: best.id, noise: algorithmOf(run.plan).lineage(run.plan, best.recipe).noise },
