@@ -256,6 +256,8 @@ describe('campaign report', () => {
     assert.equal(cells[5], '–', 'a verifier the cell did not search with');
     assert.equal(cells[7], `${Number(((100 * verifier) / (denoise + verifier)).toPrecision(3))} %`);
     assert.equal(cells[8], String(done.length));
+    assert.ok(html.includes('Fleet time: denoising · verifiers (summed)</dt><dd>not measured'), 'results without seconds: not 0 s');
+    assert.ok(!measured.includes('not measured'));
     // The cross table's mean fleet seconds column.
     assert.ok(measured.match(/<table class="data cross" data-algorithm="random">[\s\S]*?<\/table>/)![0].includes('mean fleet seconds'));
   });

@@ -142,6 +142,8 @@ export async function renderReport(input: ReportInput): Promise<string> {
   const algorithms = unique(searches.map(algorithmLabel)).sort();
   const verifierSets = unique(searches.map(verifierSet)).sort();
   const budgets = unique(searches.map((r) => r.budgetNfe)).sort((a, b) => a - b);
+  // Searches recorded before results carried seconds have none: left out, rather than counted as 0.
+  const measured = searches.map(fleetSeconds).filter((s) => s !== null);
 
   const scaling = await scalingFigures(groups, evalVerifiers, byCell, Boolean(input.images && input.images.searches.size > 0));
   const costs = await costFigures(groups, done);
@@ -170,7 +172,7 @@ export async function renderReport(input: ReportInput): Promise<string> {
 <dl><dt>Searches</dt><dd><span class="big">${done.length}</span> done · <span class="big${failed.length > 0 ? ' failed' : ''}">${failed.length}</span> failed</dd>
 <dt>Total NFEs (logical / executed)</dt><dd><span class="big">${fmt(sum(searches.map((r) => r.nfeTotal)))}</span> / ${fmt(sum(searches.map((r) => r.nfeExecuted)))}</dd>
 <dt>Verifier time · wall time (summed)</dt><dd>${fmtSeconds(sum(searches.map((r) => r.verifierSeconds)))} · ${fmtSeconds(sum(searches.map((r) => r.wallSeconds)))}</dd>
-<dt>Fleet time: denoising · verifiers (summed)</dt><dd>${fmtSeconds(sum(searches.map((r) => fleetSeconds(r)?.denoise ?? NaN)))} · ${fmtSeconds(sum(searches.map((r) => r.verifierSeconds)))}</dd></dl>
+<dt>Fleet time: denoising · verifiers (summed)</dt><dd>${measured.length > 0 ? `${fmtSeconds(sum(measured.map((s) => s.denoise)))} · ${fmtSeconds(sum(measured.map((s) => s.total - s.denoise)))}` : 'not measured'}</dd></dl>
 </div>
 </header>`;
 
