@@ -96,6 +96,12 @@ export async function startTemporal(options: TemporalOptions): Promise<StartedPr
     '--port', String(port),
     '--ui-port', String(uiPort),
     '--db-filename', options.dbFile,
+    // SQLite's write-ahead log, synced at checkpoints rather than at every commit: a history survives the
+    // dev server's process dying (only an OS crash or power loss can drop its last commits), and one
+    // campaign's searches run 2.5x as fast (193 to 486 a minute, 300 searches at 100 concurrent: every
+    // child start and completion is a transaction, and the dev server has one SQLite writer).
+    '--sqlite-pragma', 'journal_mode=wal',
+    '--sqlite-pragma', 'synchronous=normal',
     '--log-level', 'warn',
     ...devServerSearchAttributeFlags(),
   ];
