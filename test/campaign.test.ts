@@ -50,7 +50,7 @@ describe('campaign specs', () => {
       assert.match(text, /^dataset\.classes\[1\]: -3/m);
       assert.match(text, /^grid\.algorithms\[1\]: "annealing" is not an algorithm/m);
       assert.match(text, /^evaluation\[1\]: "pickscore" is not hosted/m);
-      assert.match(text, /^concurrency: 0 must be a whole number from 1 to 500/m);
+      assert.match(text, /^concurrency: 0 must be a whole number from 1 to 1000/m);
       return true;
     });
     assert.throws(() => resolveCampaign({ ...spec, name: 'ok', dataset: { kind: 'gmm-classes', classes: [1] }, concurrency: 2, evaluation: undefined }, MODEL, dir), (error: SpecError) => {
