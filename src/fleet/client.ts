@@ -46,6 +46,7 @@ interface Endpoint {
   serverId: string;
   serving: boolean;
   checkedAt: number;
+  /** Candidates of the calls in flight or queued here: what routing compares. */
   outstanding: number;
   limit: pLimit.Limit;
   limitSize: number;
@@ -195,6 +196,8 @@ export class Fleet {
   private readonly recheckMs: number;
   private readonly credentials: grpc.ChannelCredentials;
   private readonly tls: FleetTls | undefined;
+  /** Where the search for the least-loaded endpoint starts next: ties rotate. */
+  private nextTie = 0;
 
   constructor(addresses: string[], options: FleetOptions = {}) {
     this.credentials = channelCredentials(options.tls);
@@ -333,11 +336,21 @@ export class Fleet {
     return { ...hosts[0].model!, maxBatch: Math.min(...hosts.map((h) => h.model!.maxBatch)) };
   }
 
-  /** Runs `call` on the least-loaded SERVING endpoint hosting `model`, within its concurrency limit. */
-  private async onEndpoint<T>(model: string, method: 'Evaluate' | 'Population', call: (endpoint: Endpoint) => Promise<T>): Promise<T> {
+  /**
+   * Runs `call` on the least-loaded SERVING endpoint hosting `model`, within its concurrency limit. Load is
+   * counted in candidates, not calls: a server's batch has room for candidates, and a one-candidate call
+   * weighs less than a round of 64. Ties go round the fleet, so a lightly loaded fleet still uses every
+   * server rather than the first in the list.
+   */
+  private async onEndpoint<T>(model: string, method: 'Evaluate' | 'Population', call: (endpoint: Endpoint) => Promise<T>, weight = 1): Promise<T> {
     const hosts = await this.route(model);
-    const endpoint = hosts.reduce((least, e) => (e.outstanding < least.outstanding ? e : least));
-    endpoint.outstanding++;
+    const start = this.nextTie++ % hosts.length;
+    let endpoint = hosts[start];
+    for (let i = 1; i < hosts.length; i++) {
+      const e = hosts[(start + i) % hosts.length];
+      if (e.outstanding < endpoint.outstanding) endpoint = e;
+    }
+    endpoint.outstanding += weight;
     const labels = { endpoint: endpoint.address };
     metrics.endpointQueued.inc(labels);
     try {
@@ -357,7 +370,7 @@ export class Fleet {
       if (failure.retryable) setServing(endpoint, false);
       throw failure;
     } finally {
-      endpoint.outstanding--;
+      endpoint.outstanding -= weight;
       if (endpoint.removed && endpoint.outstanding === 0) closeEndpoint(endpoint);
     }
   }
@@ -373,7 +386,7 @@ export class Fleet {
         denoiseSeconds: response.denoiseSeconds,
         serverId: response.serverId,
       };
-    });
+    }, batch.candidates.length);
   }
 
   /**
