@@ -8,7 +8,6 @@ import { classified } from '../activities';
 import type { Fleet, PopulationSample } from '../fleet/client';
 import { FleetError, MESSAGE_TOO_LARGE } from '../fleet/errors';
 import * as metrics from '../metrics';
-import { samplePicture } from '../report/report';
 import { solveNfe } from '../search/nfe';
 import { BASE_MISSING, type SearchResult } from '../search/run';
 import { deriveSeed, SeedStream } from '../search/seeds';
@@ -105,14 +104,17 @@ export function createCampaignActivities({ fleet }: { fleet: Fleet }) {
       return workflowIds.flatMap((id, i) => (done.has(id) ? [i] : []));
     }),
 
-    /** Scores the final sample with the evaluation verifiers, saves its picture, and writes the search. */
+    /**
+     * Scores the final sample with the evaluation verifiers and writes the search; an image model's sample
+     * is saved as its PNG. A latent model's sample is kept in the store and drawn by the report: drawing it
+     * here (a Vega heatmap) took about half the worker's CPU per search (docs/campaigns.md).
+     */
     recordSearch: classified(async ({ campaign, item, result, wallSeconds }: FinishedSearch): Promise<void> => {
       const outcome = await evaluateFinalSample(fleet, campaign, item, result);
       if (outcome.error) throw new Error(`evaluating the final sample failed: ${outcome.error.code}: ${outcome.error.message}`);
       // An image model's sample is its decoded PNG, kept as a file: the store holds no latent of it.
       const sample = outcome.image ? [] : (outcome.sample ?? []);
       if (outcome.image) writeFileAtomic(samplePath(campaign.folder, item.workflowId, 'png'), outcome.image);
-      else writeFileAtomic(samplePath(campaign.folder, item.workflowId, 'svg'), await samplePicture(sample, item.item.label));
       const store = await storeFor(campaign.store);
       await store.upsertSearch({
         ...baseRecord(campaign.campaignId, item, wallSeconds),
