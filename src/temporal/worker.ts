@@ -49,11 +49,20 @@ export interface WorkerOptions {
   taskQueue?: string;
 }
 
+/**
+ * Activities (and local activities) one worker runs at once. They wait on model servers, not on this
+ * process's CPU, so the SDK's default of 100 was what bounded the fleet: 128 searches on 16 servers keep
+ * 128 batches in flight, and 1,000 concurrent searches of a campaign up to 1,000.
+ */
+const ACTIVITY_SLOTS = 1_000;
+
 export async function createSearchWorker({ connection, fleet, namespace, taskQueue }: WorkerOptions): Promise<Worker> {
   return Worker.create({
     connection,
     namespace: namespace ?? DEFAULT_NAMESPACE,
     taskQueue: taskQueue ?? TASK_QUEUE,
+    maxConcurrentActivityTaskExecutions: ACTIVITY_SLOTS,
+    maxConcurrentLocalActivityExecutions: ACTIVITY_SLOTS,
     ...workflowSource(),
     activities: { ...createActivities({ fleet }), ...createCampaignActivities({ fleet }) },
   });
