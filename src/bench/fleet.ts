@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { openStore } from '../store';
 import type { SearchRecord } from '../store/types';
-import { installQuietRuntime } from '../temporal/worker';
 import { cli, fmt, log, sampler, slope, startSimFleet, startWorker, stopWorker, writeSpec, type Sample, type SimFleet } from './sim-fleet';
 
 const QUICK = process.env.BENCH_QUICK === '1';
@@ -112,7 +111,6 @@ async function runSize(fleet: SimFleet, servers: number): Promise<Measured> {
 }
 
 async function main(): Promise<void> {
-  installQuietRuntime('ERROR');
   const dir = mkdtempSync(path.join(tmpdir(), 'noisesearch-fleet-'));
   log(`fleet bench in ${dir}: starting Temporal and ${Math.max(...SIZES)} simulated servers`);
   const fleet = await startSimFleet({ dir, servers: Math.max(...SIZES), pace: PACE, maxBatch: MAX_BATCH, maxConcurrency: MAX_CONCURRENCY });
