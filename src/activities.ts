@@ -40,7 +40,8 @@ export function createActivities({ fleet }: ActivityDependencies) {
     evaluateBatch: classified(async (packed: PackedBatch): Promise<PackedOutcome> => {
       const batch = unpackBatch(packed);
       const context = Context.current();
-      const heartbeat = setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
+      // A local activity cannot heartbeat: a worker that dies during one loses its workflow task instead.
+      const heartbeat = context.info.isLocal ? undefined : setInterval(() => context.heartbeat({ candidates: batch.candidates.length }), HEARTBEAT_EVERY_MS);
       // A batch from a workflow started before batches carried labels counts as its search's.
       const labels = packed.labels ?? { algorithm: 'unknown', phase: 'search' };
       try {

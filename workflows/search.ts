@@ -9,7 +9,10 @@ import {
   defineQuery,
   defineSignal,
   defineUpdate,
+  isCancellation,
+  patched,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -31,6 +34,7 @@ import {
   type SearchResult,
 } from '../src/search/run';
 import { packBatch, unpackOutcome } from '../src/search/packing';
+import type { BatchOutcome } from '../src/search/types';
 import { SpecError, type SearchSpec } from '../src/search/spec';
 import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 
@@ -40,6 +44,49 @@ import { SEARCH_ATTRIBUTES } from '../src/temporal/search-attributes';
 const { evaluateBatch } = proxyActivities<Activities>({ startToCloseTimeout: '1 hour', heartbeatTimeout: '15 seconds', retry: FLEET_RETRY });
 // A Describe answers in milliseconds: a short timeout notices a worker that died during one.
 const { describeModel } = proxyActivities<Activities>({ startToCloseTimeout: '10 seconds', retry: FLEET_RETRY });
+
+// The fast path (docs/architecture.md, "Orchestration overhead"): the same activities run as local
+// activities, which chain inside one workflow task instead of costing a server round trip each (about
+// 30 ms). One attempt only: the fleet client has already retried UNAVAILABLE on its channel. Whatever
+// fails there is decided by the durable activities above, exactly as before local activities: an outage
+// is retried by Temporal and described as a pending activity (src/temporal/waiting.ts), and a failure that
+// cannot succeed fails the search with the same ActivityFailure as always. A worker that dies mid-chain
+// loses the results not yet committed; they are computed again, identically.
+const fast = proxyLocalActivities<Activities>({ startToCloseTimeout: '1 hour', retry: { ...FLEET_RETRY, maximumAttempts: 1 } });
+
+/**
+ * Start a search with this workflow task timeout (startSearch; the campaign's children). Signals, updates
+ * and queries reach a workflow only between its workflow tasks, and while local activities chain the SDK
+ * ends the task at 80 % of this timeout: so a stop, a budget change or a progress query waits at most
+ * about 1.6 s (plus the batches in flight). It is also how soon a dead worker's task is retried.
+ */
+export const SEARCH_WORKFLOW_TASK_TIMEOUT = '2 seconds';
+
+/**
+ * A batch that the servers say took this long sends the rest of the search down the durable path: a local
+ * activity longer than the workflow task timeout costs three history events every 1.6 s (the task's
+ * heartbeats), while a round trip of about 30 ms is at most 3 % of a batch this long.
+ */
+const LONG_BATCH_SECONDS = 1;
+
+function serverSeconds(outcome: BatchOutcome): number {
+  return (outcome.denoiseSeconds ?? 0) + outcome.verifierTimings.reduce((sum, timing) => sum + timing.seconds, 0);
+}
+
+/** Histories recorded before local activities replay down the durable path they took. */
+const LOCAL_ACTIVITIES_PATCH = 'local-activities-v1';
+
+/** The local activity; when it fails, the durable one for this call, unless the search was cancelled. */
+function fastThenDurable<A extends unknown[], R>(local: (...args: A) => Promise<R>, durable: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+  return async (...args: A): Promise<R> => {
+    try {
+      return await local(...args);
+    } catch (error) {
+      if (isCancellation(error)) throw error;
+      return durable(...args);
+    }
+  };
+}
 
 export const progressQuery = defineQuery<SearchProgress | null>('progress');
 export const stopSignal = defineSignal('stop');
@@ -87,9 +134,14 @@ export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOp
       },
     },
   );
+  const local = patched(LOCAL_ACTIVITIES_PATCH);
+  const describe = local ? fastThenDurable(fast.describeModel, describeModel) : describeModel;
+  const fastEvaluate = fastThenDurable(fast.evaluateBatch, evaluateBatch);
+  // Decided from recorded results only, so a replay takes the same path.
+  let longBatches = !local;
   try {
     if (!run) {
-      const model = await describeModel(spec.model);
+      const model = await describe(spec.model);
       run = createRun(spec, model);
       if (stopBeforeRun) run = requestStop(run);
       if (options.indexed) {
@@ -106,7 +158,9 @@ export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOp
       run = round.run;
       if (round.batches.length > 0) {
         const labels = { algorithm: run.plan.spec.algorithm.name, phase: round.run.phase as 'search' | 'final' };
-        const outcomes = await Promise.all(round.batches.map(async (batch) => unpackOutcome(await evaluateBatch({ ...packBatch(batch), labels }), batch)));
+        const evaluate = longBatches ? evaluateBatch : fastEvaluate;
+        const outcomes = await Promise.all(round.batches.map(async (batch) => unpackOutcome(await evaluate({ ...packBatch(batch), labels }), batch)));
+        longBatches ||= outcomes.some((outcome) => serverSeconds(outcome) >= LONG_BATCH_SECONDS);
         run = finishRound(run, outcomes);
         roundsThisRun++;
       }

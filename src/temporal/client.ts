@@ -6,7 +6,7 @@ import { canonicalJson } from '../campaign/hash';
 import type { CampaignInput } from '../campaign/plan';
 import { campaignWorkflow } from '../../workflows/campaign';
 import type { SearchSpec } from '../search/spec';
-import { searchWorkflow, type SearchWorkflowOptions } from '../../workflows/search';
+import { SEARCH_WORKFLOW_TASK_TIMEOUT, searchWorkflow, type SearchWorkflowOptions } from '../../workflows/search';
 import { SEARCH_ATTRIBUTES } from './search-attributes';
 import { TASK_QUEUE } from './constants';
 
@@ -46,11 +46,17 @@ export async function ensureNamespace(connection: Connection, namespace: string,
   }
 }
 
+/** Clients whose namespace has been seen to have the attributes: they are never removed, so one look is enough. */
+const indexedClients = new WeakSet<Client>();
+
 /** Whether the namespace has every Noisesearch* search attribute, so workflows may keep them current. */
 export async function hasSearchAttributes(client: Client): Promise<boolean> {
+  if (indexedClients.has(client)) return true;
   try {
     const { customAttributes } = await client.connection.operatorService.listSearchAttributes({ namespace: client.options.namespace });
-    return Object.values(SEARCH_ATTRIBUTES).every((key) => customAttributes && key.name in customAttributes);
+    const has = Object.values(SEARCH_ATTRIBUTES).every((key) => customAttributes && key.name in customAttributes);
+    if (has) indexedClients.add(client);
+    return has;
   } catch {
     return false;
   }
@@ -59,6 +65,7 @@ export async function hasSearchAttributes(client: Client): Promise<boolean> {
 export interface StartSearchOptions extends Omit<SearchWorkflowOptions, 'resume'> {
   workflowId?: string;
   taskQueue?: string;
+  requestEagerStart?: boolean;
 }
 
 export async function startSearch(
@@ -66,13 +73,15 @@ export async function startSearch(
   spec: SearchSpec,
   options: StartSearchOptions = {},
 ): Promise<WorkflowHandleWithFirstExecutionRunId<typeof searchWorkflow>> {
-  const { workflowId, taskQueue, ...workflowOptions } = options;
+  const { workflowId, taskQueue, requestEagerStart, ...workflowOptions } = options;
   const indexed = workflowOptions.indexed ?? (await hasSearchAttributes(client));
   return client.workflow.start(searchWorkflow, {
     args: [spec, { ...workflowOptions, indexed }],
     taskQueue: taskQueue ?? TASK_QUEUE,
     workflowId: workflowId ?? searchWorkflowId(spec),
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+    workflowTaskTimeout: SEARCH_WORKFLOW_TASK_TIMEOUT,
+    requestEagerStart,
   });
 }
 
