@@ -49,10 +49,17 @@ export async function watchingWaits<T>(client: Client, handle: WorkflowHandle, l
       if (!stop.signal.aborted) last = reportWait(last, wait, log);
     }
   })();
-  try {
-    return await work;
-  } finally {
+  const stopPolling = async () => {
     stop.abort();
     await polling;
+  };
+  try {
+    const result = await work;
+    await stopPolling();
+    // Rounds chain quickly once the servers are back: a search may end before the next poll sees it go on.
+    reportWait(last, null, log);
+    return result;
+  } finally {
+    await stopPolling();
   }
 }
