@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { startModelServer, startTemporal, stopProcess } from '../embedded/processes';
+import { startModelServer, startTemporal, stopProcess, type ModelServerOptions } from '../embedded/processes';
 import { Fleet } from '../fleet/client';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 
@@ -14,15 +14,18 @@ export interface Bench {
   taskQueue: string;
 }
 
-export async function withBenchServices<T>(name: string, work: (bench: Bench) => Promise<T>): Promise<T> {
+/** The model server's options beyond its log file: the embedded gmm unless told otherwise (e.g. `{ sim }`). */
+export type BenchServer = Omit<ModelServerOptions, 'logFile'>;
+
+export async function withBenchServices<T>(name: string, work: (bench: Bench) => Promise<T>, server: BenchServer = {}): Promise<T> {
   installQuietRuntime('ERROR');
   const dir = mkdtempSync(path.join(tmpdir(), `noisesearch-${name}-`));
-  const [temporal, server] = await Promise.all([
+  const [temporal, model] = await Promise.all([
     startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') }),
-    startModelServer({ logFile: path.join(dir, 'server.log') }),
+    startModelServer({ ...server, logFile: path.join(dir, 'server.log') }),
   ]);
   const env = await TestWorkflowEnvironment.createFromExistingServer({ address: temporal.address });
-  const fleet = new Fleet([server.address]);
+  const fleet = new Fleet([model.address]);
   const taskQueue = `${name}-${process.pid}`;
   const worker = await createSearchWorker({ connection: env.nativeConnection, fleet, taskQueue });
   const running = worker.run();
@@ -32,7 +35,7 @@ export async function withBenchServices<T>(name: string, work: (bench: Bench) =>
     worker.shutdown();
     await running;
     fleet.close();
-    await stopProcess(server.pid);
+    await stopProcess(model.pid);
     await env.teardown();
     await stopProcess(temporal.pid);
   }
