@@ -12,7 +12,7 @@ import { cli, fmt, log, sampler, slope, startSimFleet, startWorker, stopWorker, 
 const QUICK = process.env.BENCH_QUICK === '1';
 const SIZES = (process.env.BENCH_FLEET_SIZES ?? (QUICK ? '1,4' : '1,2,4,8,16')).split(',').map(Number);
 /** A GPU denoiser's pace: a fixed cost per engine run plus a cost per candidate, up to MAX_BATCH candidates. */
-const PACE = { batchMs: Number(process.env.BENCH_SIM_BATCH_MS ?? 300), itemMs: Number(process.env.BENCH_SIM_ITEM_MS ?? 40) };
+const PACE = { batchMs: Number(process.env.BENCH_SIM_BATCH_MS ?? 300), itemMs: Number(process.env.BENCH_SIM_ITEM_MS ?? 30) };
 const MAX_BATCH = 64;
 /** Requests a server takes at once (its Describe says so, and the fleet client keeps to it). */
 const MAX_CONCURRENCY = 16;

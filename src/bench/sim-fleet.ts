@@ -63,15 +63,22 @@ export async function startServers(options: SimFleetOptions): Promise<SimServer[
     for (let first = 0; first < options.servers; first += 4) {
       const batch = await Promise.all(
         Array.from({ length: Math.min(4, options.servers - first) }, async (_, i) => {
-          const metricsPort = await freePort();
-          const server = await startModelServer({
-            logFile: path.join(options.dir, `server-${first + i}.log`),
-            ...(options.pace ? { sim: options.pace } : {}),
-            maxBatch: options.maxBatch,
-            maxConcurrency: options.maxConcurrency,
-            metricsPort,
-          });
-          return { address: server.address, metricsPort, pid: server.pid };
+          // A free port can be taken by a neighbour starting at the same moment: try again on new ports.
+          for (let attempt = 1; ; attempt++) {
+            const metricsPort = await freePort();
+            try {
+              const server = await startModelServer({
+                logFile: path.join(options.dir, `server-${first + i}.log`),
+                ...(options.pace ? { sim: options.pace } : {}),
+                maxBatch: options.maxBatch,
+                maxConcurrency: options.maxConcurrency,
+                metricsPort,
+              });
+              return { address: server.address, metricsPort, pid: server.pid };
+            } catch (error) {
+              if (attempt >= 3 || !/already in use/i.test(String((error as Error).message))) throw error;
+            }
+          }
         }),
       );
       started.push(...batch);
