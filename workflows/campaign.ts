@@ -19,7 +19,7 @@ import {
 import type { CampaignActivities, FinishedSearch } from '../src/campaign/activities';
 import { allCells, campaignItem, campaignSize, type CampaignInput, type CampaignItem } from '../src/campaign/plan';
 import { FLEET_RETRY } from '../src/retry';
-import { SEARCH_WORKFLOW_TASK_TIMEOUT, searchWorkflow } from './search';
+import { searchWorkflow } from './search';
 
 // Recording a search takes milliseconds: a short timeout lets a worker that died mid-call be noticed fast.
 const activities = proxyActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry: FLEET_RETRY });
@@ -137,7 +137,6 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
         workflowId: item.workflowId,
         args: [item.spec, { indexed }],
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
-        workflowTaskTimeout: SEARCH_WORKFLOW_TASK_TIMEOUT,
       });
       await recordSearch({ campaign, item, result, wallSeconds: (Date.now() - started) / 1000 });
       progress.done++;

@@ -55,7 +55,7 @@ const { describeModel } = proxyActivities<Activities>({ startToCloseTimeout: '10
 const fast = proxyLocalActivities<Activities>({ startToCloseTimeout: '1 hour', retry: { ...FLEET_RETRY, maximumAttempts: 1 } });
 
 /**
- * Start a search with this workflow task timeout (startSearch; the campaign's children). Signals, updates
+ * Start a search on the fast path with this workflow task timeout (startSearch). Signals, updates
  * and queries reach a workflow only between its workflow tasks, and while local activities chain the SDK
  * ends the task at 80 % of this timeout: so a stop, a budget change or a progress query waits at most
  * about 1.6 s (plus the batches in flight). It is also how soon a dead worker's task is retried.
@@ -99,6 +99,12 @@ export interface SearchWorkflowOptions {
   indexed?: boolean;
   /** Continue as new after this many rounds even before Temporal suggests it (tests). */
   continueAsNewEveryRounds?: number;
+  /**
+   * Run batches and Describe as local activities (startSearch sets it). A campaign's children do not: a
+   * workflow task that timed out while its local activities ran has left a child stuck on a
+   * nondeterminism error on a loaded worker (docs/architecture.md, "Orchestration overhead").
+   */
+  localActivities?: boolean;
 }
 
 /** Search attributes are brought up to date every few rounds and at the end: each upsert is a history event. */
@@ -134,7 +140,7 @@ export async function searchWorkflow(spec: SearchSpec, options: SearchWorkflowOp
       },
     },
   );
-  const local = patched(LOCAL_ACTIVITIES_PATCH);
+  const local = options.localActivities === true && patched(LOCAL_ACTIVITIES_PATCH);
   const describe = local ? fastThenDurable(fast.describeModel, describeModel) : describeModel;
   const fastEvaluate = fastThenDurable(fast.evaluateBatch, evaluateBatch);
   // Decided from recorded results only, so a replay takes the same path.

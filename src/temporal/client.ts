@@ -76,7 +76,7 @@ export async function startSearch(
   const { workflowId, taskQueue, requestEagerStart, ...workflowOptions } = options;
   const indexed = workflowOptions.indexed ?? (await hasSearchAttributes(client));
   return client.workflow.start(searchWorkflow, {
-    args: [spec, { ...workflowOptions, indexed }],
+    args: [spec, { localActivities: true, ...workflowOptions, indexed }],
     taskQueue: taskQueue ?? TASK_QUEUE,
     workflowId: workflowId ?? searchWorkflowId(spec),
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
