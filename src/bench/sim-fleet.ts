@@ -36,15 +36,18 @@ export function log(line: string): void {
 /** Temporal and `servers` model servers, started side by side. */
 export async function startSimFleet(options: SimFleetOptions): Promise<SimFleet> {
   mkdirSync(options.dir, { recursive: true });
-  const temporalStart = startTemporal({ dbFile: path.join(options.dir, 'temporal.db'), logFile: path.join(options.dir, 'temporal.log') });
-  const servers = await startServers(options);
-  let temporal: StartedProcess;
-  try {
-    temporal = await temporalStart;
-  } catch (error) {
-    await Promise.all(servers.map((s) => stopProcess(s.pid)));
-    throw error;
+  const [temporalStart, serversStart] = await Promise.allSettled([
+    startTemporal({ dbFile: path.join(options.dir, 'temporal.db'), logFile: path.join(options.dir, 'temporal.log') }),
+    startServers(options),
+  ]);
+  // Whichever started is stopped when the other did not: nothing is left running.
+  if (temporalStart.status === 'rejected' || serversStart.status === 'rejected') {
+    if (temporalStart.status === 'fulfilled') await stopProcess(temporalStart.value.pid);
+    if (serversStart.status === 'fulfilled') await Promise.all(serversStart.value.map((s) => stopProcess(s.pid)));
+    throw temporalStart.status === 'rejected' ? temporalStart.reason : (serversStart as PromiseRejectedResult).reason;
   }
+  const temporal = temporalStart.value;
+  const servers = serversStart.value;
   return {
     dir: options.dir,
     temporal,
@@ -61,7 +64,7 @@ export async function startServers(options: SimFleetOptions): Promise<SimServer[
   try {
     // A few at a time: sixteen Python start-ups at once on two cores take longer than one after another.
     for (let first = 0; first < options.servers; first += 4) {
-      const batch = await Promise.all(
+      const batch = await Promise.allSettled(
         Array.from({ length: Math.min(4, options.servers - first) }, async (_, i) => {
           // A free port can be taken by a neighbour starting at the same moment: try again on new ports.
           for (let attempt = 1; ; attempt++) {
@@ -81,7 +84,9 @@ export async function startServers(options: SimFleetOptions): Promise<SimServer[
           }
         }),
       );
-      started.push(...batch);
+      for (const outcome of batch) if (outcome.status === 'fulfilled') started.push(outcome.value);
+      const failed = batch.find((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
+      if (failed) throw failed.reason;
     }
     return started;
   } catch (error) {
