@@ -245,8 +245,8 @@ describe('campaigns that survive SIGKILL and outages', { timeout: 900_000 }, () 
   it('cancels a running campaign and its searches', async () => {
     const dir = tempDir('cancel');
     const specFile = path.join(dir, 'campaign.json');
-    writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } })));
-    const input = resolveCampaign(JSON.parse(JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [40_000] } }))), MODEL, dir);
+    writeFileSync(specFile, JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400_000] } })));
+    const input = resolveCampaign(JSON.parse(JSON.stringify(campaignSpec(dir, 'cancel', { grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400_000] } }))), MODEL, dir);
     const run = cli(['campaign', 'run', specFile, '--temporal', temporal.address, '--fleet', server.address], dir);
     await waitForProgress(input.campaignId, 0, (p) => p.running > 0);
     const cancel = cli(['campaign', 'cancel', input.campaignId, '--temporal', temporal.address], dir);
