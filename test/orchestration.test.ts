@@ -2,14 +2,18 @@
 // as local activities, chained inside workflow tasks; a batch that fails in a way worth waiting out goes
 // to the durable activity, which an outage leaves pending and visible; a search whose batches take seconds
 // goes durable; a stop still lands. Real Temporal dev server, real model servers (one clean, one that
-// answers UNAVAILABLE while a file exists, one simulated GPU that takes 1.1 s a batch).
+// answers UNAVAILABLE while a file exists, one simulated GPU that takes 1.1 s a batch). The fast path is
+// opt-in: a stalled worker and a stop signal leave a fast-path search stuck on SDK 1.24 (the last test).
 import assert from 'node:assert/strict';
-import { rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
+import { Worker } from '@temporalio/worker';
 import { temporal as proto } from '@temporalio/proto';
+import { createActivities } from '../src/activities';
+import { PROJECT_ROOT } from '../src/embedded/paths';
 import { startModelServer, type StartedProcess } from '../src/embedded/processes';
 import { Fleet } from '../src/fleet/client';
 import { runLocalSearch } from '../src/local';
@@ -17,6 +21,7 @@ import type { SearchResult } from '../src/search/run';
 import type { AlgorithmSpec, SearchSpec } from '../src/search/spec';
 import { startSearch } from '../src/temporal/client';
 import { fleetWait } from '../src/temporal/waiting';
+import { workflowSource } from '../src/temporal/bundle';
 import { createSearchWorker, installQuietRuntime } from '../src/temporal/worker';
 import { progressQuery, stopSignal } from '../workflows/search';
 import { stopServer, tempDir, uniqueId, waitUntil, withFaultyServer, withModelServer, withTemporal } from './helpers';
@@ -91,7 +96,7 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
   for (const algorithm of ALGORITHMS) {
     it(`${algorithm.name}: the same result as the in-process driver, with a local-activity marker for every call and no activity task`, async () => {
       const s = spec(algorithm);
-      const handle = await startSearch(env.client, s, { taskQueue: queues.clean, workflowId: uniqueId(algorithm.name) });
+      const handle = await startSearch(env.client, s, { taskQueue: queues.clean, workflowId: uniqueId(algorithm.name), localActivities: true });
       const durable = await handle.result();
       assert.deepEqual(comparable(durable), comparable(await runLocalSearch(s, cleanFleet)));
       const events = (await handle.fetchHistory()).events ?? [];
@@ -105,7 +110,7 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
   it('sends a batch that meets an outage to the durable activity, which waits visibly, and ends with the same result', async () => {
     const s = spec({ name: 'zero-order', n: 4 }, { seed: 29 });
     writeFileSync(outageFile, '');
-    const handle = await startSearch(env.client, s, { taskQueue: queues.faulty, workflowId: uniqueId('outage') });
+    const handle = await startSearch(env.client, s, { taskQueue: queues.faulty, workflowId: uniqueId('outage'), localActivities: true });
     const wait = await waitUntil('the search to say it waits for model servers', () => fleetWait(handle), 30_000, 200);
     assert.equal(wait.activity, 'evaluateBatch');
     assert.match(wait.lastFailure, /UNAVAILABLE/);
@@ -130,7 +135,7 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
     // Three rounds of 8 candidates and the final generation: four batch calls of 1.1 s each.
     const generation = 55;
     const s = spec({ name: 'random', roundSize: 8 }, { budgetNfe: 25 * generation, seed: 43 });
-    const handle = await startSearch(env.client, s, { taskQueue: queues.slow, workflowId: uniqueId('slow') });
+    const handle = await startSearch(env.client, s, { taskQueue: queues.slow, workflowId: uniqueId('slow'), localActivities: true });
     const result = await handle.result();
     assert.equal(result.rounds, 4);
     assert.deepEqual(comparable(result), comparable(await runLocalSearch(s, cleanFleet)));
@@ -140,9 +145,9 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
     assert.equal(events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED).length, 3);
   });
 
-  it('lands a stop signal while batches chain inside one workflow task', async () => {
+  it('lands a stop signal while batches chain inside one workflow task (opt-in fast path)', async () => {
     const long = spec({ name: 'random', roundSize: 8 }, { budgetNfe: 400_000, seed: 37 });
-    const handle = await startSearch(env.client, long, { taskQueue: queues.clean, workflowId: uniqueId('stop') });
+    const handle = await startSearch(env.client, long, { taskQueue: queues.clean, workflowId: uniqueId('stop'), localActivities: true });
     await waitUntil('round 2', async () => ((await handle.query(progressQuery))?.round ?? 0) >= 2, 30_000, 100);
     const signalled = Date.now();
     await handle.signal(stopSignal);
@@ -155,5 +160,62 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
     // stop that lands from one that never does; the time is reported, not asserted.
     assert.ok(landed < 30_000, `the stop took ${landed} ms`);
     console.log(`# stop landed and the search ended ${landed} ms after the signal`);
+  });
+
+  it('by default, a search whose worker stalls for 4 s while a stop arrives stops and ends', async () => {
+    // What a loaded machine does to a worker: its main thread (activities, and the SDK's handing of
+    // activations to workflows) blocks for 4 s, right after the third batch returns, and meanwhile a user
+    // runs `noisesearch stop`. On the local-activity fast path (SDK 1.24, 2 s workflow task timeout) the
+    // task times out, the same worker then completes the next one with the markers of the timed-out one,
+    // and every task after fails ("History is out of order. Last processed event: 6, event id: 8", then
+    // "[TMPRL1100] Nondeterminism error: Missing associated machine for LocalActivity(2)"): the search is
+    // stuck for ever. startSearch's default, the durable path, must stop the search and end it.
+    const taskQueue = uniqueId('orchestration-stall');
+    const workflowId = uniqueId('stall');
+    const activities = createActivities({ fleet: cleanFleet });
+    const stopSaid = path.join(tempDir('stall'), 'stop.out');
+    let calls = 0;
+    let stopCommand: ReturnType<typeof spawn> | undefined;
+    const stallingWorker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      ...workflowSource(),
+      activities: {
+        ...activities,
+        evaluateBatch: async (...args: Parameters<typeof activities.evaluateBatch>) => {
+          const outcome = await activities.evaluateBatch(...args);
+          if (++calls === 3) {
+            setTimeout(() => {
+              stopCommand = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'stop', workflowId, '--temporal', temporal.address], { stdio: ['ignore', openSync(stopSaid, 'w'), 'ignore'] });
+              // The stall: nothing on this thread runs for 4 s, and on until the stop command says Temporal
+              // took the signal (at most 20 s), so that the signal always arrives during the stall.
+              const started = Date.now();
+              while (Date.now() - started < 4_000 || (readFileSync(stopSaid, 'utf8') === '' && Date.now() - started < 20_000));
+            }, 1);
+          }
+          return outcome;
+        },
+      },
+    });
+    const running = stallingWorker.run();
+    try {
+      const long = spec({ name: 'random', roundSize: 8 }, { budgetNfe: 400_000, seed: 53 });
+      const handle = await startSearch(env.client, long, { taskQueue, workflowId });
+      // Unbounded on the fast path: it never ends. The bound tells a search that ends from one that is stuck.
+      const result = await Promise.race([
+        handle.result(),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the search did not end within 60 s of a stall and a stop')), 60_000).unref()),
+      ]);
+      assert.equal(result.stopped, true);
+      assert.match(readFileSync(stopSaid, 'utf8'), /asked .* to stop/, 'the stop arrived during the stall');
+      assert.ok(result.nfe.total < long.budgetNfe);
+      const events = (await handle.fetchHistory()).events ?? [];
+      assert.equal(events.filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED).length, 0);
+      assert.equal(events.filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED).length, 1);
+    } finally {
+      if (stopCommand && stopCommand.exitCode === null) await new Promise((resolve) => stopCommand!.once('exit', resolve));
+      stallingWorker.shutdown();
+      await running;
+    }
   });
 });

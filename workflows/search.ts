@@ -100,9 +100,10 @@ export interface SearchWorkflowOptions {
   /** Continue as new after this many rounds even before Temporal suggests it (tests). */
   continueAsNewEveryRounds?: number;
   /**
-   * Run batches and Describe as local activities (startSearch sets it). A campaign's children do not: a
-   * workflow task that timed out while its local activities ran has left a child stuck on a
-   * nondeterminism error on a loaded worker (docs/architecture.md, "Orchestration overhead").
+   * Run batches and Describe as local activities: opt-in only (startSearch with `localActivities: true`
+   * or NOISESEARCH_LOCAL_ACTIVITIES=1). A workflow task that times out while its local activities run and
+   * a signal or cancel that arrives meanwhile leave the search stuck on a nondeterminism error on SDK 1.24
+   * (docs/architecture.md, "Orchestration overhead").
    */
   localActivities?: boolean;
 }

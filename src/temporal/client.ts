@@ -68,6 +68,16 @@ export interface StartSearchOptions extends Omit<SearchWorkflowOptions, 'resume'
   requestEagerStart?: boolean;
 }
 
+/**
+ * Whether searches take the local-activity fast path when the caller does not say: only with
+ * NOISESEARCH_LOCAL_ACTIVITIES=1. A worker that stalls past the 2 s workflow task timeout while a stop
+ * signal or a cancel arrives leaves the search stuck for ever on SDK 1.24 (docs/architecture.md,
+ * "Orchestration overhead"; test/orchestration.test.ts), so the durable path is the default.
+ */
+export function localActivitiesRequested(): boolean {
+  return process.env.NOISESEARCH_LOCAL_ACTIVITIES === '1';
+}
+
 export async function startSearch(
   client: Client,
   spec: SearchSpec,
@@ -75,12 +85,14 @@ export async function startSearch(
 ): Promise<WorkflowHandleWithFirstExecutionRunId<typeof searchWorkflow>> {
   const { workflowId, taskQueue, requestEagerStart, ...workflowOptions } = options;
   const indexed = workflowOptions.indexed ?? (await hasSearchAttributes(client));
+  const localActivities = workflowOptions.localActivities ?? localActivitiesRequested();
   return client.workflow.start(searchWorkflow, {
-    args: [spec, { localActivities: true, ...workflowOptions, indexed }],
+    args: [spec, { ...workflowOptions, localActivities, indexed }],
     taskQueue: taskQueue ?? TASK_QUEUE,
     workflowId: workflowId ?? searchWorkflowId(spec),
     workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
-    workflowTaskTimeout: SEARCH_WORKFLOW_TASK_TIMEOUT,
+    // The short timeout only bounds how long a chain of local activities holds off a stop or a query.
+    workflowTaskTimeout: localActivities ? SEARCH_WORKFLOW_TASK_TIMEOUT : undefined,
     requestEagerStart,
   });
 }
