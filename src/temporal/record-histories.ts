@@ -65,7 +65,7 @@ async function control({ client, taskQueue }: Recorder): Promise<{ workflowId: s
 async function fastPath({ client, taskQueue, outageFile }: Recorder): Promise<{ workflowId: string }> {
   const spec: SearchSpec = { model: 'gmm', condition: { classLabel: 3 }, algorithm: { name: 'random', roundSize: 4 }, verifiers: ['gmm-classifier'], budgetNfe: 400, seed: 7 };
   writeFileSync(outageFile, '');
-  const handle = await startSearch(client, spec, { taskQueue, workflowId: 'history-fast-path' });
+  const handle = await startSearch(client, spec, { taskQueue, workflowId: 'history-fast-path', localActivities: true });
   const deadline = Date.now() + 60_000;
   while (!(await fleetWait(handle))) {
     if (Date.now() > deadline) throw new Error('the fast-path search never waited for the outage');
