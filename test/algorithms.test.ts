@@ -608,6 +608,11 @@ describe('stop and budget changes', () => {
       /stopped before any candidate was scored/,
     );
   });
+
+  it('a search stopped before its first round says so, not that its 0 candidates failed', () => {
+    const stopped = requestStop(createRun(spec({ name: 'random' }), MODEL));
+    assert.throws(() => startRound(stopped), /^SearchFailure: the search was stopped before any candidate was scored/);
+  });
 });
 
 describe('what a verifier needs, refused before anything is spent', () => {

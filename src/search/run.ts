@@ -353,7 +353,8 @@ export function startRound(run: RunState): Round {
     }
   }
   const best = bestSoFar(run);
-  if (!best && run.stopRequested && run.failedCandidates < run.candidates) {
+  // Stopped before a round came back (no candidates at all) is not the candidates' failure either.
+  if (!best && run.stopRequested && (run.candidates === 0 || run.failedCandidates < run.candidates)) {
     throw new SearchFailure('the search was stopped before any candidate was scored, so there is no best noise');
   }
   if (!best) throw noWinner(run);
