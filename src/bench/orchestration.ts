@@ -1,8 +1,9 @@
 // What durability costs: the wall time of a search through Temporal against the in-process driver on the
 // same simulated GPU server (a fixed sleep per batch call), per algorithm at the paper's sizes, alternated
 // and measured side by side. Timed runs use seeds of their own so neither driver gets the other's cache
-// hits; one untimed pair per case runs the same seed through both drivers and checks the results are the
-// same bit for bit. Targets (issue 12): Temporal / in-process <= 1.25 at 10 ms per batch call, <= 1.05 at
+// hits; one untimed run per case and driver takes the same seed and is checked bit-identical to the
+// in-process result. The Temporal driver is measured on both of its paths: the default, durable one (an
+// activity per batch) and the opt-in local-activity one (docs/architecture.md, "Orchestration overhead"). Targets (issue 12): Temporal / in-process <= 1.25 at 10 ms per batch call, <= 1.05 at
 // 100 ms. `BENCH_QUICK=1` runs one repeat at 10 ms only. stdout is the table; progress goes to stderr.
 import { Client } from '@temporalio/client';
 import type { Fleet } from '../fleet/client';
@@ -103,8 +104,11 @@ interface Row {
   pace: number;
   c: Case;
   local: Timeline[];
-  temporal: Timeline[];
-  identical: boolean;
+  /** The default path: every batch an activity through the Temporal server. */
+  durable: Timeline[];
+  /** The opt-in path: batches as local activities, chained inside workflow tasks. */
+  fast: Timeline[];
+  identical: { durable: boolean; fast: boolean };
   /** How long the first workflow task of a search started without eager dispatch waited for the worker. */
   plainDispatch: number;
 }
@@ -119,30 +123,37 @@ async function measurePace(pace: number): Promise<Row[]> {
       const eagerClient = new Client({ connection: env.nativeConnection, namespace: env.client.options.namespace });
       const timeline = callRecorder(fleet);
       let runs = 0;
-      const viaTemporal = (client: Client, spec: SearchSpec, eager: boolean) =>
-        startSearch(client, spec, { taskQueue, workflowId: `orchestration-${process.pid}-${pace}-${runs++}`, requestEagerStart: eager, indexed: false });
+      const viaTemporal = (client: Client, spec: SearchSpec, eager: boolean, localActivities: boolean) =>
+        startSearch(client, spec, { taskQueue, workflowId: `orchestration-${process.pid}-${pace}-${runs++}`, requestEagerStart: eager, indexed: false, localActivities });
       const rows: Row[] = [];
       for (const [index, c] of CASES.entries()) {
         const seedBase = 1000 * (index + 1);
         // The same seed through both drivers: the check, and each driver's warm-up.
         const reference = await runLocalSearch(c.spec(seedBase), fleet);
-        const plain = await viaTemporal(env.client, c.spec(seedBase), false);
+        const plain = await viaTemporal(env.client, c.spec(seedBase), false, false);
         const durable = await plain.result();
+        const fast = await (await viaTemporal(eagerClient, c.spec(seedBase), true, true)).result();
         const events = (await plain.fetchHistory()).events ?? [];
         const firstTaskStarted = events.find((e) => e.workflowTaskStartedEventAttributes);
         const row: Row = {
           pace,
           c,
           local: [],
-          temporal: [],
-          identical: JSON.stringify(comparable(reference)) === JSON.stringify(comparable(durable)),
+          durable: [],
+          fast: [],
+          identical: {
+            durable: JSON.stringify(comparable(reference)) === JSON.stringify(comparable(durable)),
+            fast: JSON.stringify(comparable(reference)) === JSON.stringify(comparable(fast)),
+          },
           plainDispatch: firstTaskStarted ? timestamp(firstTaskStarted) - timestamp(events[0]) : Number.NaN,
         };
         for (let i = 0; i < REPEATS; i++) {
-          row.local.push(await timeline(() => runLocalSearch(c.spec(seedBase + 1 + 2 * i), fleet)));
-          row.temporal.push(await timeline(async () => (await viaTemporal(eagerClient, c.spec(seedBase + 2 + 2 * i), true)).result()));
+          row.local.push(await timeline(() => runLocalSearch(c.spec(seedBase + 1 + 3 * i), fleet)));
+          row.durable.push(await timeline(async () => (await viaTemporal(eagerClient, c.spec(seedBase + 2 + 3 * i), true, false)).result()));
+          row.fast.push(await timeline(async () => (await viaTemporal(eagerClient, c.spec(seedBase + 3 + 3 * i), true, true)).result()));
         }
-        process.stderr.write(`orchestration ${pace} ms ${c.algorithm}: in-process [${row.local.map((t) => t.total.toFixed(0))}] Temporal [${row.temporal.map((t) => t.total.toFixed(0))}] ms\n`);
+        const totals = (timelines: Timeline[]) => timelines.map((t) => t.total.toFixed(0)).join(',');
+        process.stderr.write(`orchestration ${pace} ms ${c.algorithm}: in-process [${totals(row.local)}] durable [${totals(row.durable)}] local activities [${totals(row.fast)}] ms\n`);
         rows.push(row);
       }
       return rows;
@@ -157,23 +168,26 @@ const medianOf = (timelines: Timeline[], field: keyof Timeline) => median(timeli
 async function main(): Promise<void> {
   const rows: Row[] = [];
   for (const pace of PACES) rows.push(...(await measurePace(pace)));
-  console.log(`Temporal driver / in-process driver on the same simulated server (--model sim --sim-item-ms 0 --max-batch ${MAX_BATCH}), median of ${REPEATS} alternated runs with their own seeds:`);
-  console.log(`  ${'algorithm'.padEnd(11)} ${'search'.padEnd(38)} ${'pace'.padStart(6)} ${'calls'.padStart(5)} ${'in-process'.padStart(10)} ${'Temporal'.padStart(9)} ${'ratio'.padStart(6)} ${'target'.padStart(6)}  met  same seed, same result`);
+  const verdict = (ratio: number, target: number) => `${ratio.toFixed(2)} ${ratio <= target ? 'met' : 'NOT met'}`.padStart(12);
+  console.log(`Temporal driver / in-process driver on the same simulated server (--model sim --sim-item-ms 0 --max-batch ${MAX_BATCH}), median of ${REPEATS} alternated runs with their own seeds;`);
+  console.log('durable: the default path, an activity per batch; local: the opt-in path, batches as local activities:');
+  console.log(`  ${'algorithm'.padEnd(11)} ${'search'.padEnd(38)} ${'pace'.padStart(6)} ${'calls'.padStart(5)} ${'in-process'.padStart(10)} ${'durable'.padStart(9)} ${'local'.padStart(9)} ${'target'.padStart(6)} ${'durable ratio'.padStart(13)} ${'local ratio'.padStart(12)}  same seed, same result`);
   for (const r of rows) {
-    const ratio = medianOf(r.temporal, 'total') / medianOf(r.local, 'total');
+    const inProcess = medianOf(r.local, 'total');
     const target = TARGET[r.pace];
+    const same = r.identical.durable && r.identical.fast ? 'bit-identical' : `DIFFERENT (${r.identical.durable ? '' : 'durable '}${r.identical.fast ? '' : 'local'})`;
     console.log(
-      `  ${r.c.algorithm.padEnd(11)} ${r.c.label.padEnd(38)} ${`${r.pace} ms`.padStart(6)} ${String(r.local[0].calls).padStart(5)} ${ms(medianOf(r.local, 'total'), 10)} ${ms(medianOf(r.temporal, 'total'), 9)} ${ratio.toFixed(2).padStart(6)} ${`<=${target}`.padStart(6)}  ${(ratio <= target ? 'yes' : 'no').padEnd(4)} ${r.identical ? 'bit-identical' : 'DIFFERENT'}`,
+      `  ${r.c.algorithm.padEnd(11)} ${r.c.label.padEnd(38)} ${`${r.pace} ms`.padStart(6)} ${String(r.local[0].calls).padStart(5)} ${ms(inProcess, 10)} ${ms(medianOf(r.durable, 'total'), 9)} ${ms(medianOf(r.fast, 'total'), 9)} ${`<=${target}`.padStart(6)} ${verdict(medianOf(r.durable, 'total') / inProcess, target).padStart(13)} ${verdict(medianOf(r.fast, 'total') / inProcess, target)}  ${same}`,
     );
   }
   console.log('  calls: sequential model-server calls per search (Describe, each round, the final generation); pace: the simulated cost of one batch call.');
-  console.log('Where the Temporal driver\'s extra time goes (medians; in-process in brackets):');
-  console.log(`  ${'algorithm'.padEnd(11)} ${'pace'.padStart(6)} ${'before the first call'.padStart(22)} ${'between calls'.padStart(20)} ${'after the last call'.padStart(22)} ${'first task, no eager start'.padStart(27)}`);
+  console.log("Where the Temporal driver's extra time goes (medians, durable / local activities; in-process in brackets):");
+  console.log(`  ${'algorithm'.padEnd(11)} ${'pace'.padStart(6)} ${'before the first call'.padStart(28)} ${'between calls'.padStart(28)} ${'after the last call'.padStart(28)} ${'first task, no eager start'.padStart(27)}`);
   for (const r of rows) {
-    const pair = (field: keyof Timeline) => `${ms(medianOf(r.temporal, field), 8)} [${ms(medianOf(r.local, field), 7).trim()}]`;
-    console.log(`  ${r.c.algorithm.padEnd(11)} ${`${r.pace} ms`.padStart(6)} ${pair('leadIn').padStart(22)} ${pair('gap').padStart(20)} ${pair('tail').padStart(22)} ${ms(r.plainDispatch, 27)}`);
+    const trio = (field: keyof Timeline) => `${ms(medianOf(r.durable, field), 8)} / ${ms(medianOf(r.fast, field), 8).trim()} [${ms(medianOf(r.local, field), 7).trim()}]`;
+    console.log(`  ${r.c.algorithm.padEnd(11)} ${`${r.pace} ms`.padStart(6)} ${trio('leadIn').padStart(28)} ${trio('gap').padStart(28)} ${trio('tail').padStart(28)} ${ms(r.plainDispatch, 27)}`);
   }
-  console.log('  Temporal: started eagerly from a client on the worker\'s connection; batches and Describe are local activities (docs/architecture.md).');
+  console.log("  Searches started eagerly from a client on the worker's connection; the last column is a durable search started without.");
 }
 
 main().catch((error) => {
