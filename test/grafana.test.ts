@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { DASHBOARDS, renderDashboards, UNFINISHED_SEARCHES } from '../src/ops/dashboards';
 import { DASHBOARDS_DIR } from '../src/ops/generate-dashboards';
-import { stopChild, stopServer, stopTriton, tempDir, waitUntil, withModelServer, withTemporal, withTriton, type StartedTriton } from './helpers';
+import { startAll, stopChild, stopServer, stopTriton, tempDir, waitUntil, withModelServer, withTemporal, withTriton, type StartedTriton } from './helpers';
 import { freePort, withPrometheus, type PromSample, type RunningPrometheus } from './prometheus';
 
 const CLI = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
@@ -69,12 +69,12 @@ describe("every panel's PromQL against a real Prometheus scraping a running camp
   before(async () => {
     const ports = { server: await freePort(), worker: await freePort(), temporal: await freePort(), campaign: await freePort() };
     const at = (port: number) => `127.0.0.1:${port}`;
-    [temporal, triton] = await Promise.all([withTemporal(), withTriton(path.join(PROJECT_ROOT, 'deploy', 'triton', 'gmm'))]);
+    await startAll([withTemporal().then((t) => (temporal = t)), withTriton(path.join(PROJECT_ROOT, 'deploy', 'triton', 'gmm')).then((t) => (triton = t))]);
     const tritonMetrics = new URL(triton.metricsUrl).host;
     // One call in ten answered ABORTED (drawn afresh on each retry): the errors panels need errors to show, and
     // ABORTED reaches the fleet client (gRPC's own retries absorb most UNAVAILABLEs), which retries it.
     const faults = { seed: 3, rules: [{ fraction: 0.1, request_status: 'ABORTED' }] };
-    [server, prometheus] = await Promise.all([
+    await startAll([
       withModelServer(
         [
           '--metrics-port', String(ports.server),
@@ -84,8 +84,8 @@ describe("every panel's PromQL against a real Prometheus scraping a running camp
         ],
         undefined,
         'gmm@triton:gmm_denoiser',
-      ),
-      withPrometheus([...Object.values(ports).map(at), tritonMetrics]),
+      ).then((s) => (server = s)),
+      withPrometheus([...Object.values(ports).map(at), tritonMetrics]).then((p) => (prometheus = p)),
     ]);
     worker = noisesearch(['worker', '--temporal', temporal.address, '--fleet', server.address, '--metrics', at(ports.worker), '--temporal-metrics', at(ports.temporal)], path.join(home, 'worker.log'));
     await prometheus.waitForScrape({ targets: [at(ports.worker), at(ports.temporal), at(ports.server), tritonMetrics] });

@@ -63,6 +63,16 @@ export async function stopChild(child: ChildProcess | undefined, signal: NodeJS.
 }
 
 /** Polls `probe` until it returns a value (not null/undefined/false), failing after `timeoutMs`: no wait in a test is unbounded. */
+/**
+ * Waits for every start, even when one fails, and then throws the first failure: what did start has been
+ * assigned by its own `.then` by then, so the suite's `after` stops it rather than the test process
+ * hanging on a child nobody holds.
+ */
+export async function startAll(starts: Array<Promise<unknown>>): Promise<void> {
+  const failed = (await Promise.allSettled(starts)).find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 export async function waitUntil<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, everyMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
