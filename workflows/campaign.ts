@@ -10,13 +10,11 @@ import {
   executeChild,
   isCancellation,
   ParentClosePolicy,
-  patched,
   proxyActivities,
-  proxyLocalActivities,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { CampaignActivities, FinishedSearch } from '../src/campaign/activities';
+import type { CampaignActivities } from '../src/campaign/activities';
 import { allCells, campaignItem, campaignSize, type CampaignInput, type CampaignItem } from '../src/campaign/plan';
 import { FLEET_RETRY } from '../src/retry';
 import { searchWorkflow } from './search';
@@ -24,13 +22,10 @@ import { searchWorkflow } from './search';
 // Recording a search takes milliseconds: a short timeout lets a worker that died mid-call be noticed fast.
 const activities = proxyActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry: FLEET_RETRY });
 const metrics = proxyActivities<CampaignActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '30 seconds', retry: FLEET_RETRY });
-// Recording a search as a local activity first: an activity task is three more events and two more
-// transactions on the campaign's history per search, the one history every search of the campaign writes
-// to. One attempt; when it fails (a fleet outage, the store down) the durable activity above takes over,
-// retried by Temporal and shown by "campaign status" as a pending activity.
-const local = proxyLocalActivities<CampaignActivities>({ startToCloseTimeout: '30 seconds', retry: { ...FLEET_RETRY, maximumAttempts: 1 } });
-/** Histories recorded before searches were recorded locally replay down the durable path they took. */
-const RECORD_LOCALLY_PATCH = 'campaign-record-local-v1';
+// Searches are recorded by the durable activity, not a local one: a local activity in flight when the
+// campaign's workflow task times out, with a child's completion arriving meanwhile, can leave the workflow
+// stuck on a nondeterminism error (SDK 1.24; docs/architecture.md, "Orchestration overhead"), and a stuck
+// campaign is worse than a slower one.
 
 /**
  * When a campaign continues as new: far later than Temporal's suggestion (4,096 events), which 1,000
@@ -114,16 +109,6 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
     return page.done.has(index);
   };
   const campaign = { campaignId: input.campaignId, model: input.model, evaluation: input.evaluation, store: input.store, folder: input.folder };
-  const recordSearch: (finished: FinishedSearch) => Promise<void> = patched(RECORD_LOCALLY_PATCH)
-    ? async (finished) => {
-        try {
-          return await local.recordSearch(finished);
-        } catch (error) {
-          if (isCancellation(error)) throw error;
-          return activities.recordSearch(finished);
-        }
-      }
-    : activities.recordSearch;
 
   let storeFailure: unknown;
   const runOne = async (item: CampaignItem): Promise<void> => {
@@ -138,7 +123,7 @@ export async function campaignWorkflow(input: CampaignInput, options: CampaignOp
         args: [item.spec, { indexed }],
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
       });
-      await recordSearch({ campaign, item, result, wallSeconds: (Date.now() - started) / 1000 });
+      await activities.recordSearch({ campaign, item, result, wallSeconds: (Date.now() - started) / 1000 });
       progress.done++;
       cell.done++;
       progress.nfeSpent += result.nfe.total;
