@@ -1,5 +1,5 @@
-// Flag parsing that fails the way a user can act on: one line naming the flag and what would be right.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+// Flag values checked the way a user can act on: one line naming the flag and what would be right. Parsing
+// itself (which flags exist, help) is commander's: src/cli/program.ts.
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -11,18 +11,6 @@ export class UsageError extends Error {
 /** A flag's value as an error quotes it: escaped (a line break shows as \\n) and cut short, so the error stays one line. */
 function quoted(value: string): string {
   return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-}
-
-type Options = NonNullable<ParseArgsConfig['options']>;
-
-export function parseFlags<T extends Options>(argv: string[], options: T, usage: string) {
-  try {
-    return parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
-  } catch (error) {
-    // One line: Node explains an ambiguous value ("--budget --local") over three.
-    const message = (error as Error).message.replace(/\. To specify a positional argument.*$/s, '').replace(/\s*\n\s*/g, ' ').replace(/\.$/, '');
-    throw new UsageError(`${message}; usage: ${usage}`);
-  }
 }
 
 export function wholeNumber(flag: string, value: string | undefined, options: { min?: number } = {}): number | undefined {

@@ -7,8 +7,8 @@ import type { CampaignInput } from '../campaign/plan';
 import { loadSampleImages } from '../campaign/samples';
 import { describeCampaign, readCampaignSpec, resolveCampaign } from '../campaign/spec';
 import { stateDir } from '../embedded/paths';
-import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
-import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags, type TemporalSecurity } from '../temporal/connection';
+import { FLEET_TLS_FLAGS, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags, type TemporalSecurity } from '../temporal/connection';
 import { writeReport } from '../report/report';
 import { SpecError } from '../search/spec';
 import { exportSearches, openStore, type ExportFormat } from '../store';
@@ -19,47 +19,53 @@ import { startCampaign } from '../temporal/client';
 import { describeWait, type FleetWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
-import { oneOf, parseFlags, UsageError } from './args';
+import { oneOf, UsageError } from './args';
+import { JSON_FLAG, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { connectClient } from './control';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
-import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
+import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
 import { abortable, sleep } from './waiting';
 
 const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
-const HELP = `Benchmark campaigns: a dataset of conditions x a grid of algorithms, search verifiers and budgets.
+/** The actions after "campaign", with what each does (help and completion). */
+export const CAMPAIGN_ACTIONS = ['run', 'status', 'retry', 'cancel'] as const;
+export const CAMPAIGN_HELP = `
+Actions:
+  run SPEC     run the campaign in SPEC (YAML or JSON), or attach to it if it runs or ran
+  status ID    done, running and failed searches per grid cell
+  retry ID     run its failed searches again (finished ones are kept)
+  cancel ID    cancel it and its running searches
 
-Usage:
-  noisesearch campaign run SPEC     run the campaign in SPEC (YAML or JSON), or attach to it if it runs or ran
-  noisesearch campaign status ID    done, running and failed searches per grid cell
-  noisesearch campaign retry ID     run its failed searches again (finished ones are kept)
-  noisesearch campaign cancel ID    cancel it and its running searches
-  noisesearch export ID --format csv|jsonl [--out FILE]
-  noisesearch report ID [--out FILE]
+A spec: see docs/campaigns.md. Its results: noisesearch export ID, noisesearch report ID.`;
 
-  --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server)
-  --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
-  --fleet LIST|FILE  model servers (default: the embedded model server)
-  --no-worker        run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec
-  --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
-${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}
-A spec: see docs/campaigns.md.
-`;
+const STORE_FLAG: Flag = { name: 'store', value: 'URL|PATH', file: true, description: 'results store, where this machine has no record of the campaign (postgres://... or a SQLite file)' };
 
-const FLAGS = {
-  temporal: { type: 'string' },
-  namespace: { type: 'string' },
-  fleet: { type: 'string' },
-  'no-worker': { type: 'boolean' },
-  store: { type: 'string' },
-  format: { type: 'string' },
-  out: { type: 'string' },
+export const CAMPAIGN_FLAGS: readonly Flag[] = [
+  ...temporalFlags('the embedded dev server', DEFAULT_NAMESPACE),
+  { name: 'fleet', value: 'LIST|FILE', file: true, description: 'model servers (default: the embedded model server)' },
+  { name: 'no-worker', description: 'run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec' },
+  STORE_FLAG,
+  WAIT_FLAG,
+  JSON_FLAG,
   ...FLEET_TLS_FLAGS,
   ...TEMPORAL_CONNECTION_FLAGS,
   ...METRICS_FLAGS,
-} as const;
+];
+
+export const EXPORT_FLAGS: readonly Flag[] = [
+  { name: 'format', value: 'FORMAT', choices: ['csv', 'jsonl'], description: 'csv | jsonl (default csv)' },
+  { name: 'out', value: 'FILE', file: true, description: "where to write it (default: the campaign's folder)" },
+  STORE_FLAG,
+];
+
+export const REPORT_FLAGS: readonly Flag[] = [
+  { name: 'out', value: 'FILE', file: true, description: "where to write it (default: report.html in the campaign's folder)" },
+  STORE_FLAG,
+  JSON_FLAG,
+];
 
 /** What resolveCampaign makes: campaign-<name>-<12 hex digits>, the name of 1 to 64 letters, digits, '.', '_' or '-'. */
 const CAMPAIGN_ID = /^campaign-[\w.-]{1,64}-[0-9a-f]{12}$/;
@@ -273,12 +279,7 @@ async function cancel(values: Record<string, unknown>, campaignId: string): Prom
   }
 }
 
-export async function campaignCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, FLAGS, USAGE);
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+export async function campaignCommand(values: FlagValues, positionals: string[]): Promise<number> {
   const [action, target, ...extra] = positionals;
   const actions: Record<string, (v: Record<string, unknown>, t: string) => Promise<number>> = { run, status, retry, cancel };
   if (!Object.hasOwn(actions, action) || !target || extra.length > 0) throw new UsageError(`campaign: "${positionals.join(' ')}" is not an action with its argument; usage: ${USAGE}`);
@@ -287,12 +288,7 @@ export async function campaignCommand(argv: string[]): Promise<number> {
   return actions[action](values, target);
 }
 
-export async function exportCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, FLAGS, 'noisesearch export ID --format csv|jsonl [--out FILE] [--store URL|PATH]');
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+export async function exportCommand(values: FlagValues, positionals: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('export takes one campaign ID; usage: noisesearch export ID --format csv|jsonl [--out FILE]');
   const format = oneOf('format', (values.format as string | undefined) ?? 'csv', ['csv', 'jsonl'] as const) as ExportFormat;
   const [campaignId] = positionals;
@@ -324,12 +320,7 @@ export async function writeCampaignReport(campaignId: string, storeConfig: Store
   }
 }
 
-export async function reportCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, FLAGS, 'noisesearch report ID [--out FILE] [--store URL|PATH]');
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+export async function reportCommand(values: FlagValues, positionals: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('report takes one campaign ID; usage: noisesearch report ID [--out FILE]');
   const [campaignId] = positionals;
   const { store, folder } = loadRecord(campaignId, values.store as string | undefined);

@@ -1,24 +1,21 @@
 // Durable control of a running search: its progress, a stop with the best so far, a new budget.
 import { Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { serviceStatus } from '../embedded/services';
-import { connectTemporal, TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags } from '../temporal/connection';
+import { connectTemporal, TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags } from '../temporal/connection';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { describeWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
 import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
-import { parseFlags, UsageError, wholeNumber } from './args';
+import { UsageError, wholeNumber } from './args';
+import { JSON_FLAG, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 
 const CONTROL_USAGE = 'noisesearch progress|stop ID | noisesearch budget ID NFES [--temporal host:port] [--namespace NS]';
-const CONTROL_HELP = `Controls a search that is running (ID: its workflow ID, as search prints it).
-
-Usage:
-  noisesearch progress ID       NFEs spent, budget, best so far, round, and whether it waits for model servers (JSON)
-  noisesearch stop ID           end the search after the round in flight, with the best so far
-  noisesearch budget ID NFES    raise or lower the budget; refused below what is spent or committed
-
-  --temporal ADDR   Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
-  --namespace NS    Temporal namespace (default "${DEFAULT_NAMESPACE}")
-${TEMPORAL_CONNECTION_HELP}`;
+export const CONTROL_FLAGS: readonly Flag[] = [
+  ...temporalFlags('the embedded dev server if running', DEFAULT_NAMESPACE),
+  WAIT_FLAG,
+  JSON_FLAG,
+  ...TEMPORAL_CONNECTION_FLAGS,
+];
 
 /** A client for the Temporal the user names (--temporal, else $TEMPORAL_ADDRESS), else the running embedded dev server. */
 export async function connectClient(flags: Record<string, unknown>): Promise<Client> {
@@ -35,12 +32,7 @@ export async function connectClient(flags: Record<string, unknown>): Promise<Cli
 }
 
 export function controlCommand(action: 'progress' | 'stop' | 'budget') {
-  return async (argv: string[]): Promise<number> => {
-    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, ...TEMPORAL_CONNECTION_FLAGS }, CONTROL_USAGE);
-    if (values.help) {
-      process.stdout.write(CONTROL_HELP);
-      return 0;
-    }
+  return async (values: FlagValues, positionals: string[]): Promise<number> => {
     const wanted = action === 'budget' ? 2 : 1;
     if (positionals.length !== wanted) throw new UsageError(`${action} takes ${action === 'budget' ? 'a workflow ID and a budget in NFEs' : 'one workflow ID'}; usage: ${CONTROL_USAGE}`);
     const budget = action === 'budget' ? wholeNumber('budget', positionals[1], { min: 1 })! : 0;

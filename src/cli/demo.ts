@@ -8,10 +8,7 @@ import { describeEmbeddedModel } from '../embedded/describe';
 import { stateDir } from '../embedded/paths';
 import { openStore } from '../store';
 import type { SearchRecord } from '../store/types';
-import { parseFlags } from './args';
 import { runCampaign, writeCampaignReport } from './campaign';
-
-const DEMO_USAGE = 'noisesearch demo';
 
 const DEMO_CAMPAIGN = {
   name: 'demo',
@@ -26,12 +23,9 @@ const DEMO_CAMPAIGN = {
   concurrency: 12,
 };
 
-const DEMO_HELP = `Runs a demo campaign on the embedded Gaussian-mixture model: classes ${DEMO_CAMPAIGN.dataset.classes.join(', ')}, algorithms random, zero-order and paths,
+export const DEMO_HELP = `Runs a demo campaign on the embedded Gaussian-mixture model: classes ${DEMO_CAMPAIGN.dataset.classes.join(', ')}, algorithms random, zero-order and paths,
 search verifiers ${DEMO_CAMPAIGN.grid.verifiers.join(' and ')}, budgets ${DEMO_CAMPAIGN.grid.budgets.join(', ')} NFEs, seeds ${DEMO_CAMPAIGN.seeds.join(', ')}; through the embedded
-Temporal dev server and model server (started if needed, stopped after). Prints a table and the path of the report.
-
-Usage: ${DEMO_USAGE}
-`;
+Temporal dev server and model server (started if needed, stopped after). Prints a table and the path of the report.`;
 
 function mean(values: number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
@@ -56,12 +50,7 @@ function table(records: SearchRecord[], evaluation: string[]): string {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-export async function demoCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, {}, DEMO_USAGE);
-  if (values.help) {
-    process.stdout.write(DEMO_HELP);
-    return 0;
-  }
+export async function demoCommand(): Promise<number> {
   const log = (line: string) => process.stdout.write(`${line}\n`);
   const input = resolveCampaign(DEMO_CAMPAIGN, describeEmbeddedModel('gmm'), path.join(stateDir(), 'campaigns'));
   log(`demo campaign ${input.campaignId}: mean scores of the final samples per grid cell (${input.items.length} classes x ${input.seeds.length} seeds each)`);

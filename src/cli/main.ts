@@ -2,54 +2,53 @@ import { serviceStatus, stopEmbedded, ensureEmbedded } from '../embedded/service
 import { stateDir } from '../embedded/paths';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
-import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags } from '../fleet/tls';
-import { METRICS_FLAGS, METRICS_HELP, startCommandMetrics } from '../metrics/command';
+import { FLEET_TLS_FLAGS, fleetTlsFromFlags } from '../fleet/tls';
+import { METRICS_FLAGS, startCommandMetrics } from '../metrics/command';
 import { MetricsAddressError } from '../metrics/server';
 import { SpecError } from '../search/spec';
-import { connectTemporalWorker, TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags, TemporalOptionsError } from '../temporal/connection';
+import { connectTemporalWorker, TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags, TemporalOptionsError } from '../temporal/connection';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
-import { parseFlags, UsageError } from './args';
-import { campaignCommand, exportCommand, reportCommand } from './campaign';
-import { controlCommand } from './control';
-import { dashboardCommand } from '../dashboard/command';
-import { demoCommand } from './demo';
-import { searchCommand } from './search';
+import { oneOf, UsageError } from './args';
+import { CAMPAIGN_ACTIONS, CAMPAIGN_FLAGS, CAMPAIGN_HELP, campaignCommand, EXPORT_FLAGS, exportCommand, REPORT_FLAGS, reportCommand } from './campaign';
+import { completionScript, SHELLS, type Shell } from './completion';
+import { CONTROL_FLAGS, controlCommand } from './control';
+import { DASHBOARD_FLAGS, DASHBOARD_HELP, dashboardCommand } from '../dashboard/command';
+import { DEMO_HELP, demoCommand } from './demo';
+import { grouped, JSON_FLAG, LOG_LEVELS, WAIT_FLAG, type CommandSpec, type Flag, type FlagValues } from './flags';
+import { buildProgram, CommandLineError, parseCommandLine, type ParsedCommand, type ProgramTexts } from './program';
+import { SEARCH_FLAGS, searchCommand } from './search';
 
-const HELP = `noisesearch: inference-time search over diffusion noises, durable on Temporal.
-
-Commands:
-  search    run one search and print its result (noisesearch search --help)
-  worker    run a worker for a Temporal cluster and a fleet of model servers
-  server    start | stop | status of the embedded Temporal dev server and model server
-  demo      random searches at a few budgets on a few classes, as a table
-  progress  a running search's progress;  stop: end it with the best so far;  budget: change its budget
-  campaign  run | status | retry | cancel a benchmark campaign (dataset x algorithms x verifiers x budgets)
-  export    a campaign's results as CSV or JSONL
-  report    a campaign's self-contained HTML report
-  dashboard a live web page of searches, campaigns and the fleet, for operators
-
-Run "noisesearch <command> --help" for a command's flags.
-`;
+const PROGRAM_TEXTS: ProgramTexts = {
+  description: 'Inference-time search over diffusion noises, durable on Temporal.',
+  helpAfter: `
+Run "noisesearch <command> --help" for a command's flags; docs/cli.md for completion and more.
+Exit status: 0 done, 1 the work failed, 2 bad input (nothing started), 3 a service unreachable within --wait.`,
+};
 
 const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] [--metrics HOST:PORT] [--temporal-metrics HOST:PORT] [--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--temporal-tls-* | --temporal-api-key KEY] --fleet host:port,...|FILE';
-const WORKER_HELP = `Runs a worker (search workflows and the activities that call model servers) until SIGINT or SIGTERM.
-
-Usage: ${WORKER_USAGE}
-
-  --temporal ADDR    Temporal frontend (default $TEMPORAL_ADDRESS, else 127.0.0.1:7233)
-  --namespace NS     Temporal namespace (default "${DEFAULT_NAMESPACE}")
-  --task-queue Q     task queue (default "${TASK_QUEUE}")
-  --fleet LIST|FILE  model servers: comma-separated host:port or dns:///name:port (every address the name resolves
-                     to, followed as it changes: a Kubernetes headless Service), or a file (JSON {"endpoints": [...]}
-                     or one a line)
-${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}`;
+const WORKER_FLAGS: readonly Flag[] = [
+  { name: 'fleet', value: 'LIST|FILE', file: true, description: 'model servers: comma-separated host:port or dns:///name:port (every address the name resolves to, followed as it changes: a Kubernetes headless Service), or a file (JSON {"endpoints": [...]} or one a line); required' },
+  { name: 'temporal', value: 'ADDR', description: 'Temporal frontend (default $TEMPORAL_ADDRESS, else 127.0.0.1:7233)' },
+  { name: 'namespace', value: 'NS', description: `Temporal namespace (default "${DEFAULT_NAMESPACE}")` },
+  { name: 'task-queue', value: 'Q', description: `task queue (default "${TASK_QUEUE}")` },
+  WAIT_FLAG,
+  ...FLEET_TLS_FLAGS,
+  ...TEMPORAL_CONNECTION_FLAGS,
+  ...METRICS_FLAGS,
+];
 
 const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
-const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
-
-Usage: ${SERVER_USAGE}
-
+const SERVER_FLAGS: readonly Flag[] = grouped('start:', [
+  { name: 'model', value: 'NAME=DIR', description: 'serve a PyTorch model from a local folder (docs/real-models.md); NAME alone with --models; NAME@triton:M with --triton; gmm: the embedded one' },
+  { name: 'verifier', value: 'NAME=DIR', repeatable: true, description: 'a verifier to host with it (repeatable); NAME@triton:M with --triton' },
+  { name: 'models', value: 'FILE', file: true, description: 'a file naming the models and verifiers (docs/real-models.md)' },
+  { name: 'triton', value: 'HOST:PORT', description: "a Triton server's gRPC endpoint whose networks to serve (docs/triton.md)" },
+  { name: 'device', value: 'D', description: 'torch device (e.g. cuda, cuda:1, cpu)' },
+  { name: 'resolution', value: 'PX', description: "image size in pixels (default: the model's own)" },
+]).concat([JSON_FLAG]);
+const SERVER_HELP = `
+Actions:
   start    start (or reuse) the Temporal dev server (persisted to a file) and the model server: the embedded
            gmm, or a PyTorch model from a local folder with its verifiers (docs/real-models.md), e.g.
              noisesearch server start --model flux=/weights/FLUX.1-dev --verifier clip-score=/weights/clip
@@ -58,15 +57,9 @@ Usage: ${SERVER_USAGE}
              noisesearch server start --triton 127.0.0.1:8001 --model gmm@triton:gmm_denoiser \\
                --verifier gmm-classifier@triton:gmm_classifier
   stop     stop them
-  status   say whether each is running and ready
-`;
+  status   say whether each is running and ready (exit 3 when one is not)`;
 
-async function workerCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, 'task-queue': { type: 'string' }, fleet: { type: 'string' }, ...FLEET_TLS_FLAGS, ...TEMPORAL_CONNECTION_FLAGS, ...METRICS_FLAGS }, WORKER_USAGE);
-  if (values.help) {
-    process.stdout.write(WORKER_HELP);
-    return 0;
-  }
+async function workerCommand(values: FlagValues): Promise<number> {
   if (!values.fleet) throw new UsageError(`--fleet is required: the model servers this worker sends batches to; usage: ${WORKER_USAGE}`);
   const security = temporalSecurityFromFlags(values);
   const fleet = new Fleet(parseFleet(values.fleet as string), { tls: fleetTlsFromFlags(values) });
@@ -120,22 +113,13 @@ function modelServerArgs(values: { model?: string; models?: string; verifier?: s
   ];
 }
 
-async function serverCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(
-    argv,
-    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' }, triton: { type: 'string' } },
-    SERVER_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(SERVER_HELP);
-    return 0;
-  }
+async function serverCommand(values: FlagValues, positionals: string[]): Promise<number> {
   const [action, ...extra] = positionals;
   if (!['start', 'stop', 'status'].includes(action) || extra.length > 0) {
     throw new UsageError(`server: "${positionals.join(' ')}" is not an action; usage: ${SERVER_USAGE}`);
   }
   if (action === 'start') {
-    const embedded = await ensureEmbedded({ temporal: true, modelArgs: modelServerArgs(values), log: (line) => process.stderr.write(`${line}\n`) });
+    const embedded = await ensureEmbedded({ temporal: true, modelArgs: modelServerArgs(values as Parameters<typeof modelServerArgs>[0]), log: (line) => process.stderr.write(`${line}\n`) });
     process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
   } else if (action === 'stop') {
     const stopped = await stopEmbedded();
@@ -152,34 +136,97 @@ async function serverCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
-  search: searchCommand,
-  worker: workerCommand,
-  server: serverCommand,
-  demo: demoCommand,
-  progress: controlCommand('progress'),
-  stop: controlCommand('stop'),
-  budget: controlCommand('budget'),
-  campaign: campaignCommand,
-  export: exportCommand,
-  report: reportCommand,
-  dashboard: dashboardCommand,
-};
+const ID = { name: 'ID', description: 'the workflow ID, as search prints it' };
+const CAMPAIGN_ID = { name: 'ID', description: 'the campaign ID, as "campaign run" prints it' };
+const CONTROL_HELP = '\nControls a search that is running; its ID is its workflow ID, as search prints it.';
+
+const COMMANDS: readonly CommandSpec[] = [
+  { name: 'search', summary: 'run one search and print its result', flags: SEARCH_FLAGS, run: searchCommand },
+  {
+    name: 'worker',
+    summary: 'run a worker for a Temporal cluster and a fleet of model servers',
+    description: 'Runs a worker (search workflows and the activities that call model servers) until SIGINT or SIGTERM.',
+    flags: WORKER_FLAGS,
+    run: workerCommand,
+  },
+  {
+    name: 'server',
+    summary: 'start | stop | status of the embedded Temporal dev server and model server',
+    description: 'Manages the embedded services, recorded in $NOISESEARCH_HOME (default .noisesearch/).',
+    arguments: [{ name: 'action', description: 'start | stop | status', choices: ['start', 'stop', 'status'] }],
+    flags: SERVER_FLAGS,
+    helpAfter: SERVER_HELP,
+    run: serverCommand,
+  },
+  { name: 'demo', summary: 'random searches at a few budgets on a few classes, as a table', description: DEMO_HELP, flags: [JSON_FLAG], run: demoCommand },
+  {
+    name: 'progress',
+    summary: "a running search's progress (NFEs spent, budget, best so far, round, whether it waits for model servers)",
+    arguments: [ID],
+    flags: CONTROL_FLAGS,
+    helpAfter: CONTROL_HELP,
+    run: controlCommand('progress'),
+  },
+  { name: 'stop', summary: 'end a running search after the round in flight, with the best so far', arguments: [ID], flags: CONTROL_FLAGS, helpAfter: CONTROL_HELP, run: controlCommand('stop') },
+  {
+    name: 'budget',
+    summary: "raise or lower a running search's budget; refused below what is spent or committed",
+    arguments: [ID, { name: 'NFES', description: 'the new budget, in denoiser evaluations' }],
+    flags: CONTROL_FLAGS,
+    helpAfter: CONTROL_HELP,
+    run: controlCommand('budget'),
+  },
+  {
+    name: 'campaign',
+    summary: 'run | status | retry | cancel a benchmark campaign (dataset x algorithms x verifiers x budgets)',
+    description: 'Benchmark campaigns: a dataset of conditions x a grid of algorithms, search verifiers and budgets.',
+    arguments: [
+      { name: 'action', description: CAMPAIGN_ACTIONS.join(' | '), choices: CAMPAIGN_ACTIONS },
+      { name: 'SPEC|ID', description: 'run: the spec file (YAML or JSON); the others: the campaign ID', file: true },
+    ],
+    flags: CAMPAIGN_FLAGS,
+    helpAfter: CAMPAIGN_HELP,
+    run: campaignCommand,
+  },
+  { name: 'export', summary: "a campaign's results as CSV or JSONL", arguments: [CAMPAIGN_ID], flags: EXPORT_FLAGS, run: exportCommand },
+  { name: 'report', summary: "a campaign's self-contained HTML report", arguments: [CAMPAIGN_ID], flags: REPORT_FLAGS, run: reportCommand },
+  { name: 'dashboard', summary: 'a live web page of searches, campaigns and the fleet, for operators', description: DASHBOARD_HELP, flags: DASHBOARD_FLAGS, run: dashboardCommand },
+  {
+    name: 'completion',
+    summary: 'print a shell completion script (bash or zsh); docs/cli.md says how to install it',
+    arguments: [{ name: 'shell', description: SHELLS.join(' | '), choices: SHELLS }],
+    flags: [],
+    helpAfter: '\nbash: noisesearch completion bash > ~/.local/share/bash-completion/completions/noisesearch\nzsh: add source <(noisesearch completion zsh) to ~/.zshrc (docs/cli.md)',
+    run: async (_values, [shell]) => {
+      if (!(SHELLS as readonly string[]).includes(shell)) throw new UsageError(`"${shell}" is not a shell this completes; use ${SHELLS.join(' or ')}`);
+      process.stdout.write(completionScript(shell as Shell, buildProgram(COMMANDS, PROGRAM_TEXTS)));
+      return 0;
+    },
+  },
+];
+
+/** The command line's command, flags and arguments, or a CommandLineError; nothing runs. */
+export function parseArguments(argv: string[]): Promise<ParsedCommand> {
+  return parseCommandLine(COMMANDS, PROGRAM_TEXTS, argv);
+}
 
 export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(HELP);
-    return name ? 0 : 2;
-  }
-  // Own commands only: "constructor" or "toString" would otherwise find Object.prototype's.
-  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
-  if (!command) {
-    process.stderr.write(`noisesearch: "${name}" is not a command; use one of ${Object.keys(COMMANDS).join(', ')} (noisesearch --help)\n`);
+  let parsed: ParsedCommand;
+  try {
+    parsed = await parseArguments(argv);
+  } catch (error) {
+    if (!(error instanceof CommandLineError)) throw error;
+    if (error.helpShown) return 0;
+    // No command: the program's help, on stderr, and the status of bad input (nothing was asked for).
+    if (error.noCommand) return 2;
+    process.stderr.write(`noisesearch${error.command ? ` ${error.command}` : ''}: ${error.oneLine()}\n`);
     return 2;
   }
+  const name = parsed.spec.name;
   try {
-    return await command(rest);
+    const logLevel = oneOf('log-level', parsed.values['log-level'] as string | undefined, LOG_LEVELS);
+    if (logLevel) process.env.NOISESEARCH_LOG_LEVEL = logLevel;
+    return await parsed.spec.run(parsed.values, parsed.positionals);
   } catch (error) {
     if (error instanceof UsageError || error instanceof MetricsAddressError || error instanceof TemporalOptionsError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);

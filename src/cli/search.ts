@@ -3,8 +3,8 @@ import { describeEmbeddedModel, UnknownModelError } from '../embedded/describe';
 import { readyEmbeddedModelServer } from '../embedded/services';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
-import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
-import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP, temporalSecurityFromFlags } from '../temporal/connection';
+import { FLEET_TLS_FLAGS, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags } from '../temporal/connection';
 import type { FleetWait } from '../fleet/wait';
 import { runLocalSearch } from '../local';
 import { reportWait, watchingWaits } from './waiting';
@@ -16,50 +16,14 @@ import type { AlgorithmName, AlgorithmSpec, SearchSpec } from '../search/spec';
 import { ZERO_ORDER_DEFAULTS } from '../search/zero-order';
 import type { ModelInfo } from '../search/types';
 import { configHash, startSearch } from '../temporal/client';
-import { finiteNumber, oneOf, parseFlags, positiveNumber, UsageError, wholeNumber } from './args';
+import { DEFAULT_NAMESPACE } from '../temporal/constants';
+import { finiteNumber, oneOf, positiveNumber, UsageError, wholeNumber } from './args';
+import { grouped, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
-import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
+import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 
-const SEARCH_USAGE =
-  'noisesearch search [--model gmm] [--class N | --prompt TEXT [--negative-prompt TEXT]] [--algorithm random|zero-order|paths|fk] [--verifier a[,b,...]] [--budget NFES] [--budget-seconds S] [--seed N] [--preset NAME] [algorithm flags] [--json] [--local] [--temporal host:port] [--fleet host:port,...|FILE] [--metrics HOST:PORT]';
-
-const SEARCH_HELP = `Runs one search and prints its result.
-
-Usage: ${SEARCH_USAGE}
-
-  --model NAME         model to search with (default gmm, the embedded Gaussian mixture)
-  --class N            class label to condition on (a class-conditional model)
-  --prompt TEXT        prompt to condition on (a text-to-image model)
-  --negative-prompt T  what classifier-free guidance steers away from (with --prompt; default: the empty prompt)
-  --algorithm NAME     ${ALGORITHM_NAMES.join(' | ')} (default random)
-  --verifier A[,B..]   verifier, or an ensemble ranked by mean rank (default gmm-classifier)
-  --budget NFES        total denoiser evaluations: search plus final generation (default 2000)
-  --budget-seconds S   also stop before a round predicted to take the fleet seconds (the servers' measured
-                       denoising and verifier time, not wall time) past S; the first round always runs
-  --seed N             seed every noise derives from (default 0)
-  --preset NAME        the paper's settings: ${PRESET_NAMES.join(', ')} (flags override)
-  --solver, --steps    sampler used while searching (default: the model's)
-  --final-steps N      steps of the final generation (default: the model's)
-  --guidance W         guidance scale (default: the model's; 0 samples unconditionally)
-
-  random:      --n N (default: what the budget pays for), --round-size N (progress granularity only)
-  zero-order:  --n N neighbours (default ${ZERO_ORDER_DEFAULTS.n}), --t COSINE in (0,1) (default ${ZERO_ORDER_DEFAULTS.t}), --restart
-  paths:       --n N (default: what the budget pays for), --m M (default ${PATHS_DEFAULTS.m}), --sigma-start LEVEL (default ${PATHS_DEFAULTS.sigmaStart}),
-               --delta-f LEVEL (default ${PATHS_DEFAULTS.deltaF}), --delta-b LEVEL (default ${PATHS_DEFAULTS.deltaB}), --backward-steps N (default ${PATHS_DEFAULTS.backwardSteps});
-               levels are normalised noise levels in [0, 1] (1: sigma_max), mapped onto the model's sigma by its schedule
-  fk:          --k PARTICLES (default: what the budget pays for), --lambda L (default ${FK_DEFAULTS.lambda}), --potential ${FK_POTENTIALS.join('|')} (default ${FK_DEFAULTS.potential}),
-               --resampling ${FK_RESAMPLINGS.join('|')} (default ${FK_DEFAULTS.resampling}), --resample-every STEPS (default ${FK_DEFAULTS.resampleEvery})
-
-  --json               print one JSON object on stdout (per-verifier scores, calls and seconds included)
-  --local              run in-process instead of through Temporal
-  --temporal ADDR      a Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server)
-  --namespace NS       Temporal namespace (default "default")
-  --fleet LIST|FILE    model servers (default: the embedded model server)
-  --workflow-id ID     workflow ID (default: derived from the spec, so a repeat attaches)
-${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}`;
-
-type Values = Record<string, string | boolean | undefined>;
+type Values = FlagValues;
 
 interface AlgorithmFlag {
   key: string;
@@ -84,33 +48,57 @@ const ALGORITHM_FLAGS: Record<string, AlgorithmFlag> = {
   'resample-every': { key: 'resampleEvery', algorithms: ['fk'], parse: whole },
 };
 
-const FLAGS = {
-  model: { type: 'string' },
-  class: { type: 'string' },
-  prompt: { type: 'string' },
-  'negative-prompt': { type: 'string' },
-  algorithm: { type: 'string' },
-  verifier: { type: 'string' },
-  budget: { type: 'string' },
-  'budget-seconds': { type: 'string' },
-  seed: { type: 'string' },
-  preset: { type: 'string' },
-  solver: { type: 'string' },
-  steps: { type: 'string' },
-  'final-steps': { type: 'string' },
-  guidance: { type: 'string' },
-  restart: { type: 'boolean' },
-  ...Object.fromEntries(Object.keys(ALGORITHM_FLAGS).map((name) => [name, { type: 'string' }])),
-  json: { type: 'boolean' },
-  local: { type: 'boolean' },
-  temporal: { type: 'string' },
-  namespace: { type: 'string' },
-  fleet: { type: 'string' },
-  'workflow-id': { type: 'string' },
+const FLEET_HELP = 'model servers: comma-separated host:port or dns:///name:port, or a file (JSON {"endpoints": [...]} or one a line)';
+
+export const SEARCH_FLAGS: readonly Flag[] = [
+  { name: 'model', value: 'NAME', description: 'model to search with (default gmm, the embedded Gaussian mixture)' },
+  { name: 'class', value: 'N', description: 'class label to condition on (a class-conditional model)' },
+  { name: 'prompt', value: 'TEXT', description: 'prompt to condition on (a text-to-image model)' },
+  { name: 'negative-prompt', value: 'TEXT', description: 'what classifier-free guidance steers away from (with --prompt; default: the empty prompt)' },
+  { name: 'algorithm', value: 'NAME', choices: ALGORITHM_NAMES, description: `${ALGORITHM_NAMES.join(' | ')} (default random)` },
+  { name: 'verifier', value: 'NAME,...', description: 'verifier, or an ensemble ranked by mean rank (default gmm-classifier)' },
+  { name: 'budget', value: 'NFES', description: 'total denoiser evaluations: search plus final generation (default 2000)' },
+  { name: 'budget-seconds', value: 'S', description: "also stop before a round predicted to take the fleet seconds (the servers' measured denoising and verifier time, not wall time) past S; the first round always runs" },
+  { name: 'seed', value: 'N', description: 'seed every noise derives from (default 0)' },
+  { name: 'preset', value: 'NAME', choices: PRESET_NAMES, description: `the paper's settings: ${PRESET_NAMES.join(', ')} (flags override)` },
+  { name: 'solver', value: 'NAME', choices: ['euler', 'heun'], description: "sampler: euler | heun (default: the model's)" },
+  { name: 'steps', value: 'N', description: "sampler steps while searching (default: the model's)" },
+  { name: 'final-steps', value: 'N', description: "steps of the final generation (default: the model's)" },
+  { name: 'guidance', value: 'W', description: "guidance scale (default: the model's; 0 samples unconditionally)" },
+  ...grouped('random (and --n for zero-order, paths):', [
+    { name: 'n', value: 'N', description: `candidates (default: what the budget pays for); zero-order: neighbours (default ${ZERO_ORDER_DEFAULTS.n}); paths: starting paths` },
+    { name: 'round-size', value: 'N', description: 'candidates a round (progress granularity only)' },
+  ]),
+  ...grouped('zero-order:', [
+    { name: 't', value: 'COSINE', description: `neighbours' cosine to the pivot, in (0, 1) (default ${ZERO_ORDER_DEFAULTS.t})` },
+    { name: 'restart', description: 'restart from a fresh noise when no neighbour improves' },
+  ]),
+  ...grouped("paths (a LEVEL is a noise level in [0, 1], 1: sigma_max, on the model's schedule):", [
+    { name: 'm', value: 'M', description: `paths kept from each round (default ${PATHS_DEFAULTS.m})` },
+    { name: 'sigma-start', value: 'LEVEL', description: `where the paths start (default ${PATHS_DEFAULTS.sigmaStart})` },
+    { name: 'delta-f', value: 'LEVEL', description: `forward step (default ${PATHS_DEFAULTS.deltaF})` },
+    { name: 'delta-b', value: 'LEVEL', description: `backward step (default ${PATHS_DEFAULTS.deltaB})` },
+    { name: 'backward-steps', value: 'N', description: `solver steps of each backward step (default ${PATHS_DEFAULTS.backwardSteps})` },
+  ]),
+  ...grouped('fk:', [
+    { name: 'k', value: 'PARTICLES', description: 'particles (default: what the budget pays for)' },
+    { name: 'lambda', value: 'L', description: `the potential's scale (default ${FK_DEFAULTS.lambda})` },
+    { name: 'potential', value: 'NAME', choices: FK_POTENTIALS, description: `${FK_POTENTIALS.join(' | ')} (default ${FK_DEFAULTS.potential})` },
+    { name: 'resampling', value: 'NAME', choices: FK_RESAMPLINGS, description: `${FK_RESAMPLINGS.join(' | ')} (default ${FK_DEFAULTS.resampling})` },
+    { name: 'resample-every', value: 'STEPS', description: `steps between resamplings (default ${FK_DEFAULTS.resampleEvery})` },
+  ]),
+  ...grouped('Output and where it runs:', [
+    { name: 'json', description: 'print one JSON object on stdout (per-verifier scores, calls and seconds included)' },
+    { name: 'local', description: 'run in-process instead of through Temporal' },
+    ...temporalFlags('the embedded dev server', DEFAULT_NAMESPACE),
+    { name: 'fleet', value: 'LIST|FILE', file: true, description: `${FLEET_HELP} (default: the embedded model server)` },
+    { name: 'workflow-id', value: 'ID', description: 'workflow ID (default: derived from the spec, so a repeat attaches)' },
+    WAIT_FLAG,
+  ]),
   ...FLEET_TLS_FLAGS,
   ...TEMPORAL_CONNECTION_FLAGS,
   ...METRICS_FLAGS,
-} as const;
+];
 
 function algorithmFromFlags(v: Values, preset: Preset | undefined): AlgorithmSpec {
   const name = oneOf('algorithm', (v.algorithm as string | undefined) ?? preset?.algorithm?.name ?? 'random', ALGORITHM_NAMES)!;
@@ -207,12 +195,7 @@ export function formatResult(result: SearchResult & { workflowId: string; driver
   ].join('\n');
 }
 
-export async function searchCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS, SEARCH_USAGE);
-  if (values.help) {
-    process.stdout.write(SEARCH_HELP);
-    return 0;
-  }
+export async function searchCommand(values: FlagValues): Promise<number> {
   const spec = specFromFlags(values);
   metricsFlags(values);
   const fleetTls = fleetTlsFromFlags(values);

@@ -3,49 +3,32 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { readyEmbeddedModelServer, serviceStatus } from '../embedded/services';
 import { parseFleet } from '../fleet/client';
-import { FLEET_TLS_FLAGS, FLEET_TLS_HELP, fleetTlsFromFlags } from '../fleet/tls';
-import { TEMPORAL_CONNECTION_FLAGS, TEMPORAL_CONNECTION_HELP } from '../temporal/connection';
+import { FLEET_TLS_FLAGS, fleetTlsFromFlags } from '../fleet/tls';
+import { TEMPORAL_CONNECTION_FLAGS } from '../temporal/connection';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
-import { parseFlags, UsageError } from '../cli/args';
+import { UsageError } from '../cli/args';
+import { temporalFlags, type Flag, type FlagValues } from '../cli/flags';
 import { connectClient } from '../cli/control';
 import { startDashboard } from './server';
 
 const USAGE = 'noisesearch dashboard [--address HOST:PORT] [--temporal ADDR] [--namespace NS] [--temporal-ui URL] [--fleet LIST|FILE] [--prometheus URL] [--allow-actions [--action-token-file FILE]] [--poll-ms MS]';
-const HELP = `Serves a live web page for operators: running and recent searches and campaigns (Temporal visibility and
+export const DASHBOARD_HELP = `Serves a live web page for operators: running and recent searches and campaigns (Temporal visibility and
 their progress queries), each search's best score against NFEs, campaign progress and ETA, and the fleet; with
 --prometheus, each endpoint's requests/s, latency percentiles, in-flight and queued calls, each verifier's
-latency, and the NFE burn rate.
+latency, and the NFE burn rate. See docs/dashboard.md.`;
 
-Usage: ${USAGE}
-
-  --address HOST:PORT  where to serve the page (default 127.0.0.1:8080; port 0 picks a free one)
-  --temporal ADDR      Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
-  --namespace NS       Temporal namespace (default "${DEFAULT_NAMESPACE}")
-  --temporal-ui URL    the Temporal UI, for links to each workflow (default: the embedded dev server's UI)
-  --fleet LIST|FILE    model servers to show (default: the embedded model server if running)
-  --prometheus URL     Prometheus scraping the workers (e.g. http://127.0.0.1:9090), for rates and latencies
-  --allow-actions      let the page stop, re-budget and cancel searches and campaigns (refused otherwise), with a
-                       token: from --action-token-file, else $NOISESEARCH_DASHBOARD_TOKEN, else a random one, printed
-                       once on stderr as the page's URL ending in #token=...
-  --action-token-file FILE  the actions token (at least 16 characters; surrounding whitespace ignored)
-  --poll-ms MS         how often the page asks for new state (default 2000)
-${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}
-See docs/dashboard.md.
-`;
-
-const FLAGS = {
-  address: { type: 'string' },
-  temporal: { type: 'string' },
-  namespace: { type: 'string' },
-  'temporal-ui': { type: 'string' },
-  fleet: { type: 'string' },
-  prometheus: { type: 'string' },
-  'allow-actions': { type: 'boolean' },
-  'action-token-file': { type: 'string' },
-  'poll-ms': { type: 'string' },
+export const DASHBOARD_FLAGS: readonly Flag[] = [
+  { name: 'address', value: 'HOST:PORT', description: 'where to serve the page (default 127.0.0.1:8080; port 0 picks a free one)' },
+  ...temporalFlags('the embedded dev server if running', DEFAULT_NAMESPACE),
+  { name: 'temporal-ui', value: 'URL', description: "the Temporal UI, for links to each workflow (default: the embedded dev server's UI)" },
+  { name: 'fleet', value: 'LIST|FILE', file: true, description: 'model servers to show (default: the embedded model server if running)' },
+  { name: 'prometheus', value: 'URL', description: 'Prometheus scraping the workers (e.g. http://127.0.0.1:9090), for rates and latencies' },
+  { name: 'allow-actions', description: "let the page stop, re-budget and cancel searches and campaigns (refused otherwise), with a token: from --action-token-file, else $NOISESEARCH_DASHBOARD_TOKEN, else a random one, printed once on stderr as the page's URL ending in #token=..." },
+  { name: 'action-token-file', value: 'FILE', file: true, description: 'the actions token (at least 16 characters; surrounding whitespace ignored)' },
+  { name: 'poll-ms', value: 'MS', description: 'how often the page asks for new state (default 2000)' },
   ...FLEET_TLS_FLAGS,
   ...TEMPORAL_CONNECTION_FLAGS,
-} as const;
+];
 
 /** HOST:PORT, with [v6] hosts; the port may be 0 (any free port). */
 export function parseAddress(value: string): { host: string; port: number } {
@@ -87,12 +70,7 @@ function actionTokenFrom(values: Record<string, unknown>, allowActions: boolean)
   return { token, generated: false };
 }
 
-export async function dashboardCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, FLAGS, USAGE);
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+export async function dashboardCommand(values: FlagValues, positionals: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`dashboard takes no arguments ("${positionals.join(' ')}"); usage: ${USAGE}`);
   const { host, port } = parseAddress((values.address as string | undefined) ?? '127.0.0.1:8080');
   let temporalUi = values['temporal-ui'] !== undefined ? parseHttpUrl('temporal-ui', values['temporal-ui'] as string, 'http://127.0.0.1:8233') : undefined;

@@ -5,6 +5,7 @@
 import { isIP } from 'node:net';
 import { connect, createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { grouped, type Flag } from '../cli/flags';
 import { readKeyPair, readPem } from '../pem';
 import { FleetError } from './errors';
 
@@ -16,16 +17,11 @@ export interface FleetTls {
   key?: Buffer;
 }
 
-export const FLEET_TLS_FLAGS = {
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-  'tls-ca': { type: 'string' },
-} as const;
-
-export const FLEET_TLS_HELP = `  --tls-ca PEM       talk TLS to the model servers, trusting this CA (default $NOISESEARCH_TLS_CA)
-  --tls-cert PEM     this client's certificate, for servers that require mutual TLS (default $NOISESEARCH_TLS_CERT)
-  --tls-key PEM      its private key (default $NOISESEARCH_TLS_KEY)
-`;
+export const FLEET_TLS_FLAGS: readonly Flag[] = grouped('Model server TLS:', [
+  { name: 'tls-ca', value: 'PEM', file: true, description: 'talk TLS to the model servers, trusting this CA (default $NOISESEARCH_TLS_CA)' },
+  { name: 'tls-cert', value: 'PEM', file: true, description: "this client's certificate, for servers that require mutual TLS (default $NOISESEARCH_TLS_CERT)" },
+  { name: 'tls-key', value: 'PEM', file: true, description: 'its private key (default $NOISESEARCH_TLS_KEY)' },
+]);
 
 function refuse(message: string): FleetError {
   return new FleetError('INVALID_ARGUMENT', message, false);

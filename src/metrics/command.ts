@@ -1,16 +1,13 @@
 // The metrics flags of the commands that do work (`worker`, `search`, `campaign run`): parsed and started
 // before the work, closed after it (with one last scrape, src/metrics/server.ts).
+import { grouped, type Flag } from '../cli/flags';
 import { useTemporalMetrics } from '../temporal/worker';
 import { metricsAddress, parseAddress, serveMetrics, type MetricsServer } from './server';
 
-export const METRICS_FLAGS = {
-  metrics: { type: 'string' },
-  'temporal-metrics': { type: 'string' },
-} as const;
-
-export const METRICS_HELP = `  --metrics HOST:PORT           serve Prometheus metrics at /metrics there (default $NOISESEARCH_METRICS; off if unset)
-  --temporal-metrics HOST:PORT  serve the Temporal SDK's worker metrics (temporal_*) there (default $NOISESEARCH_TEMPORAL_METRICS)
-`;
+export const METRICS_FLAGS: readonly Flag[] = grouped('Metrics:', [
+  { name: 'metrics', value: 'HOST:PORT', description: 'serve Prometheus metrics at /metrics there (default $NOISESEARCH_METRICS; off if unset)' },
+  { name: 'temporal-metrics', value: 'HOST:PORT', description: "serve the Temporal SDK's worker metrics (temporal_*) there (default $NOISESEARCH_TEMPORAL_METRICS)" },
+]);
 
 export interface CommandMetrics {
   close(): Promise<void>;

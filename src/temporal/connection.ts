@@ -5,6 +5,7 @@
 import { Connection } from '@temporalio/client';
 import type { TLSConfig } from '@temporalio/common/lib/internal-non-workflow';
 import { NativeConnection } from '@temporalio/worker';
+import { grouped, type Flag } from '../cli/flags';
 import { diagnoseTls, quietIpServerNameWarning } from '../fleet/tls';
 import { readKeyPair, readPem } from '../pem';
 
@@ -16,22 +17,14 @@ export class TemporalOptionsError extends Error {
   }
 }
 
-export const TEMPORAL_CONNECTION_FLAGS = {
-  'temporal-tls-ca': { type: 'string' },
-  'temporal-tls-cert': { type: 'string' },
-  'temporal-tls-key': { type: 'string' },
-  'temporal-tls-server-name': { type: 'string' },
-  'temporal-api-key': { type: 'string' },
-  'temporal-plaintext': { type: 'boolean' },
-} as const;
-
-export const TEMPORAL_CONNECTION_HELP = `  --temporal-tls-ca PEM       TLS to Temporal, trusting this CA (default $TEMPORAL_TLS_CA; else the system's roots)
-  --temporal-tls-cert PEM     client certificate for mutual TLS to Temporal (default $TEMPORAL_TLS_CERT)
-  --temporal-tls-key PEM      its private key (default $TEMPORAL_TLS_KEY)
-  --temporal-tls-server-name  the name Temporal's certificate carries, where the address is not it ($TEMPORAL_TLS_SERVER_NAME)
-  --temporal-api-key KEY      API key (Temporal Cloud); prefer $TEMPORAL_API_KEY, which process listings do not show.
-                              An API key implies TLS, unless --temporal-plaintext
-`;
+export const TEMPORAL_CONNECTION_FLAGS: readonly Flag[] = grouped('Temporal TLS and API key:', [
+  { name: 'temporal-tls-ca', value: 'PEM', file: true, description: "TLS to Temporal, trusting this CA (default $TEMPORAL_TLS_CA; else the system's roots)" },
+  { name: 'temporal-tls-cert', value: 'PEM', file: true, description: 'client certificate for mutual TLS to Temporal (default $TEMPORAL_TLS_CERT)' },
+  { name: 'temporal-tls-key', value: 'PEM', file: true, description: 'its private key (default $TEMPORAL_TLS_KEY)' },
+  { name: 'temporal-tls-server-name', value: 'NAME', description: "the name Temporal's certificate carries, where the address is not it ($TEMPORAL_TLS_SERVER_NAME)" },
+  { name: 'temporal-api-key', value: 'KEY', description: 'API key (Temporal Cloud); prefer $TEMPORAL_API_KEY, which process listings do not show. An API key implies TLS, unless --temporal-plaintext' },
+  { name: 'temporal-plaintext', description: 'plaintext to Temporal even with an API key' },
+]);
 
 export interface TemporalSecurity {
   tls?: TLSConfig | boolean;
