@@ -46,13 +46,13 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
 
   it('refuses bad input with one line on stderr, exit code 2, and nothing started', async () => {
     const cases: Array<[string[], RegExp]> = [
-      [['search', '--class', '3', '--bogus'], /Unknown option '--bogus'.*usage: noisesearch search/],
+      [['search', '--class', '3', '--bogus'], /^noisesearch search: unknown option '--bogus'; see "noisesearch search --help"$/m],
       [['search', '--class', '3', '--budget', 'lots'], /--budget: "lots" is not a whole number/],
       [['search', '--class', '3', '--model', 'sdxl'], /--model: unknown model 'sdxl'; want (one of )?gmm/],
       [['search', '--class', '3', '--verifier', 'clip'], /verifier: "clip" is not hosted with model gmm; use one of gmm-oracle, gmm-classifier, gmm-selfsup/],
       [['search', '--class', '3', '--budget', '20'], /budget: 20 NFEs cannot pay for one candidate \(55 NFEs\) plus the final generation \(55 NFEs\), which costs 110 NFEs; use --budget 110 or more/],
       [['search', '--class', '3', '--algorithm', 'annealing'], /--algorithm: "annealing" is not one of random/],
-      [['frobnicate'], /"frobnicate" is not a command/],
+      [['frobnicate'], /^noisesearch: unknown command 'frobnicate'; see "noisesearch --help"$/m],
       [['server', 'restart'], /"restart" is not an action/],
       [['worker'], /--fleet is required/],
       [['search', '--class', '3', '--preset', 'flux'], /--preset flux needs model flux-dev, which is not hosted here/],
