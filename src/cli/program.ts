@@ -26,7 +26,7 @@ export class CommandLineError extends Error {
 
   /** Help was asked for (or `help`) and written to stdout. */
   get helpShown(): boolean {
-    return this.commander.code === 'commander.helpDisplayed' || this.commander.code === 'commander.version' || (this.commander.code === 'commander.help' && this.commander.exitCode === 0);
+    return this.commander.code === 'commander.helpDisplayed' || (this.commander.code === 'commander.help' && this.commander.exitCode === 0);
   }
 
   /** No command given: the program's help went to stderr. */
