@@ -28,6 +28,8 @@ function metaJson(meta: Record<string, unknown>): string {
 }
 
 let folderMade = false;
+/** Whether this process wrote to the log: only then has it details to point at. */
+let wroteEntries = false;
 
 /**
  * Appends one entry: ISO time, level, message, and its meta as JSON. Synchronous, so that a line logged just
@@ -40,6 +42,7 @@ export function writeLogEntry(level: string, message: string, meta?: Record<stri
     folderMade = true;
     const details = meta && Object.keys(meta).length > 0 ? ` ${metaJson(meta)}` : '';
     appendFileSync(file, `${time.toISOString()} ${level.padEnd(5)} ${message.replace(/\n/g, '\\n')}${details}\n`);
+    wroteEntries = true;
   } catch {
     // A read-only or full state folder: the command's own output still says what matters.
   }
@@ -49,10 +52,11 @@ let hinted = false;
 
 /**
  * ` (details: LOG)` the first time a command says something went wrong, '' afterwards: the log's path is
- * worth one mention per command, not one per line.
+ * worth one mention per command, not one per line. '' as well when this process logged nothing (a command
+ * that never talked to Temporal through the SDK's worker runtime): the log has nothing on its trouble.
  */
 export function logHint(): string {
-  if (hinted) return '';
+  if (hinted || !wroteEntries) return '';
   hinted = true;
   return ` (details: ${commandLogFile()})`;
 }
