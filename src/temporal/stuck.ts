@@ -103,6 +103,9 @@ function coreFailureMessage(failure: unknown): string {
   return match ? match[1].replace(/\\(.)/g, '$1').split('\n')[0] : String(failure ?? 'unknown failure').split('\n')[0];
 }
 
+/** Runs whose workflow code threw once, remembered by a worker to tell a retried task from a failed workflow. */
+const FAILED_RUNS_REMEMBERED = 10_000;
+
 /** A log entry's `error` meta (an Error, or what the SDK made of one) as its first line. */
 function errorMessage(error: unknown): string {
   const message = error instanceof Error ? error.message : (error as { message?: unknown } | undefined)?.message;
@@ -145,6 +148,8 @@ export class StuckTaskWatcher {
     } else if (message === 'Workflow failed' && typeof workflowId === 'string') {
       // Said once by a run that fails for good; said again by the same run only when its task was retried.
       if (!this.failedOnce.has(runId)) {
+        // A worker that runs for months sees many runs fail for good: forgetting them all now and then costs at most a late report.
+        if (this.failedOnce.size >= FAILED_RUNS_REMEMBERED) this.failedOnce.clear();
         this.failedOnce.add(runId);
         return;
       }
