@@ -22,6 +22,7 @@ import { campaignProgressQuery, type CampaignProgress } from '../../workflows/ca
 import { oneOf, UsageError } from './args';
 import { JSON_FLAG, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { connectClient } from './control';
+import { describeStuck, findStuckWorkflows, stuckWorkflow, type StuckWorkflow } from '../temporal/stuck';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
@@ -222,14 +223,30 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
   const { input, store: storeConfig } = loadRecord(campaignId, values.store as string | undefined);
   let live: CampaignProgress | null = null;
   let waiting: FleetWait | null = null;
+  const stuck: StuckWorkflow[] = [];
   try {
     const client = await connectClient(values);
     try {
       const handle = client.workflow.getHandle(campaignId);
       // A closed campaign is answered from the store: a query would need a worker to replay its whole history.
-      if ((await handle.describe()).status.name === 'RUNNING') {
-        live = await handle.query(campaignProgressQuery);
-        waiting = await runningWait(client, live.runningIds ?? [], new AbortController().signal, STATUS_WAIT_SAMPLE);
+      const description = await handle.describe();
+      if (description.status.name === 'RUNNING') {
+        // A stuck campaign cannot answer a query (its worker fails every task): it is reported, not asked.
+        const stuckCampaign = await stuckWorkflow(client, campaignId, description);
+        if (stuckCampaign) stuck.push(stuckCampaign);
+        else {
+          live = await handle.query(campaignProgressQuery).catch(async (error: unknown) => {
+            // The query met a task failing for the second time since the describe: that is the answer.
+            const nowStuck = await stuckWorkflow(client, campaignId).catch(() => null);
+            if (!nowStuck) throw error;
+            stuck.push(nowStuck);
+            return null;
+          });
+        }
+        if (live) {
+          waiting = await runningWait(client, live.runningIds ?? [], new AbortController().signal, STATUS_WAIT_SAMPLE);
+          stuck.push(...(await findStuckWorkflows(client, `ParentWorkflowId = '${campaignId}'`)).stuck);
+        }
       }
     } finally {
       await client.connection.close();
@@ -250,8 +267,10 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
       }
     }
     const width = Math.max(4, ...[...cells.keys()].map((c) => c.length));
-    process.stdout.write(`campaign ${campaignId}: ${live ? `running (${live.phase})` : 'not running'}\n`);
+    const stuckItself = stuck.some((workflow) => workflow.workflowId === campaignId);
+    process.stdout.write(`campaign ${campaignId}: ${live ? `running (${live.phase})` : stuckItself ? 'running, stuck' : 'not running'}\n`);
     if (waiting) process.stdout.write(`${describeWait(waiting)}\n`);
+    for (const workflow of stuck) process.stdout.write(`stuck: ${describeStuck(workflow)} (retried by Temporal; see docs/cli.md, "Logs and stuck workflows")\n`);
     process.stdout.write(`${'cell'.padEnd(width)}  ${'done'.padStart(6)}  ${'running'.padStart(7)}  ${'failed'.padStart(6)}  ${'total'.padStart(6)}\n`);
     for (const [cell, c] of [...cells.entries()].sort()) {
       process.stdout.write(`${cell.padEnd(width)}  ${String(c.done).padStart(6)}  ${String(c.running).padStart(7)}  ${String(c.failed).padStart(6)}  ${String(c.total).padStart(6)}\n`);

@@ -38,7 +38,7 @@ export interface Deployment {
 }
 
 export async function openDeployment(options: DeploymentOptions): Promise<Deployment> {
-  installQuietRuntime('WARN', { ownFailures: true });
+  installQuietRuntime();
   const namespace = options.namespace ?? DEFAULT_NAMESPACE;
   const embeddedTemporal = options.temporal && !options.temporalAddress;
   const embeddedFleet = !options.fleet && !options.noWorker && (embeddedTemporal || !options.temporal);

@@ -1,5 +1,6 @@
+import { Client, Connection } from '@temporalio/client';
 import { serviceStatus, stopEmbedded, ensureEmbedded } from '../embedded/services';
-import { stateDir } from '../embedded/paths';
+import { commandLogFile, stateDir } from '../embedded/paths';
 import { Fleet, parseFleet } from '../fleet/client';
 import { FleetError } from '../fleet/errors';
 import { FLEET_TLS_FLAGS, fleetTlsFromFlags } from '../fleet/tls';
@@ -8,8 +9,10 @@ import { MetricsAddressError } from '../metrics/server';
 import { SpecError } from '../search/spec';
 import { connectTemporalWorker, TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags, TemporalOptionsError } from '../temporal/connection';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from '../temporal/constants';
+import { describeStuck, findStuckWorkflows, workflowOfRun } from '../temporal/stuck';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { oneOf, UsageError } from './args';
+import { logHint } from './log';
 import { CAMPAIGN_ACTIONS, CAMPAIGN_FLAGS, CAMPAIGN_HELP, campaignCommand, EXPORT_FLAGS, exportCommand, REPORT_FLAGS, reportCommand } from './campaign';
 import { completionScript, SHELLS, type Shell } from './completion';
 import { CONTROL_FLAGS, controlCommand } from './control';
@@ -65,8 +68,15 @@ async function workerCommand(values: FlagValues): Promise<number> {
   const fleet = new Fleet(parseFleet(values.fleet as string), { tls: fleetTlsFromFlags(values) });
   const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
   const metrics = await startCommandMetrics(values);
-  installQuietRuntime();
+  // The terminal gets the startup line and one line per stuck workflow; everything else goes to the log file.
+  let client: Client | undefined;
+  installQuietRuntime('INFO', {
+    onStuckWorkflow: (workflowId, firstError) =>
+      process.stderr.write(`workflow ${workflowId}: its workflow tasks keep failing: ${firstError} (retried by Temporal; details in ${commandLogFile()})\n`),
+    workflowOfRun: async (runId) => (client ? workflowOfRun(client, runId) : undefined),
+  });
   const connection = await connectTemporalWorker(address, security);
+  client = new Client({ connection, namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
   const worker = await createSearchWorker({
     connection,
     fleet,
@@ -131,9 +141,27 @@ async function serverCommand(values: FlagValues, positionals: string[]): Promise
       const state = s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running';
       process.stdout.write(`${s.name.padEnd(12)} ${state.padEnd(20)} ${s.address}  pid ${s.pid}${s.uiUrl ? `  UI ${s.uiUrl}` : ''}\n`);
     }
+    const temporal = statuses.find((s) => s.name === 'temporal' && s.ready);
+    if (temporal) await reportStuckWorkflows(temporal.address);
     return statuses.every((s) => s.ready) && statuses.length > 0 ? 0 : 3;
   }
   return 0;
+}
+
+/** `server status`'s lines on the namespace's stuck workflows (docs/cli.md, "Logs and stuck workflows"). */
+async function reportStuckWorkflows(address: string): Promise<void> {
+  let connection: Connection | undefined;
+  try {
+    connection = await Connection.connect({ address, connectTimeout: 5_000 });
+    const { stuck, scannedCap } = await findStuckWorkflows(new Client({ connection, namespace: DEFAULT_NAMESPACE }));
+    for (const workflow of stuck) process.stdout.write(`stuck: ${describeStuck(workflow)}\n`);
+    if (scannedCap !== undefined) process.stdout.write(`(stuck workflows looked for among the first ${scannedCap} running ones only)\n`);
+  } catch (error) {
+    // The services' states above are the answer; this is a note on it.
+    process.stderr.write(`noisesearch server: could not look for stuck workflows: ${failureLine(error)}\n`);
+  } finally {
+    await connection?.close();
+  }
 }
 
 const ID = { name: 'ID', description: 'the workflow ID, as search prints it' };
@@ -240,7 +268,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
       return 2;
     }
-    process.stderr.write(`noisesearch ${name}: ${failureLine(error)}\n`);
+    process.stderr.write(`noisesearch ${name}: ${failureLine(error)}${logHint()}\n`);
     return 1;
   }
 }

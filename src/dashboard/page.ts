@@ -133,6 +133,17 @@ function campaignsTable(state) {
     }));
 }
 
+// Text nodes only (el), so that an error message from a workflow is shown, never run.
+function stuckList(state) {
+  if (state.stuck.length === 0) return el('p', { class: 'muted' }, 'None: no running workflow has a workflow task failing again and again.');
+  return el('table', {},
+    el('tr', {}, el('th', {}, 'workflow'), el('th', { class: 'num' }, 'attempts'), el('th', {}, 'first error')),
+    state.stuck.map((s) => el('tr', { class: 'stuck', 'data-workflow-id': s.workflowId },
+      el('td', {}, el('span', { class: 'id' }, s.workflowId)),
+      el('td', { class: 'num' }, fmt(s.attempts)),
+      el('td', {}, s.firstError))));
+}
+
 function searchesTable(state) {
   if (state.searches.length === 0) return el('p', { class: 'muted' }, 'No searches in this namespace.');
   return el('table', {},
@@ -219,6 +230,7 @@ function render(state) {
   document.getElementById('summary').textContent = state.namespace + ' · ' + running + ' searches running · ' + fmt(state.nfeRate, 1) + ' NFE/s · updated ' + new Date(state.generatedAt).toLocaleTimeString();
   const ui = document.getElementById('temporal-ui');
   ui.replaceChildren(state.temporalUi ? link('Temporal UI', state.temporalUi) : '');
+  document.getElementById('stuck').replaceChildren(stuckList(state));
   document.getElementById('campaigns').replaceChildren(campaignsTable(state));
   document.getElementById('searches').replaceChildren(searchesTable(state));
   document.getElementById('fleet').replaceChildren(fleetTable(state));
@@ -264,6 +276,7 @@ export function renderPage(options: { pollMs: number }): string {
 <div id="actions-off">Actions are disabled: this dashboard was started without <code>--allow-actions</code>, so it only watches.</div>
 <div id="notice" role="status"></div>
 <div id="errors" class="muted" style="display:none"></div>
+<section><h2>Stuck workflows <span class="muted">(workflow tasks that keep failing; Temporal retries them)</span></h2><div id="stuck"></div></section>
 <section><h2>Campaigns</h2><div id="campaigns"></div></section>
 <section><h2>Searches</h2><div id="searches"></div></section>
 <section><h2>Fleet</h2><div id="fleet"></div></section>

@@ -13,6 +13,7 @@ import { channelCredentials, diagnoseTls, type FleetTls } from '../fleet/tls';
 import { services } from '../fleet/proto';
 import { abortable } from '../cli/waiting';
 import { SEARCH_ATTRIBUTES } from '../temporal/search-attributes';
+import { findStuckWorkflows, type StuckWorkflow } from '../temporal/stuck';
 import type { SearchProgress } from '../search/run';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
 import { progressQuery } from '../../workflows/search';
@@ -95,6 +96,8 @@ export interface DashboardState {
   metrics: FleetMetrics;
   /** NFEs per second across the running searches, over the last few seconds. */
   nfeRate: number;
+  /** Running workflows whose workflow tasks keep failing, each once (src/temporal/stuck.ts). */
+  stuck: StuckWorkflow[];
   errors: string[];
 }
 
@@ -168,12 +171,14 @@ export class DashboardData {
   private async gather(): Promise<DashboardState> {
     const errors: string[] = [];
     let listed = true;
-    const [executions, fleet, metrics] = await Promise.all([
+    const [executions, stuck, fleet, metrics] = await Promise.all([
       this.list().catch((error) => {
         errors.push(`Temporal: ${firstLine(error)}`);
         listed = false;
         return [] as WorkflowExecutionInfo[];
       }),
+      // Temporal's own trouble is said once, by the listing above.
+      findStuckWorkflows(this.options.client).then((scan) => scan.stuck, () => [] as StuckWorkflow[]),
       this.fleet(),
       gatherFleetMetrics(this.options.prometheus),
     ]);
@@ -216,6 +221,7 @@ export class DashboardData {
       fleet,
       metrics,
       nfeRate: searches.reduce((sum, s) => sum + (s.nfeRate ?? 0), 0),
+      stuck,
       errors,
     };
   }

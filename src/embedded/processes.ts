@@ -103,6 +103,9 @@ export async function startTemporal(options: TemporalOptions): Promise<StartedPr
     '--sqlite-pragma', 'journal_mode=wal',
     '--sqlite-pragma', 'synchronous=normal',
     '--log-level', 'warn',
+    // A workflow whose workflow task failed twice in a row gets TemporalReportedProblems set, so that `server
+    // status` finds stuck workflows with one visibility query (docs/cli.md, "Logs and stuck workflows").
+    '--dynamic-config-value', 'system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute=2',
     ...devServerSearchAttributeFlags(),
   ];
   const child = spawnLogged(TEMPORAL_BIN, args, options.logFile, options.detached ?? false);

@@ -1,9 +1,11 @@
 import { DefaultLogger, NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
+import { commandLogLevel, LOG_LEVELS, type LogLevel, writeLogEntry } from '../cli/log';
 import { createActivities } from '../activities';
 import { createCampaignActivities } from '../campaign/activities';
 import type { Fleet } from '../fleet/client';
 import { workflowSource } from './bundle';
 import { DEFAULT_NAMESPACE, TASK_QUEUE } from './constants';
+import { StuckTaskWatcher } from './stuck';
 
 let runtimeInstalled = false;
 let temporalMetricsAddress: string | undefined;
@@ -17,29 +19,40 @@ export function useTemporalMetrics(bindAddress: string): void {
   temporalMetricsAddress = bindAddress;
 }
 
-/** What a worker logs as each workflow or activity fails: a command that reports its own failures drops them. */
-const OUTCOME_MESSAGES = new Set(['Workflow failed', 'Activity failed']);
+/** The more verbose of two levels: a stuck workflow's report needs core's WARN lines even at --log-level error. */
+function verbosest(a: LogLevel, b: LogLevel): LogLevel {
+  return LOG_LEVELS.indexOf(a) <= LOG_LEVELS.indexOf(b) ? a : b;
+}
+
+export interface QuietRuntimeOptions {
+  /** Called once per workflow whose workflow task this process's worker fails (the `worker` command prints it). */
+  onStuckWorkflow?: (workflowId: string, firstError: string) => void;
+  /** The workflow ID of a run whose task fails, for runs that were failing before this worker started. */
+  workflowOfRun?: (runId: string) => Promise<string | undefined>;
+}
 
 /**
- * Keeps the SDK core quiet unless asked: the CLI's stdout is for results. Call before any connection.
- * With `ownFailures`, the command says itself, in one line, why its search failed or what it waits for,
- * so the worker's own multi-line reports of the same failures are dropped.
+ * Sends every line of the SDK and of its Rust core to the command's log file (src/cli/log.ts), at
+ * --log-level (NOISESEARCH_LOG_LEVEL, else `defaultLevel`): the terminal is for the command's own output.
+ * Call before any connection.
  */
-export function installQuietRuntime(defaultLevel: 'WARN' | 'ERROR' = 'WARN', options: { ownFailures?: boolean } = {}): void {
+export function installQuietRuntime(defaultLevel: LogLevel = 'INFO', options: QuietRuntimeOptions = {}): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
-  const level = (process.env.NOISESEARCH_LOG_LEVEL ?? defaultLevel).toUpperCase() as 'WARN';
-  const logger = options.ownFailures
-    ? new DefaultLogger(level, (entry) => {
-        if (OUTCOME_MESSAGES.has(entry.message)) return;
-        process.stderr.write(`[${entry.level}] ${entry.message}\n`);
-      })
-    : new DefaultLogger(level);
+  const level = commandLogLevel(defaultLevel);
+  const watcher = options.onStuckWorkflow ? new StuckTaskWatcher(options.onStuckWorkflow, options.workflowOfRun) : null;
+  const collected = verbosest(level, watcher ? 'WARN' : level);
+  const logger = new DefaultLogger(collected, (entry) => {
+    watcher?.observe(entry.message, entry.meta);
+    if (LOG_LEVELS.indexOf(entry.level) < LOG_LEVELS.indexOf(level)) return;
+    writeLogEntry(entry.level, entry.message, entry.meta, new Date(Number(entry.timestampNanos / 1_000_000n)));
+  });
   // Prometheus conventions, as our own metrics follow them: seconds, and counters ending in _total.
   const metrics = temporalMetricsAddress
     ? { metrics: { prometheus: { bindAddress: temporalMetricsAddress, countersTotalSuffix: true, useSecondsForDurations: true } } }
     : {};
-  Runtime.install({ logger, telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: level }) }, ...metrics } });
+  // `forward`: the core's lines go through the logger above, not straight to the console.
+  Runtime.install({ logger, telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: collected }), forward: {} }, ...metrics } });
 }
 
 export interface WorkerOptions {
