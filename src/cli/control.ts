@@ -8,7 +8,7 @@ import { fleetWait } from '../temporal/waiting';
 import { progressQuery, setBudgetUpdate, stopSignal } from '../../workflows/search';
 import { parseFlags, UsageError, wholeNumber } from './args';
 
-const CONTROL_USAGE = 'noisesearch progress|stop ID | noisesearch budget ID NFES [--temporal host:port] [--namespace NS]';
+const CONTROL_USAGE = 'noisesearch progress|stop ID | noisesearch budget ID NFES [--temporal host:port] [--namespace NS] [--json]';
 const CONTROL_HELP = `Controls a search that is running (ID: its workflow ID, as search prints it).
 
 Usage:
@@ -18,6 +18,8 @@ Usage:
 
   --temporal ADDR   Temporal frontend (default $TEMPORAL_ADDRESS, else the embedded dev server if running)
   --namespace NS    Temporal namespace (default "${DEFAULT_NAMESPACE}")
+  --json            one JSON object on stdout (progress and budget print JSON anyway; stop prints
+                    {"workflowId": ID, "stopRequested": true} instead of its message on stderr)
 ${TEMPORAL_CONNECTION_HELP}`;
 
 /** A client for the Temporal the user names (--temporal, else $TEMPORAL_ADDRESS), else the running embedded dev server. */
@@ -36,7 +38,7 @@ export async function connectClient(flags: Record<string, unknown>): Promise<Cli
 
 export function controlCommand(action: 'progress' | 'stop' | 'budget') {
   return async (argv: string[]): Promise<number> => {
-    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, ...TEMPORAL_CONNECTION_FLAGS }, CONTROL_USAGE);
+    const { values, positionals } = parseFlags(argv, { temporal: { type: 'string' }, namespace: { type: 'string' }, json: { type: 'boolean' }, ...TEMPORAL_CONNECTION_FLAGS }, CONTROL_USAGE);
     if (values.help) {
       process.stdout.write(CONTROL_HELP);
       return 0;
@@ -53,7 +55,9 @@ export function controlCommand(action: 'progress' | 'stop' | 'budget') {
       }
       else if (action === 'stop') {
         await handle.signal(stopSignal);
-        process.stdout.write(`asked ${positionals[0]} to stop after its round in flight\n`);
+        // The message is for the person at the terminal; a script asked for --json gets the fact on stdout.
+        if (values.json) process.stdout.write(`${JSON.stringify({ workflowId: positionals[0], stopRequested: true })}\n`);
+        else process.stderr.write(`asked ${positionals[0]} to stop after its round in flight\n`);
       } else {
         try {
           const progress = await handle.executeUpdate(setBudgetUpdate, { args: [budget] });

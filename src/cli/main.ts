@@ -14,6 +14,7 @@ import { campaignCommand, exportCommand, reportCommand } from './campaign';
 import { controlCommand } from './control';
 import { dashboardCommand } from '../dashboard/command';
 import { demoCommand } from './demo';
+import { doctorCommand } from './doctor';
 import { searchCommand } from './search';
 
 const HELP = `noisesearch: inference-time search over diffusion noises, durable on Temporal.
@@ -28,6 +29,7 @@ Commands:
   export    a campaign's results as CSV or JSONL
   report    a campaign's self-contained HTML report
   dashboard a live web page of searches, campaigns and the fleet, for operators
+  doctor    check Node, Python, the Temporal CLI, Temporal, the fleet and disk, and say what to do
 
 Run "noisesearch <command> --help" for a command's flags.
 `;
@@ -45,7 +47,7 @@ Usage: ${WORKER_USAGE}
                      or one a line)
 ${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}`;
 
-const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status';
+const SERVER_USAGE = 'noisesearch server start [--model NAME=DIR [--verifier NAME=DIR]... | --models FILE --model NAME | --triton HOST:PORT --model NAME@triton:M [--verifier NAME@triton:M]...] [--device D] | stop | status  [--json]';
 const SERVER_HELP = `Manages the embedded services, recorded in ${'$NOISESEARCH_HOME'} (default .noisesearch/).
 
 Usage: ${SERVER_USAGE}
@@ -59,6 +61,9 @@ Usage: ${SERVER_USAGE}
                --verifier gmm-classifier@triton:gmm_classifier
   stop     stop them
   status   say whether each is running and ready
+
+  --json   one JSON object on stdout: start {temporal, uiUrl, fleet, state}, stop {stopped: [...]},
+           status {services: [{name, state, address, pid, uiUrl}]}
 `;
 
 async function workerCommand(argv: string[]): Promise<number> {
@@ -123,7 +128,7 @@ function modelServerArgs(values: { model?: string; models?: string; verifier?: s
 async function serverCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
-    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' }, triton: { type: 'string' } },
+    { model: { type: 'string' }, models: { type: 'string' }, verifier: { type: 'string', multiple: true }, device: { type: 'string' }, resolution: { type: 'string' }, triton: { type: 'string' }, json: { type: 'boolean' } },
     SERVER_USAGE,
   );
   if (values.help) {
@@ -136,15 +141,20 @@ async function serverCommand(argv: string[]): Promise<number> {
   }
   if (action === 'start') {
     const embedded = await ensureEmbedded({ temporal: true, modelArgs: modelServerArgs(values), log: (line) => process.stderr.write(`${line}\n`) });
-    process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
+    if (values.json) process.stdout.write(`${JSON.stringify({ temporal: embedded.temporalAddress, uiUrl: embedded.uiUrl, fleet: embedded.fleet, state: stateDir() })}\n`);
+    else process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
   } else if (action === 'stop') {
     const stopped = await stopEmbedded();
-    process.stdout.write(stopped.length > 0 ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+    // What was stopped is a message: a script that wants it asks for --json.
+    if (values.json) process.stdout.write(`${JSON.stringify({ stopped })}\n`);
+    else process.stderr.write(stopped.length > 0 ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
   } else {
     const statuses = await serviceStatus();
-    if (statuses.length === 0) process.stdout.write('not running\n');
-    for (const s of statuses) {
-      const state = s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running';
+    const stateOf = (s: (typeof statuses)[number]) => (s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running');
+    if (values.json) process.stdout.write(`${JSON.stringify({ services: statuses.map((s) => ({ name: s.name, state: stateOf(s), address: s.address, pid: s.pid, uiUrl: s.uiUrl ?? null })) })}\n`);
+    else if (statuses.length === 0) process.stdout.write('not running\n');
+    for (const s of values.json ? [] : statuses) {
+      const state = stateOf(s);
       process.stdout.write(`${s.name.padEnd(12)} ${state.padEnd(20)} ${s.address}  pid ${s.pid}${s.uiUrl ? `  UI ${s.uiUrl}` : ''}\n`);
     }
     return statuses.every((s) => s.ready) && statuses.length > 0 ? 0 : 3;
@@ -164,6 +174,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   export: exportCommand,
   report: reportCommand,
   dashboard: dashboardCommand,
+  doctor: doctorCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {
