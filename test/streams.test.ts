@@ -62,10 +62,19 @@ function storedSearches(file: string, campaignId: string): Array<{ workflow_id: 
   }
 }
 
+/** `work`, or its failure with what the commands involved printed: a timeout alone says nothing of why. */
+async function explained<T>(work: Promise<T>, outputs: () => string): Promise<T> {
+  try {
+    return await work;
+  } catch (error) {
+    throw new Error(`${(error as Error).message}\n${outputs()}`);
+  }
+}
+
 // A terminal's control sequences (colour, erase line) and a carriage return: none belongs in a log or a pipe.
 const CONTROL = /\x1b\[|\r/;
 
-describe('output streams and --json', { timeout: 300_000 }, () => {
+describe('output streams and --json', { timeout: 480_000 }, () => {
   const home = tempDir('streams');
   const dir = tempDir('streams-campaign');
   const storeFile = path.join(dir, 'results.sqlite');
@@ -198,12 +207,14 @@ describe('output streams and --json', { timeout: 300_000 }, () => {
       const [viaJson, viaMessage] = workflowIds;
       // Named, not found through the state folder: a half-second readiness probe there is no test of streams.
       const at = ['--temporal', temporal];
-      const progress = await waitUntil('the search to report progress', async () => {
-        const run = await cli(['progress', viaJson, '--json', ...at], home, 20_000);
-        if (run.code !== 0) return null;
-        const p = JSON.parse(run.stdout);
+      let last: Run | undefined;
+      const progress = await explained(waitUntil('the search to report progress', async () => {
+        last = await cli(['progress', viaJson, '--json', ...at], home, 20_000);
+        if (last.code !== 0) return null;
+        const p = JSON.parse(last.stdout);
         return p && p.nfeSpent > 0 ? p : null;
-      }, 60_000, 500);
+        // Two commands starting their workers side by side take long on a loaded 2-core machine.
+      }, 120_000, 500), () => `last progress: ${JSON.stringify(last)}\nsearch: ${JSON.stringify(searches[0].output)} exit ${searches[0].child.exitCode}`);
       assert.equal(progress.budget, 2_000_000);
       assert.equal(progress.stopRequested, false);
 
@@ -230,6 +241,45 @@ describe('output streams and --json', { timeout: 300_000 }, () => {
       }
     } finally {
       for (const search of searches) search.child.kill('SIGKILL');
+    }
+  });
+
+  it('campaign status --json while it runs, cancel --json, and run --json reports the cancelled campaign', async () => {
+    const spec = path.join(dir, 'long.json');
+    // A budget far beyond what the test waits for: the campaign runs until cancelled.
+    writeFileSync(spec, JSON.stringify({
+      name: 'streams-long',
+      dataset: { kind: 'gmm-classes', classes: [1] },
+      grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [2_000_000] },
+      seeds: [0, 1],
+      concurrency: 2,
+      results: { path: path.join(dir, 'long.sqlite'), folder: path.join(dir, 'long') },
+    }));
+    // On the embedded services (no --temporal): this command's worker runs the searches.
+    const run = cliProcess(['campaign', 'run', spec, '--json'], home);
+    try {
+      const id = await waitUntil('the campaign ID', async () => /campaign (campaign-streams-long-[0-9a-f]{12}): /.exec(run.output.stderr)?.[1], 60_000, 100);
+      let last: Run | undefined;
+      const state = await explained(waitUntil('the campaign to run its searches', async () => {
+        last = await cli(['campaign', 'status', id, '--json', '--temporal', temporal], home, 20_000);
+        if (last.code !== 0) return null;
+        const s = JSON.parse(last.stdout);
+        return s.status === 'running' && s.running === 2 ? s : null;
+      }, 120_000, 500), () => `last status: ${JSON.stringify(last)}\ncampaign run: ${JSON.stringify(run.output)} exit ${run.child.exitCode}`);
+      assert.deepEqual({ done: state.done, failed: state.failed, total: state.total, cells: Object.keys(state.cells).length }, { done: 0, failed: 0, total: 2, cells: 1 });
+
+      const cancel = await cli(['campaign', 'cancel', id, '--json', '--temporal', temporal], home, 20_000);
+      assert.equal(cancel.code, 0, cancel.stderr);
+      assert.deepEqual(JSON.parse(cancel.stdout), { campaignId: id, cancelled: true });
+
+      const ended = await waitUntil('the cancelled campaign run to exit', async () => (run.child.exitCode !== null ? run.done : null), 60_000, 200);
+      assert.equal(ended.code, 1, ended.stderr);
+      const summary = JSON.parse(ended.stdout);
+      assert.equal(summary.campaignId, id);
+      assert.equal(summary.status, 'failed');
+      assert.match(summary.error, /cancel/i);
+    } finally {
+      run.child.kill('SIGKILL');
     }
   });
 
