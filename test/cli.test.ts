@@ -117,7 +117,7 @@ describe('noisesearch CLI', { timeout: 600_000 }, () => {
     assert.doesNotMatch(search.stderr, /starting/, 'reused the running services');
     assert.ok(existsSync(path.join(home, 'services.json')), 'left running what it did not start');
     const stop = await cli(['server', 'stop'], home);
-    assert.match(stop.stdout, /stopped temporal, modelServer/);
+    assert.match(stop.stderr, /stopped temporal, modelServer/);
     assert.equal((await cli(['server', 'status'], home)).code, 3);
   });
 

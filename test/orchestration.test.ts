@@ -186,7 +186,7 @@ describe('the Temporal driver runs batches as local activities', { timeout: 600_
           const outcome = await activities.evaluateBatch(...args);
           if (++calls === 3) {
             setTimeout(() => {
-              stopCommand = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'stop', workflowId, '--temporal', temporal.address], { stdio: ['ignore', openSync(stopSaid, 'w'), 'ignore'] });
+              stopCommand = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'noisesearch.js'), 'stop', workflowId, '--temporal', temporal.address], { stdio: ['ignore', 'ignore', openSync(stopSaid, 'w')] });
               // The stall: nothing on this thread runs for 4 s, and on until the stop command says Temporal
               // took the signal (at most 20 s), so that the signal always arrives during the stall.
               const started = Date.now();

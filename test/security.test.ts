@@ -192,7 +192,8 @@ describe('no secret reaches any output', { timeout: 900_000 }, () => {
 
     // Exports, the report and the campaign's status, on a machine that has the password in its environment.
     const storeEnv = { ...secretEnv, NOISESEARCH_STORE_URL: storeUrl };
-    for (const args of [['export', campaignId!, '--format', 'csv'], ['export', campaignId!, '--format', 'jsonl'], ['report', campaignId!], ['campaign', 'status', campaignId!, ...temporalFlags]]) {
+    // Exports to stdout and to files: both are searched for the password below.
+    for (const args of [['export', campaignId!, '--format', 'csv'], ['export', campaignId!, '--format', 'csv', '--out', path.join(folder, `${campaignId}.csv`)], ['export', campaignId!, '--format', 'jsonl', '--out', path.join(folder, `${campaignId}.jsonl`)], ['report', campaignId!], ['campaign', 'status', campaignId!, ...temporalFlags]]) {
       const done = await cli(args, storeEnv, home);
       assert.equal(done.code, 0, `${args.join(' ')}: ${done.stderr}`);
       outputs.push([`${args.slice(0, 2).join(' ')} stdout`, done.stdout], [`${args.slice(0, 2).join(' ')} stderr`, done.stderr]);

@@ -198,7 +198,14 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
   }).finally(() => served.close());
   if (outcome.failed) {
     log(`campaign ${input.campaignId}: ${outcome.failed}`);
+    if (values.json) process.stdout.write(`${JSON.stringify({ campaignId: input.campaignId, status: 'failed', error: outcome.failed })}\n`);
     return 1;
+  }
+  if (values.json) {
+    const { total = 0, done = 0, failed = 0, skipped = 0, nfeSpent = 0 } = outcome.progress ?? {};
+    const summary = { campaignId: input.campaignId, status: 'completed', total, done, failed, skipped, nfe: nfeSpent, report: `noisesearch report ${input.campaignId}` };
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    return 0;
   }
   process.stdout.write(`campaign ${input.campaignId} finished; "noisesearch report ${input.campaignId}" writes its report\n`);
   return 0;
@@ -266,6 +273,23 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
         cells.set(s.cell, counts);
       }
     }
+    const failures = searches.filter((s) => s.status === 'failed');
+    if (values.json) {
+      const sorted = [...cells.entries()].sort();
+      const totals = { done: 0, running: 0, failed: 0, total: 0 };
+      for (const [, c] of sorted) for (const key of Object.keys(totals) as Array<keyof typeof totals>) totals[key] += c[key];
+      process.stdout.write(`${JSON.stringify({
+        campaignId,
+        status: live ? 'running' : stuck.some((workflow) => workflow.workflowId === campaignId) ? 'stuck' : 'not running',
+        phase: live?.phase ?? null,
+        waiting: waiting && { ...waiting, message: describeWait(waiting) },
+        stuck,
+        ...totals,
+        cells: Object.fromEntries(sorted),
+        failures: failures.map((f) => ({ workflowId: f.workflowId, error: f.error })),
+      })}\n`);
+      return 0;
+    }
     const width = Math.max(4, ...[...cells.keys()].map((c) => c.length));
     const stuckItself = stuck.some((workflow) => workflow.workflowId === campaignId);
     process.stdout.write(`campaign ${campaignId}: ${live ? `running (${live.phase})` : stuckItself ? 'running, stuck' : 'not running'}\n`);
@@ -275,7 +299,7 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
     for (const [cell, c] of [...cells.entries()].sort()) {
       process.stdout.write(`${cell.padEnd(width)}  ${String(c.done).padStart(6)}  ${String(c.running).padStart(7)}  ${String(c.failed).padStart(6)}  ${String(c.total).padStart(6)}\n`);
     }
-    for (const failed of searches.filter((s) => s.status === 'failed').slice(0, 10)) process.stdout.write(`failed: ${failed.workflowId}: ${failed.error}\n`);
+    for (const failed of failures.slice(0, 10)) process.stdout.write(`failed: ${failed.workflowId}: ${failed.error}\n`);
     return 0;
   } finally {
     await store.close();
@@ -291,7 +315,7 @@ async function cancel(values: Record<string, unknown>, campaignId: string): Prom
   const client = await connectClient(values);
   try {
     await client.workflow.getHandle(campaignId).cancel();
-    process.stdout.write(`cancelled campaign ${campaignId} and its running searches\n`);
+    process.stdout.write(values.json ? `${JSON.stringify({ campaignId, cancelled: true })}\n` : `cancelled campaign ${campaignId} and its running searches\n`);
     return 0;
   } finally {
     await client.connection.close();
@@ -311,17 +335,39 @@ export async function exportCommand(values: FlagValues, positionals: string[]): 
   if (positionals.length !== 1) throw new UsageError('export takes one campaign ID; usage: noisesearch export ID --format csv|jsonl [--out FILE]');
   const format = oneOf('format', (values.format as string | undefined) ?? 'csv', ['csv', 'jsonl'] as const) as ExportFormat;
   const [campaignId] = positionals;
-  const { store: storeConfig, folder } = loadRecord(campaignId, values.store as string | undefined);
+  const { store: storeConfig } = loadRecord(campaignId, values.store as string | undefined);
   const store = await openStore(storeConfig);
+  let rows: string;
   try {
-    const out = path.resolve((values.out as string | undefined) ?? path.join(folder, `${campaignId}.${format}`));
-    mkdirSync(path.dirname(out), { recursive: true });
-    writeFileSync(out, exportSearches(await store.searches(campaignId), format, await store.cellMetrics(campaignId)));
-    process.stdout.write(`${out}\n`);
-    return 0;
+    rows = exportSearches(await store.searches(campaignId), format, await store.cellMetrics(campaignId));
   } finally {
     await store.close();
   }
+  // The rows are the result: on stdout, for a pipe, unless a file is asked for.
+  if (values.out === undefined) {
+    await writeAll(process.stdout, rows);
+    return 0;
+  }
+  const out = path.resolve(values.out as string);
+  mkdirSync(path.dirname(out), { recursive: true });
+  writeFileSync(out, rows);
+  process.stderr.write(`${out}\n`);
+  return 0;
+}
+
+/**
+ * Writes `text` and resolves once the stream took it: main exits the process as soon as the command returns,
+ * which would cut a pipe's last megabytes short. A reader that closed early (`| head`) ends the write quietly.
+ */
+function writeAll(stream: NodeJS.WriteStream, text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => (error.code === 'EPIPE' ? resolve() : reject(error));
+    stream.once('error', onError);
+    stream.write(text, (error) => {
+      if (error && (error as NodeJS.ErrnoException).code !== 'EPIPE') reject(error);
+      else resolve();
+    });
+  });
 }
 
 export async function writeCampaignReport(campaignId: string, storeConfig: StoreConfig, out: string): Promise<string> {
@@ -344,6 +390,7 @@ export async function reportCommand(values: FlagValues, positionals: string[]): 
   const [campaignId] = positionals;
   const { store, folder } = loadRecord(campaignId, values.store as string | undefined);
   const out = path.resolve((values.out as string | undefined) ?? path.join(folder, 'report.html'));
-  process.stdout.write(`${await writeCampaignReport(campaignId, store, out)}\n`);
+  const written = await writeCampaignReport(campaignId, store, out);
+  process.stdout.write(values.json ? `${JSON.stringify({ report: written })}\n` : `${written}\n`);
   return 0;
 }

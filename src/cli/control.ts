@@ -45,7 +45,9 @@ export function controlCommand(action: 'progress' | 'stop' | 'budget') {
       }
       else if (action === 'stop') {
         await handle.signal(stopSignal);
-        process.stdout.write(`asked ${positionals[0]} to stop after its round in flight\n`);
+        // The message is for the person at the terminal; a script asked for --json gets the fact on stdout.
+        if (values.json) process.stdout.write(`${JSON.stringify({ workflowId: positionals[0], stopRequested: true })}\n`);
+        else process.stderr.write(`asked ${positionals[0]} to stop after its round in flight\n`);
       } else {
         try {
           const progress = await handle.executeUpdate(setBudgetUpdate, { args: [budget] });

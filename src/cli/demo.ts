@@ -9,6 +9,7 @@ import { stateDir } from '../embedded/paths';
 import { openStore } from '../store';
 import type { SearchRecord } from '../store/types';
 import { runCampaign, writeCampaignReport } from './campaign';
+import type { FlagValues } from './flags';
 
 const DEMO_CAMPAIGN = {
   name: 'demo',
@@ -31,29 +32,50 @@ function mean(values: number[]): number {
   return values.reduce((a, b) => a + b, 0) / values.length;
 }
 
-function table(records: SearchRecord[], evaluation: string[]): string {
+/** The finished searches by grid cell, in the table's order. */
+function cellsInOrder(records: SearchRecord[]): SearchRecord[][] {
   const cells = new Map<string, SearchRecord[]>();
   for (const r of records.filter((r) => r.status === 'done')) cells.set(r.cell, [...(cells.get(r.cell) ?? []), r]);
+  return [...cells.values()].sort(
+    (a, b) => a[0].algorithm.localeCompare(b[0].algorithm) || a[0].searchVerifiers.join().localeCompare(b[0].searchVerifiers.join()) || a[0].budgetNfe - b[0].budgetNfe,
+  );
+}
+
+/** The table's rows as numbers, for --json. */
+function jsonRows(records: SearchRecord[], evaluation: string[]) {
+  return cellsInOrder(records).map((rs) => ({
+    cell: rs[0].cell,
+    algorithm: rs[0].algorithm,
+    searchVerifiers: rs[0].searchVerifiers,
+    budgetNfe: rs[0].budgetNfe,
+    searches: rs.length,
+    nfeTotal: mean(rs.map((r) => r.nfeTotal)),
+    evaluation: Object.fromEntries(evaluation.map((v) => [v, mean(rs.map((r) => r.evaluation[v]))])),
+    verifierSeconds: mean(rs.map((r) => r.verifierSeconds)),
+  }));
+}
+
+function table(records: SearchRecord[], evaluation: string[]): string {
   const header = ['algorithm', 'searched with', 'budget', 'NFEs total', ...evaluation.map((v) => `eval ${v}`), 'verifier s'];
-  const rows = [...cells.values()]
-    .sort((a, b) => a[0].algorithm.localeCompare(b[0].algorithm) || a[0].searchVerifiers.join().localeCompare(b[0].searchVerifiers.join()) || a[0].budgetNfe - b[0].budgetNfe)
-    .map((rs) => [
-      rs[0].algorithm,
-      rs[0].searchVerifiers.join('+'),
-      String(rs[0].budgetNfe),
-      mean(rs.map((r) => r.nfeTotal)).toFixed(0),
-      ...evaluation.map((v) => mean(rs.map((r) => r.evaluation[v])).toFixed(3)),
-      mean(rs.map((r) => r.verifierSeconds)).toFixed(4),
-    ]);
+  const rows = cellsInOrder(records).map((rs) => [
+    rs[0].algorithm,
+    rs[0].searchVerifiers.join('+'),
+    String(rs[0].budgetNfe),
+    mean(rs.map((r) => r.nfeTotal)).toFixed(0),
+    ...evaluation.map((v) => mean(rs.map((r) => r.evaluation[v])).toFixed(3)),
+    mean(rs.map((r) => r.verifierSeconds)).toFixed(4),
+  ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-export async function demoCommand(): Promise<number> {
-  const log = (line: string) => process.stdout.write(`${line}\n`);
+export async function demoCommand(values: FlagValues): Promise<number> {
+  // The table and the report's path are the result; what the services and the campaign say on the way is not.
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const print = (line: string) => process.stdout.write(`${line}\n`);
   const input = resolveCampaign(DEMO_CAMPAIGN, describeEmbeddedModel('gmm'), path.join(stateDir(), 'campaigns'));
-  log(`demo campaign ${input.campaignId}: mean scores of the final samples per grid cell (${input.items.length} classes x ${input.seeds.length} seeds each)`);
+  (values.json ? log : print)(`demo campaign ${input.campaignId}: mean scores of the final samples per grid cell (${input.items.length} classes x ${input.seeds.length} seeds each)`);
   const started = Date.now();
   const outcome = await runCampaign(input, { log });
   const seconds = (Date.now() - started) / 1000;
@@ -62,17 +84,22 @@ export async function demoCommand(): Promise<number> {
     return 1;
   }
   const store = await openStore(input.store);
+  let records: SearchRecord[];
   try {
-    const records = (await store.searches(input.campaignId)).filter((r) => r.campaignId === input.campaignId);
-    log('');
-    log(table(records, input.evaluation));
-    log('');
-    const ranNow = records.filter((r) => Date.parse(r.finishedAt) >= started).length;
-    log(`${records.length} searches (${ranNow} run now, ${records.length - ranNow} found in the store) in ${seconds.toFixed(1)} s`);
+    records = (await store.searches(input.campaignId)).filter((r) => r.campaignId === input.campaignId);
   } finally {
     await store.close();
   }
+  const ranNow = records.filter((r) => Date.parse(r.finishedAt) >= started).length;
   const report = await writeCampaignReport(input.campaignId, input.store, path.join(input.folder, 'report.html'));
-  log(`report: ${report}`);
+  if (values.json) {
+    print(JSON.stringify({ campaignId: input.campaignId, searches: records.length, ranNow, seconds, rows: jsonRows(records, input.evaluation), report }));
+    return 0;
+  }
+  print('');
+  print(table(records, input.evaluation));
+  print('');
+  print(`${records.length} searches (${ranNow} run now, ${records.length - ranNow} found in the store) in ${seconds.toFixed(1)} s`);
+  print(`report: ${report}`);
   return 0;
 }

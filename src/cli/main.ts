@@ -18,6 +18,7 @@ import { completionScript, SHELLS, type Shell } from './completion';
 import { CONTROL_FLAGS, controlCommand } from './control';
 import { DASHBOARD_FLAGS, DASHBOARD_HELP, dashboardCommand } from '../dashboard/command';
 import { DEMO_HELP, demoCommand } from './demo';
+import { DOCTOR_DESCRIPTION, DOCTOR_FLAGS, DOCTOR_HELP, doctorCommand } from './doctor';
 import { grouped, JSON_FLAG, LOG_LEVELS, WAIT_FLAG, type CommandSpec, type Flag, type FlagValues } from './flags';
 import { buildProgram, CommandLineError, parseCommandLine, type ParsedCommand, type ProgramTexts } from './program';
 import { SEARCH_FLAGS, searchCommand } from './search';
@@ -130,15 +131,20 @@ async function serverCommand(values: FlagValues, positionals: string[]): Promise
   }
   if (action === 'start') {
     const embedded = await ensureEmbedded({ temporal: true, modelArgs: modelServerArgs(values as Parameters<typeof modelServerArgs>[0]), log: (line) => process.stderr.write(`${line}\n`) });
-    process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
+    if (values.json) process.stdout.write(`${JSON.stringify({ temporal: embedded.temporalAddress, uiUrl: embedded.uiUrl, fleet: embedded.fleet, state: stateDir() })}\n`);
+    else process.stdout.write(`Temporal ${embedded.temporalAddress} (UI ${embedded.uiUrl})\nmodel server ${embedded.fleet.join(', ')}\nstate ${stateDir()}\n`);
   } else if (action === 'stop') {
     const stopped = await stopEmbedded();
-    process.stdout.write(stopped.length > 0 ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
+    // What was stopped is a message: a script that wants it asks for --json.
+    if (values.json) process.stdout.write(`${JSON.stringify({ stopped })}\n`);
+    else process.stderr.write(stopped.length > 0 ? `stopped ${stopped.join(', ')}\n` : 'nothing was running\n');
   } else {
     const statuses = await serviceStatus();
-    if (statuses.length === 0) process.stdout.write('not running\n');
-    for (const s of statuses) {
-      const state = s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running';
+    const stateOf = (s: (typeof statuses)[number]) => (s.ready ? 'ready' : s.alive ? 'running, not ready' : 'not running');
+    if (values.json) process.stdout.write(`${JSON.stringify({ services: statuses.map((s) => ({ name: s.name, state: stateOf(s), address: s.address, pid: s.pid, uiUrl: s.uiUrl ?? null })) })}\n`);
+    else if (statuses.length === 0) process.stdout.write('not running\n');
+    for (const s of values.json ? [] : statuses) {
+      const state = stateOf(s);
       process.stdout.write(`${s.name.padEnd(12)} ${state.padEnd(20)} ${s.address}  pid ${s.pid}${s.uiUrl ? `  UI ${s.uiUrl}` : ''}\n`);
     }
     const temporal = statuses.find((s) => s.name === 'temporal' && s.ready);
@@ -219,6 +225,7 @@ const COMMANDS: readonly CommandSpec[] = [
   { name: 'export', summary: "a campaign's results as CSV or JSONL", arguments: [CAMPAIGN_ID], flags: EXPORT_FLAGS, run: exportCommand },
   { name: 'report', summary: "a campaign's self-contained HTML report", arguments: [CAMPAIGN_ID], flags: REPORT_FLAGS, run: reportCommand },
   { name: 'dashboard', summary: 'a live web page of searches, campaigns and the fleet, for operators', description: DASHBOARD_HELP, flags: DASHBOARD_FLAGS, run: dashboardCommand },
+  { name: 'doctor', summary: 'check Node, Python, the Temporal CLI, Temporal, the fleet and disk, and say what to do', description: DOCTOR_DESCRIPTION, flags: DOCTOR_FLAGS, helpAfter: DOCTOR_HELP, run: doctorCommand },
   {
     name: 'completion',
     summary: 'print a shell completion script (bash or zsh); docs/cli.md says how to install it',
