@@ -20,15 +20,16 @@ import { describeWait, type FleetWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
 import { oneOf, parseFlags, UsageError } from './args';
-import { connectClient } from './control';
+import { connectWaiting } from './control';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, METRICS_HELP, metricsFlags, startCommandMetrics } from '../metrics/command';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
-import { abortable, sleep } from './waiting';
+import { abortable, FleetPatience, sleep } from './waiting';
+import { EXIT_INTERRUPTED, Interrupted, interruption, parseWait, WAIT_FLAG, WAIT_HELP } from './outage';
 
-const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
+const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE] [--wait DURATION]';
 const HELP = `Benchmark campaigns: a dataset of conditions x a grid of algorithms, search verifiers and budgets.
 
 Usage:
@@ -44,7 +45,7 @@ Usage:
   --fleet LIST|FILE  model servers (default: the embedded model server)
   --no-worker        run no worker here: workers run elsewhere ("noisesearch worker"); the fleet only validates the spec
   --store URL|PATH   results store, where this machine has no record of the campaign (postgres://... or a SQLite file)
-${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}
+${WAIT_HELP}${FLEET_TLS_HELP}${TEMPORAL_CONNECTION_HELP}${METRICS_HELP}
 A spec: see docs/campaigns.md.
 `;
 
@@ -56,6 +57,7 @@ const FLAGS = {
   store: { type: 'string' },
   format: { type: 'string' },
   out: { type: 'string' },
+  ...WAIT_FLAG,
   ...FLEET_TLS_FLAGS,
   ...TEMPORAL_CONNECTION_FLAGS,
   ...METRICS_FLAGS,
@@ -121,10 +123,18 @@ function progressMetrics(name: string, startedAt: number): (progress: CampaignPr
   };
 }
 
+/** How long a progress query may take before the command asks whether Temporal is there at all. */
+const QUERY_DEADLINE_MS = 3_000;
+
+/** What the user can do when this command stops waiting on a campaign: it goes on, and this reattaches. */
+function campaignReattach(campaignId: string): string {
+  return `campaign ${campaignId} goes on in Temporal; "noisesearch campaign run SPEC" with the same spec attaches to it, "noisesearch campaign status ${campaignId}" shows it`;
+}
+
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
-  options: { temporalAddress?: string; namespace?: string; fleet?: string; fleetTls?: FleetTls; temporalSecurity?: TemporalSecurity; noWorker?: boolean; log: (line: string) => void },
+  options: { temporalAddress?: string; namespace?: string; fleet?: string; fleetTls?: FleetTls; temporalSecurity?: TemporalSecurity; noWorker?: boolean; waitMs?: number; signal?: AbortSignal; log: (line: string) => void },
 ): Promise<{ progress: CampaignProgress | null; failed: string | null }> {
   saveRecord(input);
   const deployment = await openDeployment({ temporal: true, ...options });
@@ -132,7 +142,15 @@ export async function runCampaign(
     const url = deployment.workflowUrl(input.campaignId);
     if (url) options.log(`Temporal UI: ${url}`);
     const client = deployment.client!;
-    const handle = await startCampaign(client, input);
+    const outage = deployment.outage(campaignReattach(input.campaignId));
+    // Ctrl-C (the signal) or --wait given up end the waiting; the campaign goes on in Temporal.
+    const ended = new Promise<never>((_, reject) => options.signal?.addEventListener('abort', () => reject(new Interrupted()), { once: true }));
+    ended.catch(() => {});
+    const handle = await Promise.race([outage.retrying(() => startCampaign(client, input)), outage.failure, ended]);
+    const fleetPatience = new FleetPatience({ waitMs: options.waitMs, reattach: campaignReattach(input.campaignId) });
+    let fleetGaveUp: (error: Error) => void = () => {};
+    const fleetGivenUp = new Promise<never>((_, reject) => (fleetGaveUp = reject));
+    fleetGivenUp.catch(() => {});
     metrics.campaigns.inc({ state: 'started' });
     const measure = progressMetrics(input.name, Date.now());
     const display = new ProgressDisplay();
@@ -142,10 +160,23 @@ export async function runCampaign(
     const stopPolling = new AbortController();
     const polling = (async () => {
       for (let tick = 0; !stopPolling.signal.aborted; tick++) {
-        const progress = await abortable(client, stopPolling.signal, () => handle.query(campaignProgressQuery)).catch(() => null);
+        // A deadline: while Temporal is away the client retries a query for some 20 s before it fails.
+        const progress = await abortable(client, stopPolling.signal, () => client.withDeadline(Date.now() + QUERY_DEADLINE_MS, () => handle.query(campaignProgressQuery))).catch(async (error) => {
+          // Temporal away: one status line for the whole command (the result's wait shares it).
+          if (!stopPolling.signal.aborted) await outage.checkAfter(error);
+          return null;
+        });
         if (progress && !stopPolling.signal.aborted) {
           // Every few ticks, ask Temporal whether one of the running searches is retrying a failed call.
-          if (tick % 4 === 0) display.setWaiting(await runningWait(client, progress.runningIds ?? [], stopPolling.signal));
+          if (tick % 4 === 0) {
+            const wait = await runningWait(client, progress.runningIds ?? [], stopPolling.signal);
+            display.setWaiting(wait);
+            try {
+              fleetPatience.check(wait);
+            } catch (error) {
+              fleetGaveUp(error as Error);
+            }
+          }
           if (!stopPolling.signal.aborted) {
             display.update(progress);
             measure(progress);
@@ -159,7 +190,8 @@ export async function runCampaign(
       await polling;
     };
     try {
-      const progress = await deployment.run(handle.result());
+      // The result is asked again after an outage: the campaign ran on (or waited) in Temporal meanwhile.
+      const progress = await deployment.run(Promise.race([outage.retrying(() => handle.result()), outage.failure, fleetGivenUp, ended]), outage);
       await endPolling();
       display.finish(progress);
       measure(progress);
@@ -179,7 +211,9 @@ export async function runCampaign(
 /** Runs (or attaches to) the campaign with the command's flags; 0 when every search finished. */
 async function runWithFlags(input: CampaignInput, values: Record<string, unknown>): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  const waitMs = parseWait(values.wait as string | undefined);
   const served = await startCommandMetrics(values);
+  const interrupt = interruption();
   const outcome = await runCampaign(input, {
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
@@ -187,8 +221,20 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
     fleetTls: fleetTlsFromFlags(values),
     temporalSecurity: temporalSecurityFromFlags(values),
     noWorker: Boolean(values['no-worker']),
+    waitMs,
+    signal: interrupt.signal,
     log,
-  }).finally(() => served.close());
+  })
+    .catch((error) => {
+      if (!(error instanceof Interrupted || interrupt.signal.aborted)) throw error;
+      log(`interrupted: stopped waiting; ${campaignReattach(input.campaignId)}. It resumes when a worker polls: the rerun runs one, as does "noisesearch worker"`);
+      return null;
+    })
+    .finally(() => {
+      interrupt.dispose();
+      return served.close();
+    });
+  if (!outcome) return EXIT_INTERRUPTED;
   if (outcome.failed) {
     log(`campaign ${input.campaignId}: ${outcome.failed}`);
     return 1;
@@ -217,12 +263,12 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
   let live: CampaignProgress | null = null;
   let waiting: FleetWait | null = null;
   try {
-    const client = await connectClient(values);
+    const { client, outage } = await connectWaiting(values, 'nothing was changed');
     try {
       const handle = client.workflow.getHandle(campaignId);
       // A closed campaign is answered from the store: a query would need a worker to replay its whole history.
-      if ((await handle.describe()).status.name === 'RUNNING') {
-        live = await handle.query(campaignProgressQuery);
+      if ((await Promise.race([outage.retrying(() => handle.describe()), outage.failure])).status.name === 'RUNNING') {
+        live = await Promise.race([outage.retrying(() => handle.query(campaignProgressQuery)), outage.failure]);
         waiting = await runningWait(client, live.runningIds ?? [], new AbortController().signal, STATUS_WAIT_SAMPLE);
       }
     } finally {
@@ -263,9 +309,9 @@ async function retry(values: Record<string, unknown>, campaignId: string): Promi
 }
 
 async function cancel(values: Record<string, unknown>, campaignId: string): Promise<number> {
-  const client = await connectClient(values);
+  const { client, outage } = await connectWaiting(values, `campaign ${campaignId} was not cancelled; run this command again`);
   try {
-    await client.workflow.getHandle(campaignId).cancel();
+    await Promise.race([outage.retrying(() => client.workflow.getHandle(campaignId).cancel()), outage.failure]);
     process.stdout.write(`cancelled campaign ${campaignId} and its running searches\n`);
     return 0;
   } finally {

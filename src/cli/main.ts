@@ -14,6 +14,7 @@ import { campaignCommand, exportCommand, reportCommand } from './campaign';
 import { controlCommand } from './control';
 import { dashboardCommand } from '../dashboard/command';
 import { demoCommand } from './demo';
+import { EXIT_UNREACHABLE, ServiceUnreachableError } from './errors';
 import { searchCommand } from './search';
 
 const HELP = `noisesearch: inference-time search over diffusion noises, durable on Temporal.
@@ -188,6 +189,10 @@ export async function main(argv: string[]): Promise<number> {
     if (error instanceof SpecError) {
       for (const problem of error.problems) process.stderr.write(`noisesearch ${name}: ${problem}\n`);
       return 2;
+    }
+    if (error instanceof ServiceUnreachableError) {
+      process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
+      return EXIT_UNREACHABLE;
     }
     if (error instanceof FleetError && !error.retryable) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
