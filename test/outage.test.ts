@@ -11,7 +11,7 @@ import { describeEmbeddedModel } from '../src/embedded/describe';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { openStore } from '../src/store';
 import { campaignProgressQuery } from '../workflows/campaign';
-import { tempDir, waitUntil } from './helpers';
+import { stopServer, tempDir, waitUntil, withModelServer } from './helpers';
 
 const BIN = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
 
@@ -202,6 +202,25 @@ describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
     const again = await within(cli(['search', ...flags], home), 180_000, 'the rerun');
     assert.equal(again.code, 0, again.stderr);
     assert.match(withoutCoreLogs(again.stdout), new RegExp(`^${workflowId} \\(temporal\\)`, 'm'));
+  });
+
+  it('gives up on a fleet down past --wait with exit 3; the search waits on in Temporal', async () => {
+    const server = await withModelServer();
+    try {
+      const run = cliProcess(['search', '--class', '2', '--budget', '400000', '--seed', '14', '--fleet', server.address, '--wait', '3s'], home);
+      const workflowId = await waitUntil('the search to start', async () => /Temporal UI: \S+workflows\/(search-\S+)/.exec(run.output.stderr)?.[1], 60_000, 100);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      await stopServer(server, 'SIGKILL');
+      const gaveUp = await within(run.done, 90_000, 'search --wait 3s with the fleet down');
+      assert.equal(gaveUp.code, 3, gaveUp.stderr);
+      assert.match(gaveUp.stderr.trim().split('\n').at(-1)!, new RegExp(`^noisesearch search: model servers unreachable for \\d+ s \\(--wait; waiting for model servers .*\\); the search goes on in Temporal; rerun the same "noisesearch search" command to attach to workflow ${workflowId}`));
+      assertCalm(gaveUp.stderr);
+      const description = await (await temporalClient()).workflow.getHandle(workflowId).describe();
+      assert.equal(description.status.name, 'RUNNING', 'the search waits on in Temporal');
+      await (await temporalClient()).workflow.getHandle(workflowId).terminate('test over');
+    } finally {
+      await stopServer(server);
+    }
   });
 
   it('Ctrl-C leaves the search running, says how to reattach, exits 130; the rerun finishes it', async () => {
