@@ -11,6 +11,9 @@ import { describeEmbeddedModel } from '../src/embedded/describe';
 import { PROJECT_ROOT } from '../src/embedded/paths';
 import { openStore } from '../src/store';
 import { campaignProgressQuery } from '../workflows/campaign';
+import { UsageError } from '../src/cli/args';
+import { ServiceUnreachableError } from '../src/cli/errors';
+import { isUnreachable, Outage, parseWait } from '../src/cli/outage';
 import { stopServer, tempDir, waitUntil, withModelServer } from './helpers';
 
 const BIN = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
@@ -86,9 +89,81 @@ function bestOf(stdout: string): string[] {
   return [...withoutCoreLogs(stdout).matchAll(SEARCH_LINE)].map((m) => (m[1] ?? m[2]).replace(/^-(0\.0+)$/, '$1'));
 }
 
+/** A stream that says whether it is a terminal and keeps what is written to it. */
+function fakeTerminal(isTTY: boolean): NodeJS.WriteStream & { text: string } {
+  const out = {
+    isTTY,
+    text: '',
+    write(chunk: string) {
+      out.text += chunk;
+      return true;
+    },
+  };
+  return out as unknown as NodeJS.WriteStream & { text: string };
+}
+
+describe('waiting for Temporal', () => {
+  it('reads --wait as seconds, minutes or hours, and refuses anything else in one line', () => {
+    assert.equal(parseWait(undefined), Number.POSITIVE_INFINITY);
+    assert.equal(parseWait('0'), 0);
+    assert.equal(parseWait('30'), 30_000);
+    assert.equal(parseWait('30s'), 30_000);
+    assert.equal(parseWait('1.5s'), 1_500);
+    assert.equal(parseWait('5m'), 300_000);
+    assert.equal(parseWait('1h'), 3_600_000);
+    for (const bad of ['', 'soon', '-1', '5d', '1h30m']) {
+      assert.throws(() => parseWait(bad), (e: Error) => e instanceof UsageError && /^--wait: ".*" is not a duration/.test(e.message));
+    }
+  });
+
+  it('tells an unreachable Temporal from one that refused the call', () => {
+    assert.ok(isUnreachable(Object.assign(new Error('14 UNAVAILABLE: No connection established'), { code: 14 })));
+    assert.ok(isUnreachable(new Error('Failed to get Workflow execution history', { cause: Object.assign(new Error('x'), { code: 14 }) })));
+    assert.ok(!isUnreachable(Object.assign(new Error('5 NOT_FOUND: workflow not found'), { code: 5 })));
+    assert.ok(!isUnreachable(new Error('query failed')));
+  });
+
+  it('rewrites one status line in place on a terminal, and says when Temporal is back', async () => {
+    const out = fakeTerminal(true);
+    let answers = false;
+    const outage = new Outage({ what: 'Temporal', address: '127.0.0.1:1', hint: 'restart it', waitMs: 60_000, reattach: '', probe: async () => answers, out });
+    setTimeout(() => (answers = true), 2_300);
+    await outage.waitUntilBack();
+    const lines = out.text.split('\r\x1b[2K').filter(Boolean);
+    assert.ok(lines.length >= 3, `the line rewritten about once a second: ${JSON.stringify(out.text)}`);
+    assert.match(lines[0], /^waiting for Temporal at 127\.0\.0\.1:1 since \d\d:\d\d:\d\d, 0 s \(restart it\)$/);
+    // Probes at 0.5, 1.5 and 3.5 s (backoff doubling): the one after it answers at 2.3 s sees it back.
+    assert.match(lines.at(-2)!, /, [23] s \(restart it\)$/);
+    assert.match(lines.at(-1)!, /^Temporal at 127\.0\.0\.1:1 is back after [34] s\n$/);
+  });
+
+  it('gives up past --wait with the reattach line, for every caller sharing the outage', async () => {
+    const out = fakeTerminal(false);
+    const outage = new Outage({ what: 'Temporal', address: '127.0.0.1:1', hint: 'restart it', waitMs: 1_000, reattach: 'the work goes on', probe: async () => false, out });
+    let calls = 0;
+    const unreachable = () => {
+      calls++;
+      return Promise.reject(Object.assign(new Error('unavailable'), { code: 14 }));
+    };
+    const started = Date.now();
+    const results = await Promise.allSettled([outage.retrying(unreachable), outage.retrying(unreachable), outage.failure]);
+    for (const result of results) {
+      assert.equal(result.status, 'rejected');
+      const reason = (result as PromiseRejectedResult).reason as Error;
+      assert.ok(reason instanceof ServiceUnreachableError);
+      assert.match(reason.message, /^Temporal at 127\.0\.0\.1:1 unreachable for 1 s \(--wait\); the work goes on$/);
+    }
+    assert.ok(Date.now() - started < 3_000);
+    assert.equal(calls, 2, 'no call is tried again once the wait was given up');
+    assert.match(out.text, /^waiting for Temporal at 127\.0\.0\.1:1 since \d\d:\d\d:\d\d \(restart it\)\n$/, 'one line off a terminal');
+  });
+});
+
 describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
   const home = tempDir('outage');
   let client: Client | undefined;
+  /** The campaign the first test ran, recorded in this state folder: `campaign status` is asked about it later. */
+  let campaignId: string | undefined;
 
   before(async () => {
     const start = await within(cli(['server', 'start'], home), 90_000, 'server start');
@@ -123,6 +198,7 @@ describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
     assert.equal(calm.code, 0, calm.stderr);
 
     const input = resolveCampaign(spec('outage'), model, dir);
+    campaignId = input.campaignId;
     const run = cliProcess(['campaign', 'run', files.outage], home);
     const temporal = await temporalClient();
     const third = await waitUntil('a third of the campaign', async () => {
@@ -194,6 +270,12 @@ describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
     assert.equal(progress.code, 3, progress.stderr);
     assert.match(progress.stderr.trim().split('\n').at(-1)!, /^noisesearch progress: Temporal at 127\.0\.0\.1:\d+ unreachable for \d+ s \(--wait\); nothing was changed$/);
     assert.equal(withoutCoreLogs(progress.stdout).trim(), '');
+    if (campaignId) {
+      const status = await within(cli(['campaign', 'status', campaignId, '--wait', '2s'], home), 30_000, 'campaign status --wait 2s');
+      assert.equal(status.code, 3, status.stderr);
+      assert.match(status.stderr.trim().split('\n').at(-1)!, /^noisesearch campaign: Temporal at 127\.0\.0\.1:\d+ unreachable for \d+ s \(--wait\); nothing was changed$/);
+      assertCalm(status.stderr);
+    }
 
     await restartTemporal(home);
     const description = await (await temporalClient()).workflow.getHandle(workflowId).describe();
