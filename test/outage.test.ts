@@ -251,7 +251,7 @@ describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
   });
 
   it('gives up past --wait with exit 3 and one line saying how to reattach; the workflow goes on', async () => {
-    const flags = ['--class', '4', '--budget', '400000', '--seed', '12'];
+    const flags = ['--class', '4', '--budget', '250000', '--seed', '12'];
     const run = cliProcess(['search', ...flags, '--wait', '3s'], home);
     await waitUntil('the search to start', async () => /Temporal UI: \S+workflows\/(search-\S+)/.exec(run.output.stderr)?.[1], 60_000, 100);
     const workflowId = /Temporal UI: \S+workflows\/(search-\S+)/.exec(run.output.stderr)![1];

@@ -72,7 +72,7 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
     new Outage({
       what: 'Temporal',
       address: temporalAddress ?? '127.0.0.1:7233',
-      hint: embeddedTemporal ? 'restart it: noisesearch server start' : "is its frontend running?",
+      hint: embeddedTemporal ? 'restart it: noisesearch server start' : 'is its frontend running?',
       waitMs: options.waitMs ?? Number.POSITIVE_INFINITY,
       reattach,
       probe: () => temporalAnswers(temporalAddress ?? '127.0.0.1:7233', security),
