@@ -199,7 +199,10 @@ export async function runCampaign(
       return { progress, failed: null };
     } catch (error) {
       await endPolling();
-      if (!(error instanceof WorkflowFailedError)) throw error;
+      if (!(error instanceof WorkflowFailedError)) {
+        display.leave();
+        throw error;
+      }
       metrics.campaigns.inc({ state: 'failed' });
       return { progress: null, failed: error.cause?.message ?? error.message };
     }

@@ -65,6 +65,11 @@ export class ProgressDisplay {
     }
   }
 
+  /** The command stops showing progress without a result (Ctrl-C, --wait): the bar's line is ended, not overwritten. */
+  leave(): void {
+    if (this.out.isTTY) this.out.write('\n');
+  }
+
   finish(progress: CampaignProgress): void {
     const elapsed = (Date.now() - this.started) / 1000;
     this.out.write(this.out.isTTY ? `\r\x1b[2K${progressLine(progress, elapsed)}\n` : `${progressSentence(progress, elapsed)}\n`);
