@@ -21,14 +21,15 @@ import { fleetWait } from '../temporal/waiting';
 import { campaignProgressQuery, type CampaignProgress } from '../../workflows/campaign';
 import { oneOf, UsageError } from './args';
 import { JSON_FLAG, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
-import { connectClient } from './control';
+import { connectWaiting } from './control';
 import { describeStuck, findStuckWorkflows, stuckWorkflow, type StuckWorkflow } from '../temporal/stuck';
 import { openDeployment } from './deployment';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
-import { abortable, sleep } from './waiting';
+import { abortable, FleetPatience, sleep } from './waiting';
+import { EXIT_INTERRUPTED, Interrupted, interruption, parseWait } from './outage';
 
 const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
 /** The actions after "campaign", with what each does (help and completion). */
@@ -128,10 +129,18 @@ function progressMetrics(name: string, startedAt: number): (progress: CampaignPr
   };
 }
 
+/** How long a progress query may take before the command asks whether Temporal is there at all. */
+const QUERY_DEADLINE_MS = 3_000;
+
+/** What the user can do when this command stops waiting on a campaign: it goes on, and this reattaches. */
+function campaignReattach(campaignId: string): string {
+  return `campaign ${campaignId} goes on in Temporal; "noisesearch campaign run SPEC" with the same spec attaches to it, "noisesearch campaign status ${campaignId}" shows it`;
+}
+
 /** Runs (or attaches to) a campaign through Temporal, showing progress until it ends. */
 export async function runCampaign(
   input: CampaignInput,
-  options: { temporalAddress?: string; namespace?: string; fleet?: string; fleetTls?: FleetTls; temporalSecurity?: TemporalSecurity; noWorker?: boolean; log: (line: string) => void },
+  options: { temporalAddress?: string; namespace?: string; fleet?: string; fleetTls?: FleetTls; temporalSecurity?: TemporalSecurity; noWorker?: boolean; waitMs?: number; signal?: AbortSignal; log: (line: string) => void },
 ): Promise<{ progress: CampaignProgress | null; failed: string | null }> {
   saveRecord(input);
   const deployment = await openDeployment({ temporal: true, ...options });
@@ -139,7 +148,15 @@ export async function runCampaign(
     const url = deployment.workflowUrl(input.campaignId);
     if (url) options.log(`Temporal UI: ${url}`);
     const client = deployment.client!;
-    const handle = await startCampaign(client, input);
+    const outage = deployment.outage(campaignReattach(input.campaignId));
+    // Ctrl-C (the signal) or --wait given up end the waiting; the campaign goes on in Temporal.
+    const ended = new Promise<never>((_, reject) => options.signal?.addEventListener('abort', () => reject(new Interrupted()), { once: true }));
+    ended.catch(() => {});
+    const handle = await Promise.race([outage.retrying(() => startCampaign(client, input)), outage.failure, ended]);
+    const fleetPatience = new FleetPatience({ waitMs: options.waitMs, reattach: campaignReattach(input.campaignId) });
+    let fleetGaveUp: (error: Error) => void = () => {};
+    const fleetGivenUp = new Promise<never>((_, reject) => (fleetGaveUp = reject));
+    fleetGivenUp.catch(() => {});
     metrics.campaigns.inc({ state: 'started' });
     const measure = progressMetrics(input.name, Date.now());
     const display = new ProgressDisplay();
@@ -149,10 +166,23 @@ export async function runCampaign(
     const stopPolling = new AbortController();
     const polling = (async () => {
       for (let tick = 0; !stopPolling.signal.aborted; tick++) {
-        const progress = await abortable(client, stopPolling.signal, () => handle.query(campaignProgressQuery)).catch(() => null);
+        // A deadline: while Temporal is away the client retries a query for some 20 s before it fails.
+        const progress = await abortable(client, stopPolling.signal, () => client.withDeadline(Date.now() + QUERY_DEADLINE_MS, () => handle.query(campaignProgressQuery))).catch(async (error) => {
+          // Temporal away: one status line for the whole command (the result's wait shares it).
+          if (!stopPolling.signal.aborted) await outage.checkAfter(error);
+          return null;
+        });
         if (progress && !stopPolling.signal.aborted) {
           // Every few ticks, ask Temporal whether one of the running searches is retrying a failed call.
-          if (tick % 4 === 0) display.setWaiting(await runningWait(client, progress.runningIds ?? [], stopPolling.signal));
+          if (tick % 4 === 0) {
+            const wait = await runningWait(client, progress.runningIds ?? [], stopPolling.signal);
+            display.setWaiting(wait);
+            try {
+              fleetPatience.check(wait);
+            } catch (error) {
+              fleetGaveUp(error as Error);
+            }
+          }
           if (!stopPolling.signal.aborted) {
             display.update(progress);
             measure(progress);
@@ -166,7 +196,8 @@ export async function runCampaign(
       await polling;
     };
     try {
-      const progress = await deployment.run(handle.result());
+      // The result is asked again after an outage: the campaign ran on (or waited) in Temporal meanwhile.
+      const progress = await deployment.run(Promise.race([outage.retrying(() => handle.result()), outage.failure, fleetGivenUp, ended]), outage);
       await endPolling();
       display.finish(progress);
       measure(progress);
@@ -174,7 +205,10 @@ export async function runCampaign(
       return { progress, failed: null };
     } catch (error) {
       await endPolling();
-      if (!(error instanceof WorkflowFailedError)) throw error;
+      if (!(error instanceof WorkflowFailedError)) {
+        display.leave();
+        throw error;
+      }
       metrics.campaigns.inc({ state: 'failed' });
       return { progress: null, failed: error.cause?.message ?? error.message };
     }
@@ -186,7 +220,9 @@ export async function runCampaign(
 /** Runs (or attaches to) the campaign with the command's flags; 0 when every search finished. */
 async function runWithFlags(input: CampaignInput, values: Record<string, unknown>): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  const waitMs = parseWait(values.wait as string | undefined);
   const served = await startCommandMetrics(values);
+  const interrupt = interruption();
   const outcome = await runCampaign(input, {
     temporalAddress: (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS,
     namespace: values.namespace as string | undefined,
@@ -194,8 +230,20 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
     fleetTls: fleetTlsFromFlags(values),
     temporalSecurity: temporalSecurityFromFlags(values),
     noWorker: Boolean(values['no-worker']),
+    waitMs,
+    signal: interrupt.signal,
     log,
-  }).finally(() => served.close());
+  })
+    .catch((error) => {
+      if (!(error instanceof Interrupted || interrupt.signal.aborted)) throw error;
+      log(`interrupted: stopped waiting; ${campaignReattach(input.campaignId)}. It resumes when a worker polls: the rerun runs one, as does "noisesearch worker"`);
+      return null;
+    })
+    .finally(() => {
+      interrupt.dispose();
+      return served.close();
+    });
+  if (!outcome) return EXIT_INTERRUPTED;
   if (outcome.failed) {
     log(`campaign ${input.campaignId}: ${outcome.failed}`);
     if (values.json) process.stdout.write(`${JSON.stringify({ campaignId: input.campaignId, status: 'failed', error: outcome.failed })}\n`);
@@ -232,17 +280,17 @@ async function status(values: Record<string, unknown>, campaignId: string): Prom
   let waiting: FleetWait | null = null;
   const stuck: StuckWorkflow[] = [];
   try {
-    const client = await connectClient(values);
+    const { client, outage } = await connectWaiting(values, 'nothing was changed');
     try {
       const handle = client.workflow.getHandle(campaignId);
       // A closed campaign is answered from the store: a query would need a worker to replay its whole history.
-      const description = await handle.describe();
+      const description = await Promise.race([outage.retrying(() => handle.describe()), outage.failure]);
       if (description.status.name === 'RUNNING') {
         // A stuck campaign cannot answer a query (its worker fails every task): it is reported, not asked.
         const stuckCampaign = await stuckWorkflow(client, campaignId, description);
         if (stuckCampaign) stuck.push(stuckCampaign);
         else {
-          live = await handle.query(campaignProgressQuery).catch(async (error: unknown) => {
+          live = await Promise.race([outage.retrying(() => handle.query(campaignProgressQuery)), outage.failure]).catch(async (error: unknown) => {
             // The query met a task failing for the second time since the describe: that is the answer.
             const nowStuck = await stuckWorkflow(client, campaignId).catch(() => null);
             if (!nowStuck) throw error;
@@ -312,9 +360,9 @@ async function retry(values: Record<string, unknown>, campaignId: string): Promi
 }
 
 async function cancel(values: Record<string, unknown>, campaignId: string): Promise<number> {
-  const client = await connectClient(values);
+  const { client, outage } = await connectWaiting(values, `campaign ${campaignId} was not cancelled; run this command again`);
   try {
-    await client.workflow.getHandle(campaignId).cancel();
+    await Promise.race([outage.retrying(() => client.workflow.getHandle(campaignId).cancel()), outage.failure]);
     process.stdout.write(values.json ? `${JSON.stringify({ campaignId, cancelled: true })}\n` : `cancelled campaign ${campaignId} and its running searches\n`);
     return 0;
   } finally {

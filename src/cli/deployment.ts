@@ -9,6 +9,7 @@ import { connectTemporal, connectTemporalWorker, type TemporalSecurity } from '.
 import { ensureNamespace } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
+import { Outage, temporalAnswers } from './outage';
 
 export interface DeploymentOptions {
   /** Temporal is needed unless the search runs in-process. */
@@ -22,6 +23,10 @@ export interface DeploymentOptions {
   temporalSecurity?: TemporalSecurity;
   /** Run no worker in this process even with a fleet at hand (workers run elsewhere). */
   noWorker?: boolean;
+  /** How long to wait for an unreachable Temporal (--wait) before exit 3; default for ever. */
+  waitMs?: number;
+  /** Ctrl-C: stops any waiting. */
+  signal?: AbortSignal;
   log: (line: string) => void;
 }
 
@@ -32,8 +37,13 @@ export interface Deployment {
   namespace: string;
   /** The workflow's page in the embedded Temporal UI, in the namespace in use; undefined for a cluster. */
   workflowUrl(workflowId: string): string | undefined;
-  /** Runs `work` while the in-process worker (if any) polls, then stops the worker. */
-  run<T>(work: Promise<T>): Promise<T>;
+  /** Waiting out Temporal outages, with `reattach` said when the wait is given up. */
+  outage(reattach: string): Outage;
+  /**
+   * Runs `work` while the in-process worker (if any) polls, then stops the worker. A worker that fails while
+   * `work` goes on (Temporal away longer than the SDK's retries) is made again once `outage` sees Temporal back.
+   */
+  run<T>(work: Promise<T>, outage?: Outage): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -57,9 +67,19 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
   let client: Client | null = null;
   let worker: Worker | null = null;
   let nativeConnection: NativeConnection | null = null;
+  const security = embeddedTemporal ? {} : options.temporalSecurity;
+  const outage = (reattach: string) =>
+    new Outage({
+      what: 'Temporal',
+      address: temporalAddress ?? '127.0.0.1:7233',
+      hint: embeddedTemporal ? 'restart it: noisesearch server start' : 'is its frontend running?',
+      waitMs: options.waitMs ?? Number.POSITIVE_INFINITY,
+      reattach,
+      probe: () => temporalAnswers(temporalAddress ?? '127.0.0.1:7233', security),
+      signal: options.signal,
+    });
   if (options.temporal) {
-    const security = embeddedTemporal ? {} : options.temporalSecurity;
-    const connection = await connectTemporal(temporalAddress, security);
+    const connection = await outage('nothing was started').connecting(() => connectTemporal(temporalAddress, security));
     // The embedded dev server is ours to set up: a namespace asked for is created. A cluster's are not.
     if (embeddedTemporal) await ensureNamespace(connection, namespace);
     client = new Client({ connection, namespace });
@@ -74,8 +94,20 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
     worker,
     namespace,
     workflowUrl: (workflowId) => uiUrl && `${uiUrl}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(workflowId)}`,
-    async run<T>(work: Promise<T>): Promise<T> {
-      return worker ? worker.runUntil(work) : work;
+    outage,
+    async run<T>(work: Promise<T>, waiting?: Outage): Promise<T> {
+      let settled = false;
+      work.then(() => (settled = true), () => (settled = true));
+      for (;;) {
+        if (!worker) return work;
+        try {
+          return await worker.runUntil(work);
+        } catch (error) {
+          if (settled || !waiting || !nativeConnection || !fleet) throw error;
+          await waiting.waitUntilBack();
+          worker = await waiting.retrying(() => createSearchWorker({ connection: nativeConnection!, fleet, namespace }));
+        }
+      }
     },
     async close() {
       fleet?.close();

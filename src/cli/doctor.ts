@@ -12,9 +12,9 @@ import { isDnsTarget, parseDnsTarget, endpointAddress, systemResolver } from '..
 import { channelCredentials, FLEET_TLS_FLAGS, fleetTlsFromFlags, type FleetTls } from '../fleet/tls';
 import { TEMPORAL_CONNECTION_FLAGS, temporalSecurityFromFlags, type TemporalSecurity } from '../temporal/connection';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
-import { UsageError } from './args';
 import { JSON_FLAG, type Flag, type FlagValues } from './flags';
 import { EXIT_DONE, EXIT_WORK_FAILED } from './errors';
+import { parseWait } from './outage';
 
 export const DOCTOR_DESCRIPTION = `Checks what noisesearch needs, and says what to do about each problem:
 Node, Python and the virtual environment, the Temporal CLI, the Temporal it would use, the model servers it
@@ -256,24 +256,14 @@ export function checkDisk(folder = stateDir()): Check {
   return { ...ok('disk', detail), freeBytes: free };
 }
 
-/**
- * --wait's duration in milliseconds: a number of seconds, or a number with s, m or h. The outage part's
- * parseWait reads the same forms for the commands that wait on durable work.
- */
-function waitMs(value: string | undefined): number {
-  if (value === undefined) return 0;
-  const match = /^(\d+(?:\.\d+)?)(s|m|h)?$/.exec(value.trim());
-  if (!match) throw new UsageError(`--wait: ${JSON.stringify(value).slice(0, 80)} is not a duration; use e.g. 0, 30, 30s, 5m or 1h`);
-  return Number(match[1]) * { s: 1_000, m: 60_000, h: 3_600_000 }[(match[2] ?? 's') as 's' | 'm' | 'h'];
-}
-
 export function formatCheck(check: Check): string {
   const line = `${check.status.padEnd(7)}  ${check.name.padEnd(12)}  ${check.detail}`;
   return check.status !== 'ok' && check.fix ? `${line}\n${' '.repeat(9)}${' '.repeat(14)}fix: ${check.fix}` : line;
 }
 
 export async function doctorCommand(values: FlagValues): Promise<number> {
-  const wait = waitMs(values.wait as string | undefined);
+  // Unlike the commands that wait on durable work, a check answers at once unless asked to wait.
+  const wait = values.wait === undefined ? 0 : parseWait(values.wait as string);
   const namespace = (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE;
   const temporalFlag = values.temporal as string | undefined;
   // Read (and refused in one line) before anything is checked.

@@ -18,6 +18,7 @@ import { completionScript, SHELLS, type Shell } from './completion';
 import { CONTROL_FLAGS, controlCommand } from './control';
 import { DASHBOARD_FLAGS, DASHBOARD_HELP, dashboardCommand } from '../dashboard/command';
 import { DEMO_HELP, demoCommand } from './demo';
+import { EXIT_UNREACHABLE, ServiceUnreachableError } from './errors';
 import { DOCTOR_DESCRIPTION, DOCTOR_FLAGS, DOCTOR_HELP, doctorCommand } from './doctor';
 import { grouped, JSON_FLAG, LOG_LEVELS, WAIT_FLAG, type CommandSpec, type Flag, type FlagValues } from './flags';
 import { buildProgram, CommandLineError, parseCommandLine, type ParsedCommand, type ProgramTexts } from './program';
@@ -270,6 +271,10 @@ export async function main(argv: string[]): Promise<number> {
     if (error instanceof SpecError) {
       for (const problem of error.problems) process.stderr.write(`noisesearch ${name}: ${problem}\n`);
       return 2;
+    }
+    if (error instanceof ServiceUnreachableError) {
+      process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
+      return EXIT_UNREACHABLE;
     }
     if (error instanceof FleetError && !error.retryable) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);

@@ -1,4 +1,4 @@
-// Campaign progress on the terminal: a live bar on a TTY, plain lines otherwise (CI logs, pipes).
+// Campaign progress on the terminal: a live bar on a TTY, plain sentences every few seconds otherwise (CI logs, pipes).
 import type { CampaignProgress } from '../../workflows/campaign';
 import type { FleetWait } from '../fleet/wait';
 import { reportWait } from './waiting';
@@ -21,6 +21,20 @@ export function progressLine(p: CampaignProgress, elapsedSeconds: number, width 
   return `[${bar}] ${finished}/${p.total} searches · ${p.running} running · ${p.failed} failed · ${p.nfeSpent.toLocaleString('en-US')} NFEs · ETA ${duration(eta)}${phase}${stalled}`;
 }
 
+/** The same progress as a sentence, for logs and pipes: no bar to redraw there. */
+export function progressSentence(p: CampaignProgress, elapsedSeconds: number, waiting = false): string {
+  const finished = p.done + p.failed;
+  const ranHere = finished - p.skipped;
+  const eta = ranHere > 0 ? (elapsedSeconds / ranHere) * (p.total - finished) : Number.NaN;
+  const left = finished === p.total ? '' : Number.isFinite(eta) ? `, about ${duration(eta)} left` : '';
+  const phase = p.phase === 'metrics' ? '; computing population metrics' : '';
+  const stalled = waiting ? '; waiting for model servers' : '';
+  return `${finished} of ${p.total} searches finished (${p.failed} failed), ${p.running} running, ${p.nfeSpent.toLocaleString('en-US')} NFEs${left}${phase}${stalled}`;
+}
+
+/** How often a non-TTY gets a progress sentence: often enough to see it move, seldom enough for a log. */
+const PLAIN_EVERY_MS = 5_000;
+
 export class ProgressDisplay {
   private lastPlain = '';
   private lastPlainAt = 0;
@@ -38,21 +52,26 @@ export class ProgressDisplay {
   }
 
   update(progress: CampaignProgress): void {
-    const line = progressLine(progress, (Date.now() - this.started) / 1000, 24, this.waiting !== null);
     if (this.out.isTTY) {
+      const line = progressLine(progress, (Date.now() - this.started) / 1000, 24, this.waiting !== null);
       this.out.write(`\r\x1b[2K${line.slice(0, (this.out.columns ?? 120) - 1)}`);
       return;
     }
     const counts = `${progress.done}/${progress.failed}/${progress.phase}`;
-    if (counts !== this.lastPlain && Date.now() - this.lastPlainAt >= 2_000) {
-      this.out.write(`${line}\n`);
+    if (counts !== this.lastPlain && Date.now() - this.lastPlainAt >= PLAIN_EVERY_MS) {
+      this.out.write(`${progressSentence(progress, (Date.now() - this.started) / 1000, this.waiting !== null)}\n`);
       this.lastPlain = counts;
       this.lastPlainAt = Date.now();
     }
   }
 
+  /** The command stops showing progress without a result (Ctrl-C, --wait): the bar's line is ended, not overwritten. */
+  leave(): void {
+    if (this.out.isTTY) this.out.write('\n');
+  }
+
   finish(progress: CampaignProgress): void {
-    const line = progressLine(progress, (Date.now() - this.started) / 1000);
-    this.out.write(this.out.isTTY ? `\r\x1b[2K${line}\n` : `${line}\n`);
+    const elapsed = (Date.now() - this.started) / 1000;
+    this.out.write(this.out.isTTY ? `\r\x1b[2K${progressLine(progress, elapsed)}\n` : `${progressSentence(progress, elapsed)}\n`);
   }
 }

@@ -15,11 +15,12 @@ import { ALGORITHM_NAMES, createRun, type SearchResult } from '../search/run';
 import type { AlgorithmName, AlgorithmSpec, SearchSpec } from '../search/spec';
 import { ZERO_ORDER_DEFAULTS } from '../search/zero-order';
 import type { ModelInfo } from '../search/types';
-import { configHash, startSearch } from '../temporal/client';
+import { configHash, searchWorkflowId, startSearch } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { finiteNumber, oneOf, positiveNumber, UsageError, wholeNumber } from './args';
 import { grouped, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { openDeployment } from './deployment';
+import { EXIT_INTERRUPTED, Interrupted, interruption, parseWait } from './outage';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 
@@ -197,6 +198,7 @@ export function formatResult(result: SearchResult & { workflowId: string; driver
 
 export async function searchCommand(values: FlagValues): Promise<number> {
   const spec = specFromFlags(values);
+  const waitMs = parseWait(values.wait as string | undefined);
   metricsFlags(values);
   const fleetTls = fleetTlsFromFlags(values);
   const temporalSecurity = temporalSecurityFromFlags(values);
@@ -216,7 +218,22 @@ export async function searchCommand(values: FlagValues): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const served = await startCommandMetrics(values);
   const algorithm = spec.algorithm.name;
-  const deployment = await openDeployment({ temporal: !local, temporalAddress, namespace: values.namespace as string | undefined, fleet, fleetTls, temporalSecurity, log });
+  // Ctrl-C stops the waiting, not the search: it goes on in Temporal, and the command says how to reattach.
+  const interrupt = local ? null : interruption();
+  const workflowId = (values['workflow-id'] as string | undefined) ?? searchWorkflowId(spec);
+  const reattach = `the search goes on in Temporal; rerun the same "noisesearch search" command to attach to workflow ${workflowId}, or "noisesearch progress ${workflowId}"`;
+  const deployment = await openDeployment({ temporal: !local, temporalAddress, namespace: values.namespace as string | undefined, fleet, fleetTls, temporalSecurity, waitMs, signal: interrupt?.signal, log }).catch((error) => {
+    interrupt?.dispose();
+    if (error instanceof Interrupted) {
+      log('interrupted; nothing was started');
+      return null;
+    }
+    throw error;
+  });
+  if (!deployment) {
+    await served.close();
+    return EXIT_INTERRUPTED;
+  }
   metrics.searches.inc({ algorithm, state: 'started' });
   try {
     let output: SearchResult & { workflowId: string; driver: string };
@@ -225,16 +242,23 @@ export async function searchCommand(values: FlagValues): Promise<number> {
       const result = await runLocalSearch(spec, deployment.fleet!, { onWaiting: (wait) => (waiting = reportWait(waiting, wait, log)) });
       output = { workflowId: `local-${spec.model}-${spec.algorithm.name}-${configHash(spec)}`, driver: 'local', ...result };
     } else {
-      const handle = await startSearch(deployment.client!, spec, { workflowId: values['workflow-id'] as string | undefined });
+      const outage = deployment.outage(reattach);
+      const handle = await Promise.race([outage.retrying(() => startSearch(deployment.client!, spec, { workflowId })), outage.failure, interrupt!.promise]);
       const url = deployment.workflowUrl(handle.workflowId);
       if (url && !values.json) log(`Temporal UI: ${url}`);
-      const result = await deployment.run(watchingWaits(deployment.client!, handle, log, handle.result()));
+      // The result is asked again after an outage: the workflow ran on (or waited) in Temporal meanwhile.
+      const work = watchingWaits(deployment.client!, handle, log, outage.retrying(() => handle.result()), { waitMs, reattach, outage });
+      const result = await deployment.run(Promise.race([work, outage.failure, interrupt!.promise]), outage);
       output = { workflowId: handle.workflowId, driver: 'temporal', ...result };
     }
     metrics.searches.inc({ algorithm, state: 'completed' });
     process.stdout.write(values.json ? `${JSON.stringify(output)}\n` : `${formatResult(output)}\n`);
     return 0;
   } catch (error) {
+    if (error instanceof Interrupted || interrupt?.signal.aborted) {
+      log(`interrupted: stopped waiting; ${reattach}. It resumes when a worker polls: the rerun runs one, as does "noisesearch worker"`);
+      return EXIT_INTERRUPTED;
+    }
     const cancelled = error instanceof WorkflowFailedError && error.cause?.name === 'CancelledFailure';
     metrics.searches.inc({ algorithm, state: cancelled ? 'cancelled' : 'failed' });
     if (error instanceof WorkflowFailedError) {
@@ -243,6 +267,7 @@ export async function searchCommand(values: FlagValues): Promise<number> {
     }
     throw error;
   } finally {
+    interrupt?.dispose();
     await deployment.close();
     await served.close();
   }

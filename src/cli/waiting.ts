@@ -3,8 +3,11 @@
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { describeWait, type FleetWait } from '../fleet/wait';
 import { fleetWait } from '../temporal/waiting';
+import { ServiceUnreachableError } from './errors';
+import { type Outage, seconds } from './outage';
 
 const POLL_MS = 2_000;
+const DESCRIBE_DEADLINE_MS = 3_000;
 
 /** Runs one client call with its own abort signal, so that no listener is left on a shared one. */
 export async function abortable<T>(client: Client, stop: AbortSignal, call: () => Promise<T>): Promise<T> {
@@ -38,15 +41,56 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-export async function watchingWaits<T>(client: Client, handle: WorkflowHandle, log: (line: string) => void, work: Promise<T>): Promise<T> {
+/** A fleet that stays down past --wait: the command gives up waiting (exit 3); the search waits on in Temporal. */
+export class FleetPatience {
+  private since: number | null = null;
+
+  constructor(private readonly options: { waitMs?: number; reattach?: string } = {}) {}
+
+  /** Throws ServiceUnreachableError once the fleet has been waited for longer than --wait. */
+  check(wait: FleetWait | null): void {
+    if (!wait) {
+      this.since = null;
+      return;
+    }
+    this.since ??= Date.now();
+    const waited = Date.now() - this.since;
+    if (waited > (this.options.waitMs ?? Number.POSITIVE_INFINITY)) {
+      throw new ServiceUnreachableError(`model servers unreachable for ${seconds(waited)} (--wait; ${describeWait(wait)}); ${this.options.reattach ?? 'the work goes on in Temporal'}`);
+    }
+  }
+}
+
+export async function watchingWaits<T>(
+  client: Client,
+  handle: WorkflowHandle,
+  log: (line: string) => void,
+  work: Promise<T>,
+  patience: { waitMs?: number; reattach?: string; outage?: Outage } = {},
+): Promise<T> {
   const stop = new AbortController();
   let last: FleetWait | null = null;
+  const fleet = new FleetPatience(patience);
+  let gaveUp: (error: Error) => void = () => {};
+  const givenUp = new Promise<never>((_, reject) => (gaveUp = reject));
+  givenUp.catch(() => {});
   const polling = (async () => {
     while (!stop.signal.aborted) {
       await sleep(POLL_MS, stop.signal);
       if (stop.signal.aborted) break;
-      const wait = await abortable(client, stop.signal, () => fleetWait(handle)).catch(() => last);
+      // A deadline: while Temporal is away the client retries a call for some 20 s before it fails, and
+      // the result's long poll longer; this poll is what notices the outage first.
+      const wait = await abortable(client, stop.signal, () => client.withDeadline(Date.now() + DESCRIBE_DEADLINE_MS, () => fleetWait(handle))).catch(async (error) => {
+        if (!stop.signal.aborted) await patience.outage?.checkAfter(error);
+        return last;
+      });
       if (!stop.signal.aborted) last = reportWait(last, wait, log);
+      try {
+        fleet.check(last);
+      } catch (error) {
+        gaveUp(error as Error);
+        break;
+      }
     }
   })();
   const stopPolling = async () => {
@@ -54,7 +98,7 @@ export async function watchingWaits<T>(client: Client, handle: WorkflowHandle, l
     await polling;
   };
   try {
-    const result = await work;
+    const result = await Promise.race([work, givenUp]);
     await stopPolling();
     // Rounds chain quickly once the servers are back: a search may end before the next poll sees it go on.
     reportWait(last, null, log);

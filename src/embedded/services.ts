@@ -1,6 +1,7 @@
 // The embedded deployment: a Temporal dev server persisted to a file and one model server with the
 // Gaussian-mixture model, both recorded in the state folder so later commands reuse them.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { stateDir } from './paths';
 import { modelServerReady, runs, startModelServer, startTemporal, stopProcess, temporalReady } from './processes';
@@ -23,6 +24,17 @@ const COMMAND_OF: Record<ServiceName, string> = { temporal: 'start-dev', modelSe
 
 async function stopRecorded(name: ServiceName, record: ServiceRecord): Promise<void> {
   if (runs(record.pid, COMMAND_OF[name])) await stopProcess(record.pid);
+}
+
+/** Whether nothing listens on these local ports now. */
+async function portsFree(ports: number[]): Promise<boolean> {
+  const free = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    });
+  return (await Promise.all(ports.map(free))).every(Boolean);
 }
 
 function recordFile(): string {
@@ -92,7 +104,10 @@ async function ensure(name: ServiceName, record: ServicesRecord, log: (line: str
   mkdirSync(dir, { recursive: true });
   if (name === 'temporal') {
     log('starting Temporal dev server');
-    const t = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log'), detached: true });
+    // Back on its recorded ports when they are free: a command waiting out the outage at that address
+    // (and any worker) sees it return, with the same database file.
+    const [port, uiPort] = existing && existing.uiPort && (await portsFree([Number(existing.address.split(':').pop()), existing.uiPort])) ? [Number(existing.address.split(':').pop()), existing.uiPort] : [];
+    const t = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log'), detached: true, port, uiPort });
     record.temporal = { pid: t.pid, address: t.address, uiPort: t.uiPort };
   } else {
     const args = modelArgs ?? existing?.args;

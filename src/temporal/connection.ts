@@ -93,7 +93,9 @@ async function explainFailure(address: string, security: TemporalSecurity, error
 export async function connectTemporal(address: string | undefined, security: TemporalSecurity = {}): Promise<Connection> {
   if (security.tls || security.apiKey) quietIpServerNameWarning();
   try {
-    return await Connection.connect({ address, ...security });
+    // gRPC backs off reconnecting up to 2 minutes by default: a Temporal back after an outage would go
+    // unnoticed that long by a command waiting on it.
+    return await Connection.connect({ address, ...security, channelArgs: { 'grpc.initial_reconnect_backoff_ms': 500, 'grpc.max_reconnect_backoff_ms': 5_000 } });
   } catch (error) {
     throw address ? await explainFailure(address, security, error) : error;
   }
