@@ -19,6 +19,7 @@ import { CONTROL_FLAGS, controlCommand } from './control';
 import { DASHBOARD_FLAGS, DASHBOARD_HELP, dashboardCommand } from '../dashboard/command';
 import { DEMO_HELP, demoCommand } from './demo';
 import { EXIT_UNREACHABLE, ServiceUnreachableError } from './errors';
+import { Outage, parseWait, temporalAnswers } from './outage';
 import { DOCTOR_DESCRIPTION, DOCTOR_FLAGS, DOCTOR_HELP, doctorCommand } from './doctor';
 import { grouped, JSON_FLAG, LOG_LEVELS, WAIT_FLAG, type CommandSpec, type Flag, type FlagValues } from './flags';
 import { buildProgram, CommandLineError, parseCommandLine, type ParsedCommand, type ProgramTexts } from './program';
@@ -69,6 +70,7 @@ async function workerCommand(values: FlagValues): Promise<number> {
   const security = temporalSecurityFromFlags(values);
   const fleet = new Fleet(parseFleet(values.fleet as string), { tls: fleetTlsFromFlags(values) });
   const address = (values.temporal as string | undefined) ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+  const waitMs = parseWait(values.wait as string | undefined);
   const metrics = await startCommandMetrics(values);
   // The terminal gets the startup line and one line per stuck workflow; everything else goes to the log file.
   let client: Client | undefined;
@@ -77,7 +79,10 @@ async function workerCommand(values: FlagValues): Promise<number> {
       process.stderr.write(`workflow ${workflowId}: its workflow tasks keep failing: ${firstError} (retried by Temporal; details in ${commandLogFile()})\n`),
     workflowOfRun: async (runId) => (client ? workflowOfRun(client, runId) : undefined),
   });
-  const connection = await connectTemporalWorker(address, security);
+  // A worker started before Temporal (a deploy's start order) waits for it, up to --wait; once polling, the
+  // SDK core retries its polls through outages by itself.
+  const outage = new Outage({ what: 'Temporal', address, hint: 'is its frontend running?', waitMs, reattach: 'no worker was started', probe: () => temporalAnswers(address, security) });
+  const connection = await outage.connecting(() => connectTemporalWorker(address, security));
   client = new Client({ connection, namespace: (values.namespace as string | undefined) ?? DEFAULT_NAMESPACE });
   const worker = await createSearchWorker({
     connection,

@@ -131,7 +131,14 @@ export class Outage {
 
   /** Like retrying, after a probe: a connection to a Temporal that is away fails only at the SDK's 10 s deadline. */
   async connecting<T>(connect: () => Promise<T>): Promise<T> {
-    if (!(await this.options.probe())) await this.waitUntilBack();
+    if (!(await this.options.probe())) {
+      // A Temporal that refuses this client (its TLS, its key) fails the probe too, and is no outage to wait
+      // out: the connection's own error tells the two apart (src/temporal/connection.ts) and is thrown.
+      const attempt = await connect().then((connection) => ({ connection }), (error: unknown) => ({ error }));
+      if ('connection' in attempt) return attempt.connection;
+      if (!isUnreachable(attempt.error)) throw attempt.error;
+      await this.waitUntilBack();
+    }
     return this.retrying(connect);
   }
 
