@@ -10,6 +10,13 @@ if (!existsSync(entry)) {
   const setup = spawnSync(process.execPath, [path.join(root, 'scripts', 'setup.mjs')], { stdio: ['ignore', 'inherit', 'inherit'] });
   if (setup.status !== 0) process.exit(setup.status ?? 1);
 }
+// A reader that stops early (`noisesearch search --help | head`) closes the pipe: that ends the output, not in a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error) => {
+    if (error.code === 'EPIPE') process.exit(0);
+    throw error;
+  });
+}
 require(entry)
   .main(process.argv.slice(2))
   .then(

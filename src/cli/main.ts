@@ -29,7 +29,8 @@ const PROGRAM_TEXTS: ProgramTexts = {
   description: 'Inference-time search over diffusion noises, durable on Temporal.',
   helpAfter: `
 Run "noisesearch <command> --help" for a command's flags; docs/cli.md for completion and more.
-Exit status: 0 done, 1 the work failed, 2 bad input (nothing started), 3 a service unreachable within --wait.`,
+Exit status: 0 done, 1 the work failed, 2 bad input (nothing started), 3 a service unreachable within --wait,
+130 interrupted (Ctrl-C; started work goes on).`,
 };
 
 const WORKER_USAGE = 'noisesearch worker [--temporal host:port] [--namespace NS] [--task-queue Q] [--metrics HOST:PORT] [--temporal-metrics HOST:PORT] [--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--temporal-tls-* | --temporal-api-key KEY] --fleet host:port,...|FILE';
@@ -254,7 +255,9 @@ export function parseArguments(argv: string[]): Promise<ParsedCommand> {
 export async function main(argv: string[]): Promise<number> {
   let parsed: ParsedCommand;
   try {
-    parsed = await parseArguments(argv);
+    // "help NAME" for a NAME that is no command gets the same one line as NAME alone, not the whole help.
+    const helpForNothing = argv[0] === 'help' && argv.length === 2 && !COMMANDS.some((command) => command.name === argv[1]);
+    parsed = await parseArguments(helpForNothing ? argv.slice(1) : argv);
   } catch (error) {
     if (!(error instanceof CommandLineError)) throw error;
     if (error.helpShown) return 0;

@@ -3,6 +3,7 @@
 // stops the waiting: the command says how to reattach, and exits 3 or 130.
 import { Connection } from '@temporalio/client';
 import type { TemporalSecurity } from '../temporal/connection';
+import { quietIpServerNameWarning } from '../fleet/tls';
 import { UsageError } from './args';
 import { ServiceUnreachableError } from './errors';
 
@@ -34,6 +35,8 @@ export function isUnreachable(error: unknown): boolean {
 
 /** Whether a fresh connection to the Temporal at `address` answers, within two seconds. */
 export async function temporalAnswers(address: string, security: TemporalSecurity = {}): Promise<boolean> {
+  // As connectTemporal does: Node's warning on an IP address as TLS server name is not the user's to read.
+  if (security.tls || security.apiKey) quietIpServerNameWarning();
   try {
     const connection = await Connection.connect({ address, ...security, connectTimeout: 2_000 });
     await connection.close();
