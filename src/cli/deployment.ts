@@ -9,7 +9,7 @@ import { connectTemporal, connectTemporalWorker, type TemporalSecurity } from '.
 import { ensureNamespace } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
-import { Outage, temporalAnswers } from './outage';
+import { isUnreachable, Outage, temporalAnswers } from './outage';
 
 export interface DeploymentOptions {
   /** Temporal is needed unless the search runs in-process. */
@@ -103,7 +103,9 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
         try {
           return await worker.runUntil(work);
         } catch (error) {
+          // Only an outage is waited out: a worker failing with Temporal there is the command's failure, not a loop.
           if (settled || !waiting || !nativeConnection || !fleet) throw error;
+          if (!isUnreachable(error) && (await temporalAnswers(temporalAddress ?? '127.0.0.1:7233', security))) throw error;
           await waiting.waitUntilBack();
           worker = await waiting.retrying(() => createSearchWorker({ connection: nativeConnection!, fleet, namespace }));
         }
