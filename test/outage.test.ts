@@ -14,6 +14,7 @@ import { campaignProgressQuery } from '../workflows/campaign';
 import { UsageError } from '../src/cli/args';
 import { ServiceUnreachableError } from '../src/cli/errors';
 import { isUnreachable, Outage, parseWait } from '../src/cli/outage';
+import { freePort } from '../src/embedded/processes';
 import { stopServer, tempDir, waitUntil, withModelServer } from './helpers';
 
 const BIN = path.join(PROJECT_ROOT, 'bin', 'noisesearch.js');
@@ -313,5 +314,45 @@ describe('noisesearch through a Temporal outage', { timeout: 420_000 }, () => {
     assert.equal(again.code, 0, again.stderr);
     const expected = await within(local, 120_000, 'local search');
     assert.deepEqual(bestOf(again.stdout), bestOf(expected.stdout));
+  });
+});
+
+describe('noisesearch with the fleet away when it starts', { timeout: 180_000 }, () => {
+  const home = tempDir('outage-fleet');
+
+  it('gives up past --wait with exit 3 and nothing started, when no model server ever answers', async () => {
+    const port = await freePort();
+    const run = await within(cli(['search', '--class', '3', '--local', '--fleet', `127.0.0.1:${port}`, '--wait', '2s'], home), 60_000, 'search --wait 2s with no fleet');
+    assert.equal(run.code, 3, run.stderr);
+    assert.equal(run.stdout, '');
+    assert.deepEqual(run.stderr.trim().split('\n'), [
+      `waiting for the fleet at 127.0.0.1:${port} since ${run.stderr.match(/since (\d\d:\d\d:\d\d)/)?.[1]} (start its model servers, or check --fleet)`,
+      `noisesearch search: the fleet at 127.0.0.1:${port} unreachable for 2 s (--wait); nothing was started`,
+    ]);
+    assertCalm(run.stderr);
+  });
+
+  it('waits for a model server started after the command, then searches as usual', async () => {
+    const port = await freePort();
+    const flags = ['--class', '5', '--budget', '400', '--seed', '3', '--local', '--fleet', `127.0.0.1:${port}`];
+    const late = cliProcess(['search', ...flags], home);
+    let server: Awaited<ReturnType<typeof withModelServer>> | undefined;
+    try {
+      await waitUntil('the waiting line', async () => /waiting for the fleet at /.test(late.output.stderr), 30_000, 100);
+      server = await withModelServer([], port);
+      const done = await within(late.done, 60_000, 'search once the fleet is up');
+      assert.equal(done.code, 0, done.stderr);
+      assert.match(done.stderr, new RegExp(`the fleet at 127\\.0\\.0\\.1:${port} is back after \\d+ s`));
+      assertCalm(done.stderr);
+      // The same search with the fleet up from the start: waiting changed nothing of the result.
+      const direct = await within(cli(['search', ...flags], home), 60_000, 'search with the fleet up');
+      assert.equal(direct.code, 0, direct.stderr);
+      assert.doesNotMatch(direct.stderr, /waiting for the fleet/);
+      assert.deepEqual(bestOf(done.stdout), bestOf(direct.stdout));
+      assert.equal(bestOf(done.stdout).length, 2);
+    } finally {
+      late.child.kill('SIGKILL');
+      await stopServer(server);
+    }
   });
 });

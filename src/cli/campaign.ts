@@ -262,7 +262,7 @@ async function runWithFlags(input: CampaignInput, values: Record<string, unknown
 async function run(values: Record<string, unknown>, specFile: string): Promise<number> {
   const { spec, problems } = readCampaignSpec(specFile);
   if (problems.length > 0) throw new SpecError(problems);
-  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false, fleetTlsFromFlags(values));
+  const model = await describeForValidation(((spec as { model?: string })?.model) ?? 'gmm', values.fleet as string | undefined, false, fleetTlsFromFlags(values), parseWait(values.wait as string | undefined));
   // A PostgreSQL password stays in this process: the record, the workflow input and the store get the URL without it.
   const resolved = resolveCampaign(spec, model!, campaignsDir());
   const input: CampaignInput = { ...resolved, store: shareableStore(resolved.store) };

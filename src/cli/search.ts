@@ -20,7 +20,7 @@ import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { finiteNumber, oneOf, positiveNumber, UsageError, wholeNumber } from './args';
 import { grouped, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { openDeployment } from './deployment';
-import { EXIT_INTERRUPTED, Interrupted, interruption, parseWait } from './outage';
+import { EXIT_INTERRUPTED, Interrupted, interruption, Outage, parseWait } from './outage';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 
@@ -147,7 +147,7 @@ function defined<T extends object>(value: T): Partial<T> {
 }
 
 /** The model as whoever will run the search describes it; null when only remote workers know. */
-export async function describeForValidation(model: string, fleet: string | undefined, remoteWorkers: boolean, tls?: FleetTls): Promise<ModelInfo | null> {
+export async function describeForValidation(model: string, fleet: string | undefined, remoteWorkers: boolean, tls?: FleetTls, waitMs = Number.POSITIVE_INFINITY): Promise<ModelInfo | null> {
   // A running embedded model server is the one the search will use, whatever model it hosts
   // (`server start --model flux=DIR`): ask it rather than describing a model that needs weights.
   const embedded = fleet === undefined && !remoteWorkers ? await readyEmbeddedModelServer() : undefined;
@@ -157,7 +157,7 @@ export async function describeForValidation(model: string, fleet: string | undef
   if (fleet) {
     const f = new Fleet(parseFleet(fleet), { tls });
     try {
-      return await f.describe(model);
+      return await describeWaiting(f, model, waitMs);
     } catch (error) {
       const restart = embedded ? `; the embedded model server hosts another model: noisesearch server start --model ${model === 'gmm' ? 'gmm' : `${model}=DIR`}` : '';
       if (error instanceof FleetError && !error.retryable) throw new UsageError(`--model: ${error.message}${restart}`);
@@ -172,6 +172,28 @@ export async function describeForValidation(model: string, fleet: string | undef
   } catch (error) {
     if (error instanceof UnknownModelError) throw new UsageError(error.message);
     throw error;
+  }
+}
+
+/**
+ * The fleet's description of `model`. A fleet of which no server answers is an outage to wait out (up to
+ * --wait, with one status line), as a Temporal that is away is: servers started after the command are usual.
+ */
+async function describeWaiting(fleet: Fleet, model: string, waitMs: number): Promise<ModelInfo> {
+  try {
+    return await fleet.describe(model);
+  } catch (error) {
+    if (!(error instanceof FleetError && error.retryable)) throw error;
+    const outage = new Outage({
+      what: 'the fleet',
+      address: fleet.describeTargets(),
+      hint: 'start its model servers, or check --fleet',
+      waitMs,
+      reattach: 'nothing was started',
+      probe: () => fleet.describe(model).then(() => true, () => false),
+    });
+    await outage.waitUntilBack();
+    return fleet.describe(model);
   }
 }
 
@@ -207,7 +229,7 @@ export async function searchCommand(values: FlagValues): Promise<number> {
   const local = Boolean(values.local);
   const fleet = values.fleet as string | undefined;
   const remoteWorkers = !local && Boolean(temporalAddress) && !fleet;
-  const model = await describeForValidation(spec.model, fleet, remoteWorkers, fleetTls).catch((error) => {
+  const model = await describeForValidation(spec.model, fleet, remoteWorkers, fleetTls, waitMs).catch((error) => {
     if (error instanceof UsageError && presetModel === spec.model) {
       throw new UsageError(`--preset ${values.preset} needs model ${spec.model}, which is not hosted here (${error.message})`);
     }
