@@ -356,3 +356,54 @@ describe('noisesearch with the fleet away when it starts', { timeout: 180_000 },
     }
   });
 });
+
+describe('campaign run interrupted, or out of --wait', { timeout: 360_000 }, () => {
+  const home = tempDir('outage-campaign-run');
+  after(async () => {
+    await cli(['server', 'stop'], home);
+  });
+
+  it('Ctrl-C leaves the campaign running, says how to reattach, exits 130; the rerun finishes it', async () => {
+    const dir = tempDir('campaign-interrupted');
+    const spec = {
+      name: 'interrupted',
+      dataset: { kind: 'gmm-classes', classes: [1, 4] },
+      grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [30000] },
+      seeds: [0, 1],
+      concurrency: 2,
+      results: { path: path.join(dir, 'results.sqlite'), folder: path.join(dir, 'interrupted') },
+    };
+    const file = path.join(dir, 'spec.json');
+    writeFileSync(file, JSON.stringify(spec));
+    const campaignId = resolveCampaign(spec, describeEmbeddedModel('gmm'), dir).campaignId;
+    const run = cliProcess(['campaign', 'run', file], home);
+    await waitUntil('the campaign to show progress', async () => /searches finished/.test(run.output.stderr), 120_000, 100);
+    run.child.kill('SIGINT');
+    const interrupted = await within(run.done, 30_000, 'campaign run after SIGINT');
+    assert.equal(interrupted.code, 130, interrupted.stderr);
+    assert.equal(interrupted.stdout, '');
+    assert.match(
+      interrupted.stderr.trim().split('\n').at(-1)!,
+      new RegExp(`^interrupted: stopped waiting; campaign ${campaignId} goes on in Temporal; "noisesearch campaign run SPEC" with the same spec attaches to it, "noisesearch campaign status ${campaignId}" shows it\\. It resumes when a worker polls`),
+    );
+    assertCalm(interrupted.stderr);
+    const again = await within(cli(['campaign', 'run', file, '--json'], home), 240_000, 'the rerun');
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(
+      (({ campaignId: id, status, total, done, failed }) => ({ id, status, total, done, failed }))(JSON.parse(again.stdout)),
+      { id: campaignId, status: 'completed', total: 4, done: 4, failed: 0 },
+    );
+  });
+
+  it('gives up past --wait with exit 3 on a Temporal that never answers; nothing is started', async () => {
+    const dir = tempDir('campaign-no-temporal');
+    const file = path.join(dir, 'spec.json');
+    writeFileSync(file, JSON.stringify({ name: 'nowhere', dataset: { kind: 'gmm-classes', classes: [1] }, grid: { algorithms: ['random'], verifiers: ['gmm-classifier'], budgets: [400] }, results: { path: path.join(dir, 'results.sqlite'), folder: path.join(dir, 'nowhere') } }));
+    const port = await freePort();
+    const run = await within(cli(['campaign', 'run', file, '--temporal', `127.0.0.1:${port}`, '--wait', '2s'], home), 60_000, 'campaign run --wait 2s without Temporal');
+    assert.equal(run.code, 3, run.stderr);
+    assert.equal(run.stdout, '');
+    assert.match(run.stderr.trim().split('\n').at(-1)!, new RegExp(`^noisesearch campaign: Temporal at 127\\.0\\.0\\.1:${port} unreachable for \\d+ s \\(--wait\\); nothing was started$`));
+    assertCalm(run.stderr);
+  });
+});

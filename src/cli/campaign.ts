@@ -197,7 +197,7 @@ export async function runCampaign(
     };
     try {
       // The result is asked again after an outage: the campaign ran on (or waited) in Temporal meanwhile.
-      const progress = await deployment.run(Promise.race([outage.retrying(() => handle.result()), outage.failure, fleetGivenUp, ended]), outage);
+      const progress = await deployment.run(Promise.race([outage.retrying(() => deployment.call(() => handle.result())), outage.failure, fleetGivenUp, ended]), outage);
       await endPolling();
       display.finish(progress);
       measure(progress);

@@ -10,6 +10,7 @@ import { ensureNamespace } from '../temporal/client';
 import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { createSearchWorker, installQuietRuntime } from '../temporal/worker';
 import { isUnreachable, Outage, temporalAnswers } from './outage';
+import { abortable } from './waiting';
 
 export interface DeploymentOptions {
   /** Temporal is needed unless the search runs in-process. */
@@ -44,6 +45,12 @@ export interface Deployment {
    * `work` goes on (Temporal away longer than the SDK's retries) is made again once `outage` sees Temporal back.
    */
   run<T>(work: Promise<T>, outage?: Outage): Promise<T>;
+  /**
+   * Makes a long client call (a workflow's result) that close() cancels before it closes the connection. A
+   * call the close cuts instead ends UNAVAILABLE, which the SDK's retry interceptor retries on the closed
+   * channel from a timer: an uncaught exception, the stack trace a Ctrl-C used to print.
+   */
+  call<T>(call: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -88,6 +95,7 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
       worker = await createSearchWorker({ connection: nativeConnection, fleet, namespace });
     }
   }
+  const closing = new AbortController();
   return {
     fleet,
     client,
@@ -111,7 +119,9 @@ export async function openDeployment(options: DeploymentOptions): Promise<Deploy
         }
       }
     },
+    call: (call) => (client ? abortable(client, closing.signal, call) : call()),
     async close() {
+      closing.abort();
       fleet?.close();
       await client?.connection.close();
       // A worker that never ran (the command failed first) still holds its connection: run it out.

@@ -269,7 +269,7 @@ export async function searchCommand(values: FlagValues): Promise<number> {
       const url = deployment.workflowUrl(handle.workflowId);
       if (url && !values.json) log(`Temporal UI: ${url}`);
       // The result is asked again after an outage: the workflow ran on (or waited) in Temporal meanwhile.
-      const work = watchingWaits(deployment.client!, handle, log, outage.retrying(() => handle.result()), { waitMs, reattach, outage });
+      const work = watchingWaits(deployment.client!, handle, log, outage.retrying(() => deployment.call(() => handle.result())), { waitMs, reattach, outage });
       const result = await deployment.run(Promise.race([work, outage.failure, interrupt!.promise]), outage);
       output = { workflowId: handle.workflowId, driver: 'temporal', ...result };
     }
