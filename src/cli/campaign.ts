@@ -29,7 +29,8 @@ import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/com
 import { ProgressDisplay } from './progress';
 import { describeForValidation } from './search';
 import { abortable, FleetPatience, sleep } from './waiting';
-import { EXIT_INTERRUPTED, Interrupted, interruption, parseWait } from './outage';
+import { EXIT_INTERRUPTED } from './errors';
+import { Interrupted, interruption, parseWait } from './outage';
 
 const USAGE = 'noisesearch campaign run SPEC | status ID | retry ID | cancel ID  [--temporal host:port] [--namespace NS] [--fleet LIST|FILE]';
 /** The actions after "campaign", with what each does (help and completion). */

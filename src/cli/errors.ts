@@ -9,6 +9,9 @@ export const EXIT_BAD_INPUT = 2;
 /** A service (Temporal, the fleet) could not be reached within --wait. Durable work already started goes on. */
 export const EXIT_UNREACHABLE = 3;
 
+/** Interrupted (Ctrl-C) while waiting on durable work, which goes on: 128 + SIGINT, as shells report it. */
+export const EXIT_INTERRUPTED = 130;
+
 /** Temporal or the fleet stayed unreachable past --wait: the CLI says which, where, and how to reattach, and exits 3. */
 export class ServiceUnreachableError extends Error {
   constructor(message: string) {

@@ -18,7 +18,7 @@ import { completionScript, SHELLS, type Shell } from './completion';
 import { CONTROL_FLAGS, controlCommand } from './control';
 import { DASHBOARD_FLAGS, DASHBOARD_HELP, dashboardCommand } from '../dashboard/command';
 import { DEMO_HELP, demoCommand } from './demo';
-import { EXIT_UNREACHABLE, ServiceUnreachableError } from './errors';
+import { EXIT_BAD_INPUT, EXIT_DONE, EXIT_UNREACHABLE, EXIT_WORK_FAILED, ServiceUnreachableError } from './errors';
 import { Outage, parseWait, temporalAnswers } from './outage';
 import { DOCTOR_DESCRIPTION, DOCTOR_FLAGS, DOCTOR_HELP, doctorCommand } from './doctor';
 import { grouped, JSON_FLAG, LOG_LEVELS, WAIT_FLAG, type CommandSpec, type Flag, type FlagValues } from './flags';
@@ -260,11 +260,11 @@ export async function main(argv: string[]): Promise<number> {
     parsed = await parseArguments(helpForNothing ? argv.slice(1) : argv);
   } catch (error) {
     if (!(error instanceof CommandLineError)) throw error;
-    if (error.helpShown) return 0;
+    if (error.helpShown) return EXIT_DONE;
     // No command: the program's help, on stderr, and the status of bad input (nothing was asked for).
-    if (error.noCommand) return 2;
+    if (error.noCommand) return EXIT_BAD_INPUT;
     process.stderr.write(`noisesearch${error.command ? ` ${error.command}` : ''}: ${error.oneLine()}\n`);
-    return 2;
+    return EXIT_BAD_INPUT;
   }
   const name = parsed.spec.name;
   try {
@@ -274,11 +274,11 @@ export async function main(argv: string[]): Promise<number> {
   } catch (error) {
     if (error instanceof UsageError || error instanceof MetricsAddressError || error instanceof TemporalOptionsError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
-      return 2;
+      return EXIT_BAD_INPUT;
     }
     if (error instanceof SpecError) {
       for (const problem of error.problems) process.stderr.write(`noisesearch ${name}: ${problem}\n`);
-      return 2;
+      return EXIT_BAD_INPUT;
     }
     if (error instanceof ServiceUnreachableError) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
@@ -286,10 +286,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (error instanceof FleetError && !error.retryable) {
       process.stderr.write(`noisesearch ${name}: ${error.message}\n`);
-      return 2;
+      return EXIT_BAD_INPUT;
     }
     process.stderr.write(`noisesearch ${name}: ${failureLine(error)}${logHint()}\n`);
-    return 1;
+    return EXIT_WORK_FAILED;
   }
 }
 

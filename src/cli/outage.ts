@@ -7,9 +7,6 @@ import { quietIpServerNameWarning } from '../fleet/tls';
 import { UsageError } from './args';
 import { ServiceUnreachableError } from './errors';
 
-/** The exit status of a command the user interrupted (128 + SIGINT), as shells report it. */
-export const EXIT_INTERRUPTED = 130;
-
 const UNITS_MS: Record<string, number> = { '': 1_000, s: 1_000, m: 60_000, h: 3_600_000 };
 
 /** --wait's value in milliseconds: `30`, `30s`, `5m`, `1h`, `0`; Infinity when not given. */

@@ -20,7 +20,8 @@ import { DEFAULT_NAMESPACE } from '../temporal/constants';
 import { finiteNumber, oneOf, positiveNumber, UsageError, wholeNumber } from './args';
 import { grouped, temporalFlags, WAIT_FLAG, type Flag, type FlagValues } from './flags';
 import { openDeployment } from './deployment';
-import { EXIT_INTERRUPTED, Interrupted, interruption, Outage, parseWait } from './outage';
+import { EXIT_INTERRUPTED } from './errors';
+import { Interrupted, interruption, Outage, parseWait } from './outage';
 import * as metrics from '../metrics';
 import { METRICS_FLAGS, metricsFlags, startCommandMetrics } from '../metrics/command';
 
